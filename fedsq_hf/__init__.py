@@ -1,0 +1,10 @@
+"""fedsq-hf: FedSQ (Federated Structural-Quantitative learning) for the Hugging Face ecosystem."""
+
+__version__ = "0.1.0"
+
+from .errors import BackboneLoadError, CheckpointError, FedSQError, GatingError
+from .gating import GATE_KINDS, DualCopy, GateTape, find_gateable_modules, register_gate
+from .gate_cache import GateCache
+from .configuration_fedsq import FedSQConfig
+from .modeling_fedsq import FedSQModel
+from .backbones import load_backbone

@@ -1,0 +1,67 @@
+"""FedSQConfig: what a FedSQ model is, serialised as `config.json`."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from huggingface_hub.dataclasses import strict
+from transformers import PreTrainedConfig
+
+from .errors import FedSQError
+from .gating import GATE_KINDS
+
+__all__ = ["FedSQConfig", "BN_MODES"]
+
+BN_MODES = ("frozen", "train")
+
+
+@strict(accept_kwargs=True)
+class FedSQConfig(PreTrainedConfig):
+    r"""Configuration of a `FedSQModel`.
+
+    Args:
+        backbone: Hub id of a timm checkpoint (`timm/resnet18.a1_in1k`), a local folder in the same
+            layout (`config.json` + `model.safetensors`), or a `hf-hub:` / `local-dir:` timm name.
+        num_labels / id2label / label2id: the task head, as in every transformers classifier.
+        gated_ops: gate kinds to fix (see `fedsq_hf.GATE_KINDS`); None fixes every supported kind.
+        allow_ungated: leave nonlinearities that cannot be gated (GELU, SiLU, ...) free instead of
+            refusing the backbone.
+        fixed_gating: False builds the plain baseline (the same backbone fine-tuned the usual way,
+            same weight layout, no structural copy).
+        bn_mode: BatchNorm of the quantitative copy while training. `frozen` (default): running
+            statistics stay at the pretrained values and only the affine parameters train, so each
+            sample's map is affine within its fixed regimes and no batch statistic is averaged
+            across non-IID clients. `train`: batch statistics, running statistics updated and averaged.
+            The structural copy always uses its pretrained statistics.
+        backbone_kwargs: extra keyword arguments for `timm.create_model` (e.g. `drop_rate`).
+        data_config: the backbone's preprocessing (timm data config), filled in when the model is built.
+        fedsq_version: the fedsq-hf version that wrote the config.
+    """
+
+    model_type = "fedsq"
+
+    backbone: str = "timm/resnet18.a1_in1k"
+    gated_ops: list[str] | None = None
+    allow_ungated: bool = False
+    fixed_gating: bool = True
+    bn_mode: Literal["frozen", "train"] = "frozen"
+    backbone_kwargs: dict[str, Any] | None = None
+    data_config: dict[str, Any] | None = None
+    fedsq_version: str | None = None
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        super().__post_init__(**kwargs)
+        from . import __version__
+
+        if self.fedsq_version is None:
+            self.fedsq_version = __version__
+        if not self.backbone or not isinstance(self.backbone, str):
+            raise FedSQError("FedSQConfig.backbone must be a Hub id (e.g. 'timm/resnet18.a1_in1k') or a local folder.")
+        if self.gated_ops is not None:
+            unknown = sorted(set(self.gated_ops) - set(GATE_KINDS))
+            if unknown:
+                raise FedSQError(f"Unknown gated_ops {unknown}; choose from {sorted(GATE_KINDS)}.")
+        if self.bn_mode not in BN_MODES:
+            raise FedSQError(f"Unknown bn_mode {self.bn_mode!r}; choose from {list(BN_MODES)}.")
+        if self.num_labels < 1:
+            raise FedSQError(f"num_labels must be at least 1, got {self.num_labels}.")

@@ -1,0 +1,79 @@
+"""Crash-safe file writes and checked safetensors loading. Loading never unpickles."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
+
+from .errors import CheckpointError
+
+__all__ = ["atomic_write_bytes", "atomic_write_json", "save_weights", "load_weights", "check_state_dict"]
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to a temporary file beside `path`, fsync it, then rename it over `path`.
+
+    A crash leaves either the old file or the new one, never a partial one.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def save_weights(path: str | os.PathLike, state_dict: dict[str, torch.Tensor]) -> None:
+    """Save tensors as safetensors, atomically."""
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+    atomic_write_bytes(path, save(tensors, metadata={"format": "pt"}))
+
+
+def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Load a safetensors file; a truncated or corrupted file raises `CheckpointError`."""
+    try:
+        return load_file(os.fspath(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(
+            f"{os.fspath(path)!r} is not a readable safetensors file ({err}). It may be truncated or "
+            "corrupted by an interrupted copy: download or save it again."
+        ) from err
+
+
+def check_state_dict(loaded: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], source: str) -> None:
+    """Raise `CheckpointError` listing missing, unexpected and mis-shaped tensors."""
+    missing = sorted(set(expected) - set(loaded))
+    unexpected = sorted(set(loaded) - set(expected))
+    mismatched = [
+        f"{k}: checkpoint {tuple(loaded[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in sorted(set(loaded) & set(expected))
+        if loaded[k].shape != expected[k].shape
+    ]
+    if not (missing or unexpected or mismatched):
+        return
+    lines = []
+    for title, items in (("shape mismatch", mismatched), ("missing", missing), ("unexpected", unexpected)):
+        if items:
+            lines.append(f"  {title} ({len(items)}): " + "; ".join(items[:10]) + (" ..." if len(items) > 10 else ""))
+    raise CheckpointError(
+        f"The weights in {source} do not match the model built from its config:\n" + "\n".join(lines)
+        + "\nWere they saved for another backbone or num_labels? Load them with the config they were saved with."
+    )
