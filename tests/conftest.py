@@ -1,0 +1,37 @@
+"""Test setup: no network, a private HF cache, tiny timm backbones saved in Hub layout."""
+
+import os
+import tempfile
+
+# Before anything imports huggingface_hub: never reach the network, use a throwaway cache.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ["HF_HUB_CACHE"] = tempfile.mkdtemp(prefix="fedsq-hf-cache-")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import timm  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def save_backbone(folder, arch: str, **kwargs) -> str:
+    """A randomly initialised timm model saved in Hub layout, as a Hub download would look."""
+    torch.manual_seed(0)
+    model = timm.create_model(arch, pretrained=False, **kwargs)
+    timm.models.save_for_hf(model, str(folder), safe_serialization=True)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def backbone_dir(tmp_path_factory):
+    """Factory: a Hub-layout folder for a timm architecture, made once per session."""
+    made = {}
+
+    def make(arch: str = "resnet10t") -> str:
+        if arch not in made:
+            made[arch] = save_backbone(tmp_path_factory.mktemp(arch), arch)
+        return made[arch]
+
+    return make
