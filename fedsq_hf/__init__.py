@@ -8,3 +8,4 @@ from .gate_cache import GateCache
 from .configuration_fedsq import FedSQConfig
 from .modeling_fedsq import FedSQModel
 from .backbones import load_backbone
+from .convert import convert_efficientnet_lite0

@@ -52,6 +52,10 @@ class FedSQModel(PreTrainedModel):
     def __init__(self, config: FedSQConfig) -> None:
         super().__init__(config)
         backbone = load_backbone(config.backbone, config.num_labels, **(config.backbone_kwargs or {}))
+        head = backbone.get_classifier() if hasattr(backbone, "get_classifier") else None
+        if isinstance(head, nn.Linear):  # zero-init the new head, as in BiT: fine-tuning starts at uniform logits
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
         if config.data_config is None:
             config.data_config = _jsonable(timm.data.resolve_data_config({}, model=backbone))
         structural = None

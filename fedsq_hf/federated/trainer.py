@@ -1,0 +1,366 @@
+"""Federated simulation on Accelerate: clients train one after another on one model instance per
+process; one all-reduce per round aggregates across processes.
+
+Every random choice is seeded from (seed, round[, client]), so a run gives the same global weights
+on 1 or N processes and after an interrupt + resume. There is therefore no RNG stream to save:
+a checkpoint holds the global state, the server optimizer state, the round and the history.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import reduce
+from tqdm.auto import tqdm
+
+from ..errors import CheckpointError, FedSQError
+from ..modeling_fedsq import FedSQModel
+from ..serialization import atomic_write_bytes, atomic_write_json, load_weights, save_weights
+from .arguments import FederatedArguments
+from .partition import plot_partition
+from .strategies import Strategy
+
+__all__ = ["FederatedTrainer", "client_seed"]
+
+logger = logging.getLogger(__name__)
+
+# The fields of a run that a checkpoint must share to be resumed.
+_RESUME_KEYS = ("backbone", "num_labels", "num_clients", "model", "partition", "alpha", "seed", "strategy")
+
+
+def client_seed(seed: int, round_: int, client: int = -1) -> int:
+    return int(np.random.SeedSequence([seed, round_, client + 1]).generate_state(1)[0])
+
+
+class _Batches(torch.utils.data.Dataset):
+    """Batches by index lists from in-memory tensors (one gather per batch, no per-sample collate)."""
+
+    def __init__(self, pixels: torch.Tensor, labels: torch.Tensor) -> None:
+        self.pixels, self.labels = pixels, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, idx):
+        idx = torch.as_tensor(idx)
+        return self.pixels[idx], self.labels[idx], idx
+
+
+class FederatedTrainer:
+    """Simulate a federation of `len(partitions)` clients training `model` with `strategy`.
+
+    Args:
+        model: the global model (FedSQ or plain); its floating state is what gets aggregated.
+        strategy: server-side algorithm (see `fedsq_hf.federated.strategies`).
+        train_data / eval_data: (pixels, labels) tensors, in memory.
+        partitions: sample indices of each client into `train_data`.
+        args: run arguments; `run_config` (everything, JSON-ready) goes into summary and checkpoints.
+    """
+
+    def __init__(
+        self,
+        model: FedSQModel,
+        strategy: Strategy,
+        train_data: tuple[torch.Tensor, torch.Tensor],
+        eval_data: tuple[torch.Tensor, torch.Tensor],
+        partitions: list[np.ndarray],
+        args: FederatedArguments,
+        run_config: dict[str, Any] | None = None,
+        partition_summary: dict[str, Any] | None = None,
+        augment: bool = False,
+        accelerator: Accelerator | None = None,
+    ) -> None:
+        self.args = args
+        self.accelerator = accelerator or Accelerator(
+            mixed_precision=args.mixed_precision,
+            log_with=None if args.report_to == "none" else args.report_to,
+            project_dir=args.output_dir,
+        )
+        self.model = model.to(self.accelerator.device)
+        self.strategy = strategy
+        self.train_set = _Batches(*train_data)
+        self.eval_set = _Batches(*eval_data)
+        self.partitions = partitions
+        self.augment = augment
+        self.run_config = dict(run_config or {})
+        self.run_config.update(num_labels=model.config.num_labels, backbone=model.config.backbone,
+                               strategy_config=strategy.describe())
+        self.partition_summary = partition_summary
+        state = model.state_dict()
+        self._tensors = [t for t in state.values() if t.is_floating_point()]
+        self.global_state = self._read_state()
+        self.history: list[dict[str, Any]] = []
+        self.best_accuracy, self.best_round, self.failed_streak, self.start_round = -1.0, 0, 0, 0
+
+    # -- flat global state ---------------------------------------------------------------
+    def _read_state(self) -> torch.Tensor:
+        return torch.cat([t.detach().float().flatten() for t in self._tensors])
+
+    def _write_state(self, flat: torch.Tensor) -> None:
+        offset = 0
+        with torch.no_grad():
+            for t in self._tensors:
+                t.copy_(flat[offset : offset + t.numel()].view_as(t))
+                offset += t.numel()
+
+    def _accumulate(self, acc: torch.Tensor, weight: float) -> bool:
+        """acc += weight * local state, in place; False (nothing added) if the state is not finite."""
+        if not all(bool(torch.isfinite(t).all()) for t in self._tensors):
+            return False
+        offset = 0
+        for t in self._tensors:
+            acc[offset : offset + t.numel()].add_(t.detach().flatten(), alpha=weight)
+            offset += t.numel()
+        return True
+
+    # -- one client ----------------------------------------------------------------------
+    def sample_clients(self, round_: int) -> list[int]:
+        rng = np.random.default_rng(client_seed(self.args.seed, round_))
+        chosen = rng.choice(len(self.partitions), self.args.clients_per_round, replace=False)
+        return sorted(int(c) for c in chosen)
+
+    def train_client(self, client: int, round_: int) -> float:
+        """Local training from the current model weights; returns the mean training loss."""
+        args, model = self.args, self.model
+        seed = client_seed(args.seed, round_, client)
+        torch.manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)
+        indices = torch.as_tensor(self.partitions[client])
+        sampler = torch.utils.data.BatchSampler(
+            torch.utils.data.SubsetRandomSampler(indices, generator=gen), args.batch_size, drop_last=False
+        )
+        loader = torch.utils.data.DataLoader(self.train_set, sampler=sampler, batch_size=None, num_workers=args.num_workers)
+        params = [p for p in model.parameters() if p.requires_grad]
+        anchor = [p.detach().clone() for p in params] if type(self.strategy).client_loss is not Strategy.client_loss else None
+        opt = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+        use_keys = getattr(model.dual_copy, "gate_cache", None) is not None
+        steps_per_epoch = len(sampler)
+        total_steps = args.local_steps or args.local_epochs * steps_per_epoch
+        model.train()
+        losses, step = [], 0
+        while step < total_steps:
+            for x, y, keys in loader:
+                x, y = x.to(self.accelerator.device), y.to(self.accelerator.device)
+                if self.augment:
+                    flip = torch.rand(len(x), generator=gen) < 0.5
+                    x = torch.where(flip.view(-1, 1, 1, 1).to(x.device), x.flip(-1), x)
+                with self.accelerator.autocast():
+                    loss = model(x, labels=y, gate_keys=keys if use_keys else None).loss
+                    extra = self.strategy.client_loss(params, anchor) if anchor is not None else None
+                    total = loss if extra is None else loss + extra
+                opt.zero_grad(set_to_none=True)
+                total.backward()
+                opt.step()
+                losses.append(loss.item())
+                step += 1
+                if step >= total_steps or not np.isfinite(losses[-1]):
+                    break
+            if losses and not np.isfinite(losses[-1]):
+                break
+        return float(np.mean(losses)) if losses else float("nan")
+
+    # -- evaluation ----------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> tuple[float, float]:
+        """(loss, accuracy) of the current model on the eval data, split over processes."""
+        acc = self.accelerator
+        self.model.eval()
+        n = len(self.eval_set)
+        shard = np.array_split(np.arange(n), acc.num_processes)[acc.process_index]
+        sums = torch.zeros(3, dtype=torch.float64, device=acc.device)
+        for start in range(0, len(shard), 256):
+            x, y, _ = self.eval_set[shard[start : start + 256]]
+            x, y = x.to(acc.device), y.to(acc.device)
+            with acc.autocast():
+                logits = self.model(x).logits.float()
+            sums[0] += torch.nn.functional.cross_entropy(logits, y, reduction="sum").double()
+            sums[1] += (logits.argmax(-1) == y).sum()
+            sums[2] += len(y)
+        sums = reduce(sums, reduction="sum")
+        return float(sums[0] / sums[2]), float(sums[1] / sums[2])
+
+    # -- the run -------------------------------------------------------------------------
+    def run_round(self, round_: int) -> dict[str, Any]:
+        acc_ = self.accelerator
+        start = time.perf_counter()
+        clients = self.sample_clients(round_)
+        mine = clients[acc_.process_index :: acc_.num_processes]
+        acc = torch.zeros_like(self.global_state)
+        stats = torch.zeros(3 + len(self.partitions), dtype=torch.float64)  # weight, loss*weight, ok, failed ids
+        for client in mine:
+            self._write_state(self.global_state)
+            loss = self.train_client(client, round_)
+            weight = float(len(self.partitions[client]))
+            if np.isfinite(loss) and self._accumulate(acc, weight):
+                stats[0] += weight
+                stats[1] += loss * weight
+                stats[2] += 1
+            else:
+                stats[3 + client] = 1
+        acc.sub_(self.global_state, alpha=float(stats[0]))  # sum of weighted updates (local - global)
+        packed = reduce(torch.cat([acc.double(), stats]).to(acc_.device), reduction="sum").cpu()
+        acc, stats = packed[: len(acc)].float(), packed[len(acc) :]
+        failed = [int(i) for i in torch.nonzero(stats[3:]).flatten()]
+        if failed and acc_.is_main_process:
+            logger.warning("round %d: excluded clients %s (non-finite loss or update)", round_, failed)
+        if stats[0] > 0:
+            self.strategy.server_update(self.global_state, self.strategy.aggregate(acc, float(stats[0])))
+            self.failed_streak = 0
+        else:
+            self.failed_streak += 1
+        self._write_state(self.global_state)
+        record = {
+            "round": round_,
+            "clients": clients,
+            "failed_clients": failed,
+            "train_loss": float(stats[1] / stats[0]) if stats[0] > 0 else None,
+            "eval_loss": None,
+            "eval_accuracy": None,
+            "bytes_aggregated": int(stats[2]) * self.global_state.numel() * 4,
+        }
+        if self.failed_streak >= self.args.max_failed_rounds:
+            raise FedSQError(
+                f"{self.failed_streak} consecutive rounds had no usable client update (all clients failed); "
+                "the global model was kept unchanged. Lower --lr or check the data."
+            )
+        if round_ % self.args.eval_every == 0 or round_ == self.args.rounds:
+            record["eval_loss"], record["eval_accuracy"] = self.evaluate()
+        record["wall_time"] = time.perf_counter() - start
+        return record
+
+    def train(self) -> dict[str, Any]:
+        """Run all rounds (from the last checkpoint with `args.resume`); returns the summary."""
+        args, acc = self.args, self.accelerator
+        out = args.output_dir
+        if args.resume:
+            self.load_checkpoint(os.path.join(out, "checkpoints"))
+        if acc.is_main_process:
+            os.makedirs(out, exist_ok=True)
+            if self.partition_summary is not None:
+                atomic_write_json(os.path.join(out, "partition.json"), self.partition_summary)
+                plot_partition(self.partition_summary, os.path.join(out, "partition.png"),
+                               f"{args.partition} partition, {args.num_clients} clients")
+        if acc.log_with:
+            acc.init_trackers("fedsq-hf", config={k: v for k, v in self.run_config.items() if isinstance(v, (int, float, str, bool))})
+        bar = tqdm(range(self.start_round + 1, args.rounds + 1), disable=not acc.is_local_main_process,
+                   desc="rounds", initial=self.start_round, total=args.rounds)
+        for round_ in bar:
+            record = self.run_round(round_)
+            self.history.append(record)
+            improved = record["eval_accuracy"] is not None and record["eval_accuracy"] > self.best_accuracy
+            if improved:
+                self.best_accuracy, self.best_round = record["eval_accuracy"], round_
+            if acc.log_with:
+                acc.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=round_)
+            bar.set_postfix(acc=record["eval_accuracy"], loss=record["train_loss"])
+            if acc.is_main_process:
+                if improved:
+                    self.model.save_pretrained(os.path.join(out, "best"))
+                self._write_history()
+            if round_ % args.save_every == 0 or round_ == args.rounds:
+                self.save_checkpoint(os.path.join(out, "checkpoints"), round_)
+            acc.wait_for_everyone()
+        summary = self._summary()
+        if acc.is_main_process:
+            self.model.save_pretrained(os.path.join(out, "final"))
+            atomic_write_json(os.path.join(out, "summary.json"), summary)
+            self._plot(os.path.join(out, "accuracy.png"))
+            if args.push_to_hub:
+                self.model.push_to_hub(args.hub_model_id, commit_message=f"FedSQ: round {args.rounds}")
+        acc.wait_for_everyone()
+        if acc.log_with:
+            acc.end_training()
+        return summary
+
+    # -- outputs -------------------------------------------------------------------------
+    def _summary(self) -> dict[str, Any]:
+        evals = [h for h in self.history if h["eval_accuracy"] is not None]
+        return {
+            "best_accuracy": self.best_accuracy if evals else None,
+            "best_round": self.best_round if evals else None,
+            "final_accuracy": evals[-1]["eval_accuracy"] if evals else None,
+            "rounds": len(self.history),
+            "num_processes": self.accelerator.num_processes,
+            "wall_time": sum(h["wall_time"] for h in self.history),
+            "config": self.run_config,
+        }
+
+    def _write_history(self) -> None:
+        lines = "".join(json.dumps(h) + "\n" for h in self.history)
+        atomic_write_bytes(os.path.join(self.args.output_dir, "history.jsonl"), lines.encode())
+
+    def _plot(self, path: str) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        points = [(h["round"], h["eval_accuracy"]) for h in self.history if h["eval_accuracy"] is not None]
+        fig, ax = plt.subplots(figsize=(6, 4))
+        if points:
+            ax.plot(*zip(*points), marker="o", label=f"{self.run_config.get('model', 'model')} + {self.strategy.name}")
+            ax.axvline(self.best_round, color="gray", linestyle=":", label=f"best: round {self.best_round}")
+        ax.set_xlabel("round")
+        ax.set_ylabel("eval accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def save_checkpoint(self, folder: str, round_: int) -> None:
+        """Write `round-N/` beside a temporary name and rename it; then point `latest` at it."""
+        if not self.accelerator.is_main_process:
+            return
+        final = os.path.join(folder, f"round-{round_:05d}")
+        tmp = os.path.join(folder, f".tmp-round-{round_:05d}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        tensors = {"global_state": self.global_state, **{f"strategy.{k}": v for k, v in self.strategy.state_dict().items()}}
+        save_weights(os.path.join(tmp, "state.safetensors"), tensors)
+        atomic_write_json(os.path.join(tmp, "trainer_state.json"), {
+            "round": round_, "history": self.history, "best_accuracy": self.best_accuracy,
+            "best_round": self.best_round, "failed_streak": self.failed_streak,
+            "run": {k: self.run_config.get(k) for k in _RESUME_KEYS},
+        })
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        atomic_write_bytes(os.path.join(folder, "latest"), os.path.basename(final).encode())
+        for old in os.listdir(folder):
+            if old.startswith("round-") and old != os.path.basename(final):
+                shutil.rmtree(os.path.join(folder, old), ignore_errors=True)
+
+    def load_checkpoint(self, folder: str) -> None:
+        pointer = os.path.join(folder, "latest")
+        if not os.path.isfile(pointer):
+            raise CheckpointError(f"--resume: {folder!r} holds no checkpoint (no 'latest' file); run without --resume.")
+        with open(pointer) as f:
+            path = os.path.join(folder, f.read().strip())
+        with open(os.path.join(path, "trainer_state.json")) as f:
+            state = json.load(f)
+        saved = state["run"]
+        differs = {k: (saved.get(k), self.run_config.get(k)) for k in _RESUME_KEYS if saved.get(k) != self.run_config.get(k)}
+        if differs:
+            raise CheckpointError(
+                f"--resume: the checkpoint in {path!r} is of another run: "
+                + ", ".join(f"{k} {a!r} (checkpoint) vs {b!r} (now)" for k, (a, b) in differs.items())
+                + ". Use the same settings or another --output-dir."
+            )
+        tensors = load_weights(os.path.join(path, "state.safetensors"))
+        if tensors["global_state"].shape != self.global_state.shape:
+            raise CheckpointError(f"--resume: the checkpoint in {path!r} does not match this model's size.")
+        self.global_state = tensors["global_state"].to(self.global_state.device)
+        self.strategy.load_state_dict({k[len("strategy."):]: v for k, v in tensors.items() if k.startswith("strategy.")})
+        self._write_state(self.global_state)
+        self.history = state["history"]
+        self.best_accuracy, self.best_round = state["best_accuracy"], state["best_round"]
+        self.failed_streak, self.start_round = state["failed_streak"], state["round"]
