@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from accelerate import Accelerator
 from transformers import set_seed
 
 from ..configuration_fedsq import FedSQConfig
@@ -14,7 +13,7 @@ from .arguments import DataArguments, FederatedArguments, ModelArguments, run_co
 from .data import load_image_dataset, make_transform, preprocess
 from .partition import partition_labels, partition_summary
 from .strategies import make_strategy
-from .trainer import FederatedTrainer
+from .trainer import FederatedTrainer, make_accelerator
 
 __all__ = ["run_federated"]
 
@@ -24,11 +23,7 @@ def run_federated(model_args: ModelArguments, data_args: DataArguments, fed_args
     validate_arguments(model_args, data_args, fed_args)
     strategy = make_strategy(fed_args.strategy, mu=fed_args.mu, server_lr=fed_args.server_lr,
                              server_momentum=fed_args.server_momentum)
-    accelerator = Accelerator(
-        mixed_precision=fed_args.mixed_precision,
-        log_with=None if fed_args.report_to == "none" else fed_args.report_to,
-        project_dir=fed_args.output_dir,
-    )
+    accelerator = make_accelerator(fed_args)
     train, evaluation, names = load_image_dataset(
         data_args.dataset, data_args.image_column, data_args.label_column, data_args.eval_split,
         data_args.max_train_samples, data_args.max_eval_samples, seed=fed_args.seed,

@@ -28,7 +28,7 @@ from .arguments import FederatedArguments
 from .partition import plot_partition
 from .strategies import Strategy
 
-__all__ = ["FederatedTrainer", "client_seed"]
+__all__ = ["FederatedTrainer", "client_seed", "make_accelerator"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,18 @@ _RESUME_KEYS = ("backbone", "num_labels", "num_clients", "model", "partition", "
 
 def client_seed(seed: int, round_: int, client: int = -1) -> int:
     return int(np.random.SeedSequence([seed, round_, client + 1]).generate_state(1)[0])
+
+
+def make_accelerator(args: FederatedArguments) -> Accelerator:
+    """The run's Accelerator. Without a GPU, `torchrun`/`accelerate launch` give a MULTI_CPU (gloo) group."""
+    accelerated = torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available()) \
+        or torch.backends.mps.is_available()
+    return Accelerator(
+        cpu=not accelerated,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_dir=args.output_dir,
+    )
 
 
 class _Batches(torch.utils.data.Dataset):
@@ -79,11 +91,7 @@ class FederatedTrainer:
         accelerator: Accelerator | None = None,
     ) -> None:
         self.args = args
-        self.accelerator = accelerator or Accelerator(
-            mixed_precision=args.mixed_precision,
-            log_with=None if args.report_to == "none" else args.report_to,
-            project_dir=args.output_dir,
-        )
+        self.accelerator = accelerator or make_accelerator(args)
         self.model = model.to(self.accelerator.device)
         self.strategy = strategy
         self.train_set = _Batches(*train_data)

