@@ -7,6 +7,7 @@ import tempfile
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ["HF_HUB_CACHE"] = tempfile.mkdtemp(prefix="fedsq-hf-cache-")
+os.environ["FEDSQ_HF_CACHE"] = tempfile.mkdtemp(prefix="fedsq-hf-backbones-")  # converted backbones
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
