@@ -1,7 +1,8 @@
 """Client partitions of a labelled dataset: IID, Dirichlet label skew, label shards.
 
-Semantics follow flwr-datasets' IidPartitioner, DirichletPartitioner and ShardPartitioner
-(its pins do not fit the current `datasets`, so the same behaviour is implemented here).
+Semantics follow flwr-datasets' IidPartitioner, DirichletPartitioner and ShardPartitioner;
+flwr-datasets 0.6.1 pins datasets<5 and rich<15, which the current `datasets` (5.x) does not fit,
+so the same behaviour is implemented here.
 Deterministic for a seed; every sample lands in exactly one client.
 """
 
