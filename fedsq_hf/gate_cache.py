@@ -30,7 +30,7 @@ def _pack_bits(mask: torch.Tensor) -> torch.Tensor:
 
 
 def _unpack_bits(packed: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    bits = packed.unsqueeze(-1).bitwise_and(_BIT_WEIGHTS.to(packed.device)).ne_(0)
+    bits = packed.unsqueeze(-1).bitwise_and(_BIT_WEIGHTS.to(packed.device)).ne(0)
     return bits.flatten(1)[:, : math.prod(shape)].view(packed.shape[0], *shape)
 
 

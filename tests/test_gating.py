@@ -201,4 +201,19 @@ def test_bit_packing_round_trips_odd_sizes():
     from fedsq_hf.gate_cache import _pack_bits, _unpack_bits
 
     mask = torch.rand(5, 3, 7, 3) > 0.5
-    assert torch.equal(_unpack_bits(_pack_bits(mask), (3, 7, 3)), mask)
+    unpacked = _unpack_bits(_pack_bits(mask), (3, 7, 3))
+    assert unpacked.dtype == torch.bool and torch.equal(unpacked, mask)
+
+
+def test_cached_gates_equal_fresh_gates_for_every_kind():
+    dual = DualCopy(build("all_kinds"))
+    perturb_(dual.quantitative)
+    x, keys = torch.randn(4, 3, 16, 16), torch.arange(4)
+    dual.enable_gate_cache(1 << 20)
+    dual(x, gate_keys=keys)
+    cached = dual.gate_cache.lookup(keys, x)
+    for (site, fresh), (_, stored) in zip(dual.compute_gates(x), cached):
+        for a, b in zip(fresh if isinstance(fresh, tuple) else (fresh,), stored if isinstance(stored, tuple) else (stored,)):
+            assert a.dtype == b.dtype and torch.equal(a, b), site
+    with torch.no_grad():
+        torch.testing.assert_close(dual(x, gate_keys=keys), dual(x))
