@@ -91,6 +91,7 @@ def test_shards_give_few_labels_per_client():
 @pytest.mark.parametrize("kwargs, match", [
     (dict(num_clients=0), "num_clients"), (dict(num_clients=11), "larger than"),
     (dict(num_clients=2, method="dirichlet", alpha=0.0), "alpha"), (dict(num_clients=2, method="bogus"), "Unknown partition"),
+    (dict(num_clients=2, method="dirichlet", min_partition_size=0), "min_partition_size"),
 ])
 def test_partition_bad_input(kwargs, match):
     with pytest.raises(FedSQError, match=match):
@@ -183,6 +184,7 @@ def test_diverging_clients_are_excluded_then_run_stops(backbone_dir, digits_dir,
 @pytest.mark.parametrize("field, value, match", [
     ("alpha", 0.0, "--alpha"), ("clients_per_round", 11, "--clients-per-round"), ("batch_size", 0, "--batch-size"),
     ("strategy", "fedsgd", "--strategy"), ("local_epochs", 0, "both 0"), ("num_clients", 0, "--num-clients"),
+    ("min_partition_size", 0, "--min-partition-size"),
 ])
 def test_bad_arguments_are_named(field, value, match):
     fed = FederatedArguments(**{field: value})

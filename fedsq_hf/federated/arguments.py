@@ -78,6 +78,7 @@ def validate_arguments(model: ModelArguments, data: DataArguments, fed: Federate
         (fed.num_clients >= 1, f"--num-clients must be >= 1, got {fed.num_clients}"),
         (fed.partition in PARTITIONS, f"--partition must be one of {list(PARTITIONS)}, got {fed.partition!r}"),
         (fed.alpha > 0, f"--alpha must be > 0, got {fed.alpha}"),
+        (fed.min_partition_size >= 1, f"--min-partition-size must be >= 1 (every client needs data), got {fed.min_partition_size}"),
         (fed.rounds >= 1, f"--rounds must be >= 1, got {fed.rounds}"),
         (1 <= fed.clients_per_round <= fed.num_clients,
          f"--clients-per-round must be between 1 and --num-clients ({fed.num_clients}), got {fed.clients_per_round}"),

@@ -53,6 +53,8 @@ def partition_labels(
 def _dirichlet(labels, num_clients, alpha, min_size, max_tries, rng) -> list[np.ndarray]:
     if not alpha > 0:
         raise FedSQError(f"Dirichlet alpha must be > 0, got {alpha}.")
+    if min_size < 1:
+        raise FedSQError(f"min_partition_size must be >= 1 (every client needs data), got {min_size}.")
     if min_size * num_clients > len(labels):
         raise FedSQError(
             f"min_partition_size={min_size} x num_clients={num_clients} exceeds the {len(labels)} samples; "
