@@ -12,10 +12,15 @@ from torch import nn
 from .errors import BackboneLoadError
 from .gating import register_gate
 
-__all__ = ["load_backbone", "timm_model_name"]
+__all__ = ["load_backbone", "timm_model_name", "looks_like_path"]
 
 # timm's PReLU overrides forward with the same computation as torch's.
 register_gate(timm.layers.activations.PReLU, "prelu")
+
+
+def looks_like_path(name: str) -> bool:
+    """True for names that can only be local paths: Hub ids have one "/" and no leading ".", "/", "~"."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1
 
 
 def timm_model_name(backbone: str) -> str:
@@ -24,7 +29,7 @@ def timm_model_name(backbone: str) -> str:
         return backbone
     if os.path.isdir(os.path.expanduser(backbone)):
         return "local-dir:" + os.path.abspath(os.path.expanduser(backbone))
-    if backbone.startswith((".", "/", "~")) or backbone.count("/") > 1:  # Hub ids have one "/"
+    if looks_like_path(backbone):
         raise BackboneLoadError(
             f"Backbone folder {backbone!r} does not exist. Point `backbone` at a folder holding a timm "
             "checkpoint in Hub layout (config.json + model.safetensors), or use a Hub id like 'timm/resnet18.a1_in1k'."

@@ -15,7 +15,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForImageClassification, PreTrainedModel
 from transformers.modeling_outputs import ImageClassifierOutput
 
-from .backbones import load_backbone
+from .backbones import load_backbone, looks_like_path
 from .configuration_fedsq import FedSQConfig
 from .errors import CheckpointError
 from .gate_cache import GateCache
@@ -197,7 +197,7 @@ def _resolve_file(source: str, filename: str, hub: dict[str, Any]) -> str:
         if not os.path.isfile(path):
             raise CheckpointError(f"{source!r} has no {filename}: it is not a saved FedSQ model (save_pretrained writes one).")
         return path
-    if source.startswith((".", "/", "~")) or source.count("/") > 1:
+    if looks_like_path(source):
         raise CheckpointError(f"Checkpoint folder {source!r} does not exist.")
     try:
         return hf_hub_download(source, filename, **hub)
