@@ -9,3 +9,4 @@ from .configuration_fedsq import FedSQConfig
 from .modeling_fedsq import FedSQModel
 from .backbones import load_backbone
 from .convert import convert_efficientnet_lite0
+from .hub import model_card, push_to_hub

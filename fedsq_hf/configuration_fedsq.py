@@ -34,7 +34,9 @@ class FedSQConfig(PreTrainedConfig):
             across non-IID clients. `train`: batch statistics, running statistics updated and averaged.
             The structural copy always uses its pretrained statistics.
         backbone_kwargs: extra keyword arguments for `timm.create_model` (e.g. `drop_rate`).
-        data_config: the backbone's preprocessing (timm data config), filled in when the model is built.
+        pretrained_cfg: the preprocessing the model expects (timm data config: input_size, mean, std,
+            crop_pct, interpolation), filled in from the backbone when the model is built; the same key
+            timm checkpoints use, so `TimmWrapperImageProcessor` (and `pipeline`) read it.
         fedsq_version: the fedsq-hf version that wrote the config.
     """
 
@@ -46,7 +48,7 @@ class FedSQConfig(PreTrainedConfig):
     fixed_gating: bool = True
     bn_mode: Literal["frozen", "train"] = "frozen"
     backbone_kwargs: dict[str, Any] | None = None
-    data_config: dict[str, Any] | None = None
+    pretrained_cfg: dict[str, Any] | None = None
     fedsq_version: str | None = None
 
     def __post_init__(self, **kwargs: Any) -> None:

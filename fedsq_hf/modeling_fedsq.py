@@ -12,14 +12,19 @@ import torch
 from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
 from torch import nn
-from transformers import AutoConfig, AutoModelForImageClassification, PreTrainedModel
+from huggingface_hub import ModelCard
+from huggingface_hub.hf_api import CommitInfo
+from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, PreTrainedModel
 from transformers.modeling_outputs import ImageClassifierOutput
+from transformers.models.timm_wrapper import TimmWrapperImageProcessor
 
 from .backbones import load_backbone, looks_like_path
 from .configuration_fedsq import FedSQConfig
 from .errors import CheckpointError
 from .gate_cache import GateCache
 from .gating import DualCopy
+from .hub import model_card as make_model_card
+from .hub import push_to_hub
 from .serialization import atomic_write_json, check_state_dict, load_weights, save_weights
 
 __all__ = ["FedSQModel", "CONFIG_NAME", "WEIGHTS_NAME"]
@@ -56,8 +61,8 @@ class FedSQModel(PreTrainedModel):
         if isinstance(head, nn.Linear):  # zero-init the new head, as in BiT: fine-tuning starts at uniform logits
             nn.init.zeros_(head.weight)
             nn.init.zeros_(head.bias)
-        if config.data_config is None:
-            config.data_config = _jsonable(timm.data.resolve_data_config({}, model=backbone))
+        if config.pretrained_cfg is None:
+            config.pretrained_cfg = _jsonable(timm.data.resolve_data_config({}, model=backbone))
         structural = None
         if config.fixed_gating:
             structural = copy.deepcopy(backbone)
@@ -135,6 +140,30 @@ class FedSQModel(PreTrainedModel):
         self.config.architectures = [type(self).__name__]
         save_weights(os.path.join(save_directory, WEIGHTS_NAME), state_dict or self.state_dict())
         atomic_write_json(os.path.join(save_directory, CONFIG_NAME), self.config.to_dict())
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        commit_message: str | None = None,
+        commit_description: str | None = None,
+        private: bool | None = None,
+        token: str | bool | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+        model_card: ModelCard | None = None,
+        license: str = "apache-2.0",
+    ) -> CommitInfo:
+        """Upload `config.json`, `model.safetensors` and a generated `README.md` card in one commit.
+
+        Needs Hub credentials (`hf auth login` or `HF_TOKEN`); `revision` names a branch, created if
+        missing. `model_card` replaces the generated card (see `fedsq_hf.hub.model_card`).
+        """
+        return push_to_hub(
+            self, repo_id, commit_message=commit_message, commit_description=commit_description, private=private,
+            token=token, revision=revision, create_pr=create_pr,
+            card=model_card or make_model_card(self.config, repo_id, license=license),
+        )
 
     @classmethod
     def from_pretrained(
@@ -225,3 +254,8 @@ def _load_config(path: str, overrides: dict[str, Any]) -> FedSQConfig:
 
 AutoConfig.register(FedSQConfig.model_type, FedSQConfig, exist_ok=True)
 AutoModelForImageClassification.register(FedSQConfig, FedSQModel, exist_ok=True)
+# The preprocessing is timm's, kept in config.json as `pretrained_cfg` like timm checkpoints keep it.
+AutoImageProcessor.register(
+    FedSQConfig, image_processor_classes={"pil": TimmWrapperImageProcessor, "torchvision": TimmWrapperImageProcessor},
+    exist_ok=True,
+)

@@ -10,6 +10,7 @@ os.environ["HF_HUB_CACHE"] = tempfile.mkdtemp(prefix="fedsq-hf-cache-")
 os.environ["FEDSQ_HF_CACHE"] = tempfile.mkdtemp(prefix="fedsq-hf-backbones-")  # converted backbones
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import timm  # noqa: E402
 import torch  # noqa: E402
@@ -36,3 +37,20 @@ def backbone_dir(tmp_path_factory):
         return made[arch]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory):
+    """scikit-learn's 8x8 digits as parquet train/test files with Hub-style image + ClassLabel columns."""
+    from datasets import ClassLabel, Dataset, Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = [(img * 15).astype(np.uint8) for img in digits.images]
+    ds = Dataset.from_dict({"img": images, "label": digits.target.astype(np.int64)})
+    ds = ds.cast_column("img", Image()).cast_column("label", ClassLabel(names=[str(i) for i in range(10)]))
+    split = ds.train_test_split(test_size=0.1, seed=0)
+    folder = tmp_path_factory.mktemp("digits")
+    split["train"].to_parquet(str(folder / "train.parquet"))
+    split["test"].to_parquet(str(folder / "test.parquet"))
+    return str(folder)

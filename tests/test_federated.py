@@ -1,6 +1,5 @@
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -13,25 +12,7 @@ from fedsq_hf.federated import (
     DataArguments, FedAdam, FedAvg, FedAvgM, FederatedArguments, FedProx, ModelArguments,
     partition_labels, partition_summary, run_federated, validate_arguments,
 )
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="session")
-def digits_dir(tmp_path_factory):
-    """scikit-learn's 8x8 digits as parquet train/test files with Hub-style image + ClassLabel columns."""
-    from datasets import ClassLabel, Dataset, Image
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images = [(img * 15).astype(np.uint8) for img in digits.images]
-    ds = Dataset.from_dict({"img": images, "label": digits.target.astype(np.int64)})
-    ds = ds.cast_column("img", Image()).cast_column("label", ClassLabel(names=[str(i) for i in range(10)]))
-    split = ds.train_test_split(test_size=0.1, seed=0)
-    folder = tmp_path_factory.mktemp("digits")
-    split["train"].to_parquet(str(folder / "train.parquet"))
-    split["test"].to_parquet(str(folder / "test.parquet"))
-    return str(folder)
+from helpers import cli_args, run_example
 
 
 def tiny_args(backbone, dataset, output_dir, **fed):
@@ -40,16 +21,6 @@ def tiny_args(backbone, dataset, output_dir, **fed):
     defaults = dict(num_clients=4, clients_per_round=2, rounds=2, batch_size=16, partition="dirichlet", alpha=1.0,
                     min_partition_size=5, output_dir=str(output_dir), lr=0.01)
     return model, data, FederatedArguments(**{**defaults, **fed})
-
-
-def cli_args(backbone, dataset, output_dir, **extra):
-    args = ["--backbone", backbone, "--dataset", dataset, "--image_column", "img", "--max_train_samples", "240",
-            "--max_eval_samples", "60", "--image_size", "32", "--num_clients", "4", "--clients_per_round", "2",
-            "--batch_size", "16", "--alpha", "1.0", "--min_partition_size", "5", "--lr", "0.01",
-            "--output_dir", str(output_dir)]
-    for k, v in extra.items():
-        args += [f"--{k}", str(v)]
-    return args
 
 
 # -- partitions -------------------------------------------------------------------------------
@@ -200,12 +171,6 @@ def test_bad_dataset_columns_and_labels(backbone_dir, digits_dir, tmp_path):
 
 
 # -- processes and the example ----------------------------------------------------------------
-
-def run_example(args, launcher=(sys.executable,), timeout=300):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([*launcher, os.path.join(ROOT, "examples", "federated.py"), *args],
-                          capture_output=True, text=True, timeout=timeout, env=env)
-
 
 def test_two_processes_give_the_same_global_weights(backbone_dir, digits_dir, tmp_path):
     backbone = backbone_dir("resnet10t")

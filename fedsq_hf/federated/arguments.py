@@ -65,7 +65,10 @@ class FederatedArguments:
     num_workers: int = 0
     push_to_hub: bool = False
     hub_model_id: str | None = None
-    hub_strategy: str = "end"
+    hub_strategy: str = field(default="end", metadata={"help": "end, or every_save: also push at each checkpoint (in the background)"})
+    hub_revision: str | None = field(default=None, metadata={"help": "branch to push to (created if missing)"})
+    hub_private_repo: bool | None = None
+    hub_license: str = field(default="apache-2.0", metadata={"help": "license id for the model card"})
 
 
 def validate_arguments(model: ModelArguments, data: DataArguments, fed: FederatedArguments) -> None:

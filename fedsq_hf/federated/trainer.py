@@ -13,15 +13,19 @@ import logging
 import os
 import shutil
 import time
+from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import reduce
+from huggingface_hub import HfApi
+from huggingface_hub.errors import HfHubHTTPError
 from tqdm.auto import tqdm
 
 from ..errors import CheckpointError, FedSQError
+from ..hub import model_card, percent, push_to_hub
 from ..modeling_fedsq import FedSQModel
 from ..serialization import atomic_write_bytes, atomic_write_json, load_weights, save_weights
 from .arguments import FederatedArguments
@@ -107,6 +111,7 @@ class FederatedTrainer:
         self.global_state = self._read_state()
         self.history: list[dict[str, Any]] = []
         self.best_accuracy, self.best_round, self.failed_streak, self.start_round = -1.0, 0, 0, 0
+        self._pushes: list[Future] = []
 
     # -- flat global state ---------------------------------------------------------------
     def _read_state(self) -> torch.Tensor:
@@ -251,6 +256,8 @@ class FederatedTrainer:
         if args.resume:
             self.load_checkpoint(os.path.join(out, "checkpoints"))
         if acc.is_main_process:
+            if args.push_to_hub:
+                self._check_hub_repo()
             os.makedirs(out, exist_ok=True)
             if self.partition_summary is not None:
                 atomic_write_json(os.path.join(out, "partition.json"), self.partition_summary)
@@ -275,6 +282,8 @@ class FederatedTrainer:
                 self._write_history()
             if round_ % args.save_every == 0 or round_ == args.rounds:
                 self.save_checkpoint(os.path.join(out, "checkpoints"), round_)
+                if args.push_to_hub and args.hub_strategy == "every_save" and round_ < args.rounds and acc.is_main_process:
+                    self._push(round_, background=True)
             acc.wait_for_everyone()
         summary = self._summary()
         if acc.is_main_process:
@@ -282,7 +291,7 @@ class FederatedTrainer:
             atomic_write_json(os.path.join(out, "summary.json"), summary)
             self._plot(os.path.join(out, "accuracy.png"))
             if args.push_to_hub:
-                self.model.push_to_hub(args.hub_model_id, commit_message=f"FedSQ: round {args.rounds}")
+                self._push(args.rounds, background=False)
         acc.wait_for_everyone()
         if acc.log_with:
             acc.end_training()
@@ -323,6 +332,44 @@ class FederatedTrainer:
         fig.tight_layout()
         fig.savefig(path, dpi=100)
         plt.close(fig)
+
+    # -- Hub -----------------------------------------------------------------------------
+    def _check_hub_repo(self) -> None:
+        """Create (or reach) the Hub repo before training, so that bad credentials fail in seconds, not hours."""
+        args = self.args
+        try:
+            api = HfApi()
+            repo_id = api.create_repo(args.hub_model_id, private=args.hub_private_repo, exist_ok=True).repo_id
+            if args.hub_revision and args.hub_revision != "main":
+                api.create_branch(repo_id, branch=args.hub_revision, exist_ok=True)
+        except (HfHubHTTPError, OSError) as err:
+            raise FedSQError(
+                f"--push-to-hub: cannot create or reach the Hub repo {args.hub_model_id!r} ({type(err).__name__}: {err}). "
+                "Check --hub-model-id and your write access (hf auth login or HF_TOKEN)."
+            ) from err
+
+    def _push(self, round_: int, background: bool) -> None:
+        """Upload the current global model with its card and accuracy plot (main process only).
+
+        In the background (every_save), the next rounds train while it uploads; the final push waits.
+        """
+        args = self.args
+        if not background:
+            for pending in self._pushes:
+                pending.exception()  # wait; failures were already logged by the callback
+        plot = os.path.join(args.output_dir, "accuracy.png")
+        self._plot(plot)
+        summary = self._summary()
+        card = model_card(self.model.config, args.hub_model_id, summary=summary, history=self.history,
+                          plot="accuracy.png", license=args.hub_license)
+        message = f"Round {round_}/{args.rounds}: accuracy {percent(summary['final_accuracy'])}"
+        result = push_to_hub(self.model, args.hub_model_id, commit_message=message, private=args.hub_private_repo,
+                             revision=args.hub_revision, card=card, extra_files={"accuracy.png": plot},
+                             run_as_future=background)
+        if background:
+            result.add_done_callback(lambda f: f.exception() and logger.warning(
+                "round %d: push to the Hub failed (%s); training goes on", round_, f.exception()))
+            self._pushes.append(result)
 
     # -- checkpoints ---------------------------------------------------------------------
     def save_checkpoint(self, folder: str, round_: int) -> None:

@@ -1,0 +1,174 @@
+"""Sharing on the Hugging Face Hub: the generated model card and the one-commit push."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from concurrent.futures import Future
+from importlib.resources import files
+from typing import TYPE_CHECKING, Any
+
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, get_token
+from huggingface_hub.hf_api import CommitInfo
+
+from .backbones import looks_like_path
+from .errors import FedSQError
+
+if TYPE_CHECKING:
+    from .configuration_fedsq import FedSQConfig
+    from .modeling_fedsq import FedSQModel
+
+__all__ = ["model_card", "push_to_hub", "CARD_TEMPLATE", "TAGS"]
+
+CARD_TEMPLATE = files("fedsq_hf.model_cards") / "fedsq_model_card.md"
+TAGS = ["federated-learning", "fedsq", "image-classification"]
+
+
+def _hub_id(name: str | None) -> str | None:
+    """`name` when it reads as a Hub repo id (not a local path or a package name without a namespace)."""
+    if not name:
+        return None
+    name = name.removeprefix("hf-hub:")
+    return name if name.count("/") == 1 and not looks_like_path(name) and not os.path.exists(name) else None
+
+
+def percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}%"
+
+
+def _num(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+def _federation(run: dict[str, Any]) -> dict[str, Any]:
+    partition = run.get("partition", "?")
+    if partition == "dirichlet":
+        partition += f" (alpha = {run.get('alpha')})"
+    elif partition == "shards":
+        partition += f" ({run.get('shards_per_client')} label shards per client)"
+    local = (f"{run['local_steps']} steps" if run.get("local_steps") else f"{run.get('local_epochs')} epoch(s)")
+    local += f", batch size {run.get('batch_size')}, SGD lr {run.get('lr')} momentum {run.get('momentum')}"
+    strategy = run.get("strategy_config") or {"name": run.get("strategy")}
+    params = ", ".join(f"{k} = {v}" for k, v in strategy.items() if k != "name")
+    return {
+        **run,
+        "partition_md": partition,
+        "local_md": local,
+        "strategy_md": strategy["name"] + (f" ({params})" if params else ""),
+    }
+
+
+def _results(summary: dict[str, Any], history: list[dict[str, Any]], plot: str | None) -> dict[str, Any]:
+    return {
+        "best_accuracy_pct": percent(summary.get("best_accuracy")),
+        "final_accuracy_pct": percent(summary.get("final_accuracy")),
+        "best_round": summary.get("best_round"),
+        "rounds": summary.get("rounds"),
+        "total_rounds": (summary.get("config") or {}).get("rounds", summary.get("rounds")),
+        "plot": plot,
+        "table": [
+            {"round": h["round"], "train_loss": _num(h.get("train_loss")), "eval_loss": _num(h.get("eval_loss")),
+             "eval_accuracy": percent(h.get("eval_accuracy")) if h.get("eval_accuracy") is not None else "",
+             "failed": ", ".join(map(str, h.get("failed_clients") or [])) or "none"}
+            for h in history
+        ],
+    }
+
+
+def model_card(
+    config: FedSQConfig,
+    repo_id: str | None = None,
+    summary: dict[str, Any] | None = None,
+    history: list[dict[str, Any]] | None = None,
+    plot: str | None = None,
+    license: str = "apache-2.0",
+) -> ModelCard:
+    """The README.md of a FedSQ model, from `model_cards/fedsq_model_card.md`.
+
+    `summary` and `history` are a federated run's (`FederatedTrainer.train()` and `history.jsonl`);
+    with them the card gets the federation setup, the accuracy table and a `model-index` entry.
+    `plot` is the repo-relative path of an accuracy plot to show.
+    """
+    run = (summary or {}).get("config") or {}
+    dataset = run.get("dataset")
+    dataset_id = _hub_id(dataset)
+    dataset_name = dataset_id or (os.path.basename(os.path.normpath(dataset)) if dataset else None)
+    name = repo_id.split("/")[-1] if repo_id else f"FedSQ {config.backbone.split('/')[-1]}"
+    eval_results = None
+    if summary and summary.get("final_accuracy") is not None:  # the uploaded weights are the last round's
+        eval_results = [EvalResult(
+            task_type="image-classification", task_name="Image Classification",
+            dataset_type=dataset_id or dataset_name or "unknown", dataset_name=dataset_name or "unknown",
+            dataset_split=run.get("eval_split") or "validation", metric_type="accuracy",
+            metric_name="Validation accuracy", metric_value=round(float(summary["final_accuracy"]), 4),
+        )]
+    base_model = _hub_id(config.backbone)
+    data = ModelCardData(
+        library_name="fedsq-hf",
+        license=license,
+        base_model=base_model,
+        datasets=[dataset_id] if dataset_id else None,
+        tags=TAGS + ([run["strategy"]] if run.get("strategy") else []),
+        pipeline_tag="image-classification",
+        model_name=name if eval_results else None,  # model-index needs a name; otherwise leave it out
+        eval_results=eval_results,
+    )
+    return ModelCard.from_template(
+        data,
+        template_path=str(CARD_TEMPLATE),
+        model_name=name,
+        repo_id=repo_id or "path/to/this/model",
+        backbone=config.backbone,
+        backbone_md=f"[{base_model}](https://huggingface.co/{base_model})" if base_model else f"`{config.backbone}`",
+        num_labels=config.num_labels,
+        input_size="(batch, " + ", ".join(map(str, (config.pretrained_cfg or {}).get("input_size", (3, "H", "W")))) + ")",
+        federation=_federation({**run, "dataset": dataset_name}) if run else None,
+        results=_results(summary, history or [], plot) if summary else None,
+    )
+
+
+def push_to_hub(
+    model: FedSQModel,
+    repo_id: str,
+    *,
+    commit_message: str | None = None,
+    commit_description: str | None = None,
+    private: bool | None = None,
+    token: str | bool | None = None,
+    revision: str | None = None,
+    create_pr: bool = False,
+    card: ModelCard | None = None,
+    extra_files: dict[str, str] | None = None,
+    run_as_future: bool = False,
+) -> CommitInfo | Future[CommitInfo]:
+    """Upload `config.json`, `model.safetensors`, the card (`README.md`) and `extra_files`
+    (repo path -> local file) in one commit, creating the repo (and the `revision` branch) if needed.
+
+    With `run_as_future`, the files are staged now and the upload runs in the background.
+    """
+    if token is None and get_token() is None:
+        raise FedSQError("push_to_hub needs Hub credentials: run `hf auth login`, set HF_TOKEN, or pass token=.")
+    api = HfApi(token=token)
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    if revision is not None and revision != "main":
+        api.create_branch(repo_id, branch=revision, exist_ok=True)
+    folder = tempfile.mkdtemp(prefix="fedsq-push-")
+    try:
+        model.save_pretrained(folder)
+        (card or model_card(model.config, repo_id)).save(os.path.join(folder, "README.md"))
+        for path_in_repo, local in (extra_files or {}).items():
+            shutil.copyfile(local, os.path.join(folder, path_in_repo))
+        result = api.upload_folder(
+            repo_id=repo_id, folder_path=folder, revision=revision, create_pr=create_pr,
+            commit_message=commit_message or "Upload FedSQ model", commit_description=commit_description,
+            run_as_future=run_as_future,
+        )
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    if run_as_future:
+        result.add_done_callback(lambda _: shutil.rmtree(folder, ignore_errors=True))
+    else:
+        shutil.rmtree(folder, ignore_errors=True)
+    return result

@@ -1,0 +1,1 @@
+"""Model card templates (Jinja, for `huggingface_hub.ModelCard.from_template`), shipped inside fedsq_hf."""

@@ -1,0 +1,215 @@
+"""Hub sharing over real HTTP: push, pull, model card, pipeline interop, trainer pushes.
+
+The real `huggingface_hub` client talks to `hub_server.LocalHub` on 127.0.0.1 (HF_ENDPOINT); pushes and
+loads run in fresh processes, as a second user of the model would.
+"""
+
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from PIL import Image
+from safetensors.torch import load, load_file
+from transformers import AutoModelForImageClassification, pipeline
+
+from fedsq_hf import FedSQConfig, FedSQModel, model_card
+from fedsq_hf.federated.data import make_transform
+from fedsq_hf.hub import TAGS
+from helpers import cli_args, run_example
+from hub_server import LocalHub, validate_metadata
+
+TOKEN, USER = "hf_test_token", "alice"
+
+
+@pytest.fixture(scope="module")
+def hub():
+    with LocalHub({TOKEN: USER}) as server:
+        yield server
+
+
+@pytest.fixture()
+def hub_env(hub, tmp_path):
+    """Environment of a process that uses `hub` (with its own empty HF cache)."""
+    return {"HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN, "HF_HUB_OFFLINE": "0", "HF_HUB_CACHE": str(tmp_path / "hf-cache"),
+            "HF_HOME": str(tmp_path / "hf-home"), "OMP_NUM_THREADS": "1"}
+
+
+def run_python(code: str, env: dict, drop=()) -> subprocess.CompletedProcess:
+    full = {k: v for k, v in {**os.environ, **env}.items() if k not in drop}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=full,
+                          timeout=300)
+
+
+def test_push_then_load_in_a_fresh_process(hub, hub_env, backbone_dir, tmp_path):
+    backbone = backbone_dir("resnet10t")
+    pushed = run_python(f"""
+        import torch
+        from fedsq_hf import FedSQConfig, FedSQModel
+        model = FedSQModel(FedSQConfig(backbone={backbone!r}, num_labels=3, id2label={{0: "cat", 1: "dog", 2: "fox"}}))
+        torch.manual_seed(1)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.01 * torch.randn_like(p))
+        model.save_pretrained({str(tmp_path / "main")!r})
+        print(model.push_to_hub("{USER}/fedsq-demo", commit_message="Upload round 7"))
+        with torch.no_grad():
+            next(model.parameters()).add_(1.0)
+        model.save_pretrained({str(tmp_path / "dev")!r})
+        model.push_to_hub("fedsq-demo", revision="dev")  # no namespace: the token's user
+    """, hub_env)
+    assert pushed.returncode == 0, pushed.stderr[-3000:]
+    assert hub.state.messages[f"{USER}/fedsq-demo"] == [("main", "Upload round 7"), ("dev", "Upload FedSQ model")]
+    files = hub.state.repos[f"{USER}/fedsq-demo"].resolve("main").files
+    assert sorted(files) == [".gitattributes", "README.md", "config.json", "model.safetensors"]
+    weights = load(files["model.safetensors"])
+    assert weights and all(k.startswith("dual_copy.quantitative.") for k in weights)  # never the structural copy
+    assert json.loads(files["config.json"])["model_type"] == "fedsq"
+    assert ModelCard(files["README.md"].decode()).data.library_name == "fedsq-hf"
+
+    loaded = run_python(f"""
+        from fedsq_hf import FedSQModel
+        from safetensors.torch import load_file
+        for revision in ("main", "dev"):
+            model = FedSQModel.from_pretrained("{USER}/fedsq-demo", revision=None if revision == "main" else revision)
+            ref = load_file({str(tmp_path)!r} + "/" + revision + "/model.safetensors")
+            state = model.state_dict()
+            assert set(state) == set(ref) and all(state[k].equal(ref[k]) for k in ref), revision
+            assert model.structural is not None and model.config.id2label[2] == "fox"
+        print("ok")
+    """, hub_env)
+    assert loaded.returncode == 0 and "ok" in loaded.stdout, loaded.stderr[-3000:]
+
+
+def test_private_repo_needs_the_owners_token(hub, hub_env, backbone_dir):
+    code = f"""
+        from fedsq_hf import FedSQConfig, FedSQModel
+        FedSQModel(FedSQConfig(backbone={backbone_dir("resnet10t")!r}, num_labels=2)).push_to_hub("{USER}/secret", private=True)
+    """
+    assert run_python(code, hub_env).returncode == 0
+    assert hub.state.repos[f"{USER}/secret"].private
+    anonymous = run_python(f"""
+        from fedsq_hf import FedSQModel
+        FedSQModel.from_pretrained("{USER}/secret")
+    """, hub_env, drop=("HF_TOKEN",))
+    assert anonymous.returncode == 1
+    assert "CheckpointError" in anonymous.stderr and "hf auth login or HF_TOKEN" in anonymous.stderr
+
+
+def test_push_without_credentials_fails_before_any_upload(hub, hub_env, backbone_dir):
+    result = run_python(f"""
+        from fedsq_hf import FedSQConfig, FedSQModel
+        FedSQModel(FedSQConfig(backbone={backbone_dir("resnet10t")!r}, num_labels=2)).push_to_hub("{USER}/nocreds")
+    """, hub_env, drop=("HF_TOKEN",))
+    assert "FedSQError: push_to_hub needs Hub credentials: run `hf auth login`" in result.stderr
+    assert f"{USER}/nocreds" not in hub.state.repos
+
+
+def _run_summary():
+    history = [
+        {"round": 1, "train_loss": 1.2, "eval_loss": 1.0, "eval_accuracy": 0.5, "failed_clients": []},
+        {"round": 2, "train_loss": 0.9, "eval_loss": 0.8, "eval_accuracy": 0.75, "failed_clients": [3]},
+        {"round": 3, "train_loss": 0.8, "eval_loss": 0.85, "eval_accuracy": 0.7, "failed_clients": []},
+    ]
+    config = {"dataset": "uoft-cs/cifar10", "num_clients": 10, "clients_per_round": 5, "partition": "dirichlet",
+              "alpha": 0.1, "rounds": 3, "local_epochs": 1, "local_steps": 0, "batch_size": 32, "lr": 0.003,
+              "momentum": 0.9, "strategy": "fedprox", "strategy_config": {"name": "fedprox", "mu": 0.01},
+              "model": "fedsq", "bn_mode": "frozen", "seed": 0}
+    summary = {"best_accuracy": 0.75, "best_round": 2, "final_accuracy": 0.7, "rounds": 3, "config": config}
+    return summary, history
+
+
+def test_model_card_metadata_and_body():
+    summary, history = _run_summary()
+    config = FedSQConfig(backbone="timm/resnet18.a1_in1k", num_labels=10, pretrained_cfg={"input_size": [3, 32, 32]})
+    card = model_card(config, "alice/r18-fedsq", summary=summary, history=history, plot="accuracy.png")
+    text = str(card)
+    assert validate_metadata(text) == []
+    data = ModelCard(text).data  # parsed back, as the Hub and other tools read it
+    assert data.library_name == "fedsq-hf" and data.base_model == "timm/resnet18.a1_in1k"
+    assert data.datasets == ["uoft-cs/cifar10"] and data.license == "apache-2.0"
+    assert set(TAGS) <= set(data.tags) and "fedprox" in data.tags
+    (result,) = data.eval_results
+    assert (result.metric_type, result.metric_value, result.dataset_type) == ("accuracy", 0.7, "uoft-cs/cifar10")
+    for expected in ("| clients | 10 (5 sampled per round) |", "dirichlet (alpha = 0.1)", "fedprox (mu = 0.01)",
+                     "| 2 | 0.9000 | 0.8000 | 75.00% | 3 |", "**75.00%**, was reached at round **2** (rounds-to-best)",
+                     "![Validation accuracy per round](accuracy.png)", 'pipeline("image-classification", model="alice/r18-fedsq")',
+                     "(batch, 3, 32, 32)"):
+        assert expected in text, expected
+
+
+def test_model_card_without_a_run_or_hub_backbone(backbone_dir):
+    config = FedSQConfig(backbone=backbone_dir("resnet10t"), num_labels=2)
+    text = str(model_card(config))
+    assert validate_metadata(text) == []
+    data = ModelCard(text).data
+    assert data.base_model is None and data.eval_results is None  # a local path is no base_model
+    assert "## Federation" not in text and backbone_dir("resnet10t") in text
+
+
+def test_metadata_check_is_not_a_rubber_stamp():
+    bad = "---\nlicense: my-own-license\nbase_model: /home/me/backbone\nmodel-index:\n- name: x\n  results: 3\n---\nbody"
+    errors = validate_metadata(bad)
+    assert len(errors) == 3, errors
+
+
+def _image(seed=0, size=(45, 60)):
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (*size, 3), dtype=np.uint8))
+
+
+def test_pipeline_and_auto_model_load_a_saved_model(backbone_dir, tmp_path):
+    config = FedSQConfig(backbone=backbone_dir("resnet10t"), num_labels=3, id2label={0: "a", 1: "b", 2: "c"})
+    model = FedSQModel(config)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        model.quantitative.get_classifier().weight.normal_()
+    model.config.pretrained_cfg = {**model.config.pretrained_cfg, "input_size": [3, 40, 40]}
+    model.save_pretrained(tmp_path)
+    assert type(AutoModelForImageClassification.from_pretrained(tmp_path)) is FedSQModel
+    classify = pipeline("image-classification", model=str(tmp_path))
+    image = _image()
+    pixels = classify.image_processor(image)["pixel_values"]
+    assert pixels.shape == (1, 3, 40, 40)
+    torch.testing.assert_close(pixels[0], make_transform(model.config.pretrained_cfg)(image))  # = training preprocessing
+    with torch.no_grad():
+        probs = model.eval()(pixels).logits.softmax(-1)[0]
+    top = classify(image, top_k=3)
+    assert [r["label"] for r in top] == [config.id2label[int(i)] for i in probs.argsort(descending=True)]
+    assert top[0]["score"] == pytest.approx(float(probs.max()), abs=1e-5)
+
+
+def test_trainer_pushes_every_save_to_a_branch(hub, hub_env, backbone_dir, digits_dir, tmp_path):
+    out = tmp_path / "run"
+    args = cli_args(backbone_dir("resnet10t"), digits_dir, out, rounds=3, push_to_hub=True,
+                    hub_model_id=f"{USER}/fed-digits", hub_strategy="every_save", hub_revision="runs")
+    result = run_example(args, env=hub_env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    messages = hub.state.messages[f"{USER}/fed-digits"]
+    assert [m.split(":")[0] for _, m in messages] == ["Round 1/3", "Round 2/3", "Round 3/3"]
+    assert {branch for branch, _ in messages} == {"runs"}
+    files = hub.state.repos[f"{USER}/fed-digits"].resolve("runs").files
+    assert {"README.md", "config.json", "model.safetensors", "accuracy.png"} <= set(files)
+    final = load_file(out / "final" / "model.safetensors")
+    pushed = load(files["model.safetensors"])
+    assert all(pushed[k].equal(final[k]) for k in final)
+    card = files["README.md"].decode()
+    summary = json.loads((out / "summary.json").read_text())
+    assert validate_metadata(card) == [] and card.count("\n| 3 |") == 1
+    assert f"reached at round **{summary['best_round']}**" in card
+    assert Image.open(io.BytesIO(files["accuracy.png"])).size[0] > 100
+
+
+def test_trainer_with_unreachable_repo_fails_before_training(hub, hub_env, backbone_dir, digits_dir, tmp_path):
+    args = cli_args(backbone_dir("resnet10t"), digits_dir, tmp_path, rounds=1, push_to_hub=True,
+                    hub_model_id="someone-else/model")
+    result = run_example(args, env=hub_env)
+    assert result.returncode == 2
+    assert "error: --push-to-hub: cannot create or reach the Hub repo 'someone-else/model'" in result.stderr
+    assert not (tmp_path / "history.jsonl").exists()
+
