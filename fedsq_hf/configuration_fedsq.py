@@ -13,6 +13,18 @@ from .gating import GATE_KINDS
 __all__ = ["FedSQConfig", "BN_MODES"]
 
 BN_MODES = ("frozen", "train")
+# Checked on every config, including one read from an untrusted config.json.
+_FIELD_TYPES = {
+    "backbone": (str,),
+    "gated_ops": (list, type(None)),
+    "allow_ungated": (bool,),
+    "fixed_gating": (bool,),
+    "bn_mode": (str,),
+    "backbone_kwargs": (dict, type(None)),
+    "pretrained_cfg": (dict, type(None)),
+    "fedsq_version": (str, type(None)),
+    "num_labels": (int,),
+}
 
 
 @strict(accept_kwargs=True)
@@ -57,7 +69,14 @@ class FedSQConfig(PreTrainedConfig):
 
         if self.fedsq_version is None:
             self.fedsq_version = __version__
-        if not self.backbone or not isinstance(self.backbone, str):
+        for name, kinds in _FIELD_TYPES.items():
+            value = getattr(self, name)
+            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+                expected = " or ".join("None" if k is type(None) else k.__name__ for k in kinds)
+                raise FedSQError(f"FedSQConfig.{name} must be {expected}, got {type(value).__name__} {value!r}.")
+        if self.gated_ops is not None and not all(isinstance(op, str) for op in self.gated_ops):
+            raise FedSQError(f"FedSQConfig.gated_ops must be a list of names, got {self.gated_ops!r}.")
+        if not self.backbone:
             raise FedSQError("FedSQConfig.backbone must be a Hub id (e.g. 'timm/resnet18.a1_in1k') or a local folder.")
         if self.gated_ops is not None:
             unknown = sorted(set(self.gated_ops) - set(GATE_KINDS))

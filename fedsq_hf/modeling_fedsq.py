@@ -249,7 +249,10 @@ def _load_config(path: str, overrides: dict[str, Any]) -> FedSQConfig:
             f"{path!r} is not a FedSQ config (model_type={found!r}, expected 'fedsq'). "
             "Load other models with their own class."
         )
-    return FedSQConfig.from_dict(raw, **overrides)
+    try:
+        return FedSQConfig.from_dict(raw, **overrides)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{path!r} is not a valid FedSQ config: {err}") from err
 
 
 AutoConfig.register(FedSQConfig.model_type, FedSQConfig, exist_ok=True)

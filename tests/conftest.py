@@ -6,6 +6,7 @@ import tempfile
 # Before anything imports huggingface_hub: never reach the network, use a throwaway cache.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="fedsq-hf-home-")  # no stored Hub token either
 os.environ["HF_HUB_CACHE"] = tempfile.mkdtemp(prefix="fedsq-hf-cache-")
 os.environ["FEDSQ_HF_CACHE"] = tempfile.mkdtemp(prefix="fedsq-hf-backbones-")  # converted backbones
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -114,7 +114,7 @@ def test_load_with_local_backbone_override(model, tmp_path, backbone_dir):
     config = json.loads((tmp_path / "config.json").read_text())
     config["backbone"] = "nobody/unreachable-backbone"
     (tmp_path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(BackboneLoadError, match="unreachable-backbone"):
+    with pytest.raises(BackboneLoadError, match=r"unreachable-backbone.*from_pretrained\(path, backbone="):
         FedSQModel.from_pretrained(tmp_path)
     loaded = FedSQModel.from_pretrained(tmp_path, backbone=backbone_dir("resnet10t"))
     assert torch.equal(loaded.state_dict()["dual_copy.quantitative.conv1.0.weight"],

@@ -60,6 +60,11 @@ class FederatedArguments:
     save_every: int = 1
     eval_every: int = 1
     max_failed_rounds: int = 3
+    dropout_rate: float = field(default=0.0, metadata={"help": "probability that a sampled client drops out of a round"})
+    divergence_factor: float = field(
+        default=10.0,
+        metadata={"help": "exclude a client whose loss at the end of local training exceeds this times its first loss (0: off)"},
+    )
     mixed_precision: str = "no"
     report_to: str = "none"
     num_workers: int = 0
@@ -92,6 +97,8 @@ def validate_arguments(model: ModelArguments, data: DataArguments, fed: Federate
         (fed.strategy in STRATEGIES, f"--strategy must be one of {sorted(STRATEGIES)}, got {fed.strategy!r}"),
         (fed.mu >= 0, f"--mu must be >= 0, got {fed.mu}"),
         (fed.save_every >= 1 and fed.eval_every >= 1, "--save-every and --eval-every must be >= 1"),
+        (0 <= fed.dropout_rate < 1, f"--dropout-rate must be in [0, 1), got {fed.dropout_rate}"),
+        (fed.divergence_factor >= 0, f"--divergence-factor must be >= 0 (0 turns the check off), got {fed.divergence_factor}"),
         (fed.max_failed_rounds >= 1, f"--max-failed-rounds must be >= 1, got {fed.max_failed_rounds}"),
         (fed.hub_strategy in ("end", "every_save"), f"--hub-strategy must be end or every_save, got {fed.hub_strategy!r}"),
         (not fed.push_to_hub or fed.hub_model_id, "--push-to-hub needs --hub-model-id"),

@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 import timm
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Image, load_dataset
@@ -37,6 +38,10 @@ def _load(dataset: str) -> DatasetDict:
         files = {split: sorted(glob.glob(os.path.join(dataset, f"{split}*.parquet")))
                  for split in ("train", "validation", "test")}
         files = {k: v for k, v in files.items() if v}
+        for split, paths in files.items():  # `datasets` fails obscurely on a split without rows
+            if sum(pq.ParquetFile(p).metadata.num_rows for p in paths) == 0:
+                raise FedSQError(f"The {split!r} split of {dataset!r} is empty ({', '.join(paths)}); "
+                                 "add samples or remove the file.")
         if files:
             return load_dataset("parquet", data_files=files)
         return load_dataset("imagefolder", data_dir=dataset)
@@ -79,15 +84,27 @@ def load_image_dataset(
         raise FedSQError(f"Dataset {dataset!r} has no split {eval_split!r} (found {list(splits)}).")
     else:
         evaluation = splits[eval_split]
+    if not isinstance(train.features[label_column], ClassLabel):  # ints or strings: index them as train names them
+        train = train.class_encode_column(label_column)
+        evaluation = _encode_like(evaluation, label_column, train.features[label_column], dataset)
     if max_train_samples:
         train = train.shuffle(seed=seed).select(range(min(max_train_samples, len(train))))
     if max_eval_samples:
         evaluation = evaluation.shuffle(seed=seed).select(range(min(max_eval_samples, len(evaluation))))
     if len(evaluation) == 0:
         raise FedSQError(f"The evaluation split of {dataset!r} is empty; pick another --eval-split.")
-    feature = train.features[label_column]
-    names = list(feature.names) if isinstance(feature, ClassLabel) else [str(v) for v in sorted(set(train[label_column]))]
-    return train, evaluation, names
+    return train, evaluation, list(train.features[label_column].names)
+
+
+def _encode_like(ds: Dataset, column: str, feature: ClassLabel, dataset: str) -> Dataset:
+    unknown = sorted({str(v) for v in ds.unique(column)} - set(feature.names))
+    if unknown:
+        raise FedSQError(
+            f"The evaluation split of {dataset!r} has labels {unknown[:5]} that never occur in train; "
+            "a classifier cannot learn them. Check --label-column or --eval-split."
+        )
+    encode = lambda values: {column: [feature.str2int(str(v)) for v in values]}  # noqa: E731
+    return ds.map(encode, input_columns=[column], batched=True).cast_column(column, feature)
 
 
 def with_image_size(data_config: dict[str, Any], image_size: int) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from .arguments import FederatedArguments
 from .partition import plot_partition
 from .strategies import Strategy
 
-__all__ = ["FederatedTrainer", "client_seed", "make_accelerator"]
+__all__ = ["FederatedTrainer", "client_seed", "diverged", "make_accelerator"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +42,16 @@ _RESUME_KEYS = ("backbone", "num_labels", "num_clients", "model", "partition", "
 
 def client_seed(seed: int, round_: int, client: int = -1) -> int:
     return int(np.random.SeedSequence([seed, round_, client + 1]).generate_state(1)[0])
+
+
+def diverged(losses: list[float], factor: float, num_labels: int) -> bool:
+    """True if a client's training went wrong: no or non-finite losses, or (factor > 0) the mean loss of
+    its last steps above `factor` times its first loss (at least the chance-level loss, log(num_labels),
+    so that a client starting near zero loss is not flagged for ordinary noise)."""
+    if not losses or not np.all(np.isfinite(losses)):
+        return True
+    tail = losses[-max(1, len(losses) // 4):]
+    return factor > 0 and float(np.mean(tail)) > factor * max(losses[0], float(np.log(max(num_labels, 2))))
 
 
 def make_accelerator(args: FederatedArguments) -> Accelerator:
@@ -140,8 +150,13 @@ class FederatedTrainer:
         chosen = rng.choice(len(self.partitions), self.args.clients_per_round, replace=False)
         return sorted(int(c) for c in chosen)
 
-    def train_client(self, client: int, round_: int) -> float:
-        """Local training from the current model weights; returns the mean training loss."""
+    def dropped_clients(self, round_: int, clients: list[int]) -> list[int]:
+        """Sampled clients that drop out of this round (simulated, with probability `dropout_rate`)."""
+        rate = self.args.dropout_rate
+        return [c for c in clients if rate and np.random.default_rng([client_seed(self.args.seed, round_, c), 1]).random() < rate]
+
+    def train_client(self, client: int, round_: int) -> list[float]:
+        """Local training from the current model weights; returns the loss of every step."""
         args, model = self.args, self.model
         seed = client_seed(args.seed, round_, client)
         torch.manual_seed(seed)
@@ -178,7 +193,7 @@ class FederatedTrainer:
                     break
             if losses and not np.isfinite(losses[-1]):
                 break
-        return float(np.mean(losses)) if losses else float("nan")
+        return losses
 
     # -- evaluation ----------------------------------------------------------------------
     @torch.no_grad()
@@ -205,16 +220,19 @@ class FederatedTrainer:
         acc_ = self.accelerator
         start = time.perf_counter()
         clients = self.sample_clients(round_)
-        mine = clients[acc_.process_index :: acc_.num_processes]
+        dropped = self.dropped_clients(round_, clients)
+        active = [c for c in clients if c not in dropped]
+        mine = active[acc_.process_index :: acc_.num_processes]
         acc = torch.zeros_like(self.global_state)
         stats = torch.zeros(3 + len(self.partitions), dtype=torch.float64)  # weight, loss*weight, ok, failed ids
         for client in mine:
             self._write_state(self.global_state)
-            loss = self.train_client(client, round_)
+            losses = self.train_client(client, round_)
             weight = float(len(self.partitions[client]))
-            if np.isfinite(loss) and self._accumulate(acc, weight):
+            ok = not diverged(losses, self.args.divergence_factor, self.model.config.num_labels)
+            if ok and self._accumulate(acc, weight):
                 stats[0] += weight
-                stats[1] += loss * weight
+                stats[1] += float(np.mean(losses)) * weight
                 stats[2] += 1
             else:
                 stats[3 + client] = 1
@@ -223,16 +241,18 @@ class FederatedTrainer:
         acc, stats = packed[: len(acc)].float(), packed[len(acc) :]
         failed = [int(i) for i in torch.nonzero(stats[3:]).flatten()]
         if failed and acc_.is_main_process:
-            logger.warning("round %d: excluded clients %s (non-finite loss or update)", round_, failed)
+            logger.warning("round %d: excluded clients %s (diverging or non-finite loss, or non-finite update)",
+                           round_, failed)
         if stats[0] > 0:
             self.strategy.server_update(self.global_state, self.strategy.aggregate(acc, float(stats[0])))
             self.failed_streak = 0
-        else:
+        elif active:  # clients trained, none usable (a round where every client dropped out is no failure)
             self.failed_streak += 1
         self._write_state(self.global_state)
         record = {
             "round": round_,
             "clients": clients,
+            "dropped_clients": dropped,
             "failed_clients": failed,
             "train_loss": float(stats[1] / stats[0]) if stats[0] > 0 else None,
             "eval_loss": None,
