@@ -11,7 +11,6 @@ variants are interleaved so that machine noise hits them alike. Writes JSON (+ P
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import tempfile
@@ -21,6 +20,7 @@ import timm
 import torch
 
 from fedsq_hf import FedSQConfig, FedSQModel
+from report import pyplot, write_json
 
 
 def make_models(arch: str, num_labels: int, bn_mode: str, folder: str):
@@ -97,12 +97,26 @@ def main() -> None:
             m = r["median_s"]
             print(f"{arch:<12}{size:>6}{1e3 * m['plain']:>10.1f}{1e3 * m['fedsq']:>10.1f}"
                   f"{1e3 * m['fedsq+cache']:>10.1f}{r['ratio_every_step']:>7.2f}x{r['ratio_cached']:>7.2f}x")
-    os.makedirs(args.output_dir, exist_ok=True)
-    meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": args.device}
-    with open(os.path.join(args.output_dir, "results.json"), "w") as f:
-        json.dump({"meta": meta, "results": results}, f, indent=2)
-    print(f"wrote {args.output_dir}/results.json")
+    path = write_json(args.output_dir, {"args": vars(args), "results": results})
+    plot(results, os.path.join(args.output_dir, "step_overhead.png"))
+    print(f"wrote {path} and step_overhead.png")
 
+
+def plot(results: list[dict], path: str) -> None:
+    plt = pyplot()
+    labels = [f"{r['arch']}\n{r['size']}px" for r in results]
+    x = range(len(results))
+    fig, ax = plt.subplots(figsize=(1.6 * len(results) + 2, 4))
+    ax.bar([i - 0.2 for i in x], [r["ratio_every_step"] for r in results], 0.4, label="gates every step")
+    ax.bar([i + 0.2 for i in x], [r["ratio_cached"] for r in results], 0.4, label="gate cache")
+    for target, style in ((1.20, "--"), (1.05, ":")):
+        ax.axhline(target, color="gray", linestyle=style, linewidth=1, label=f"target {target:.2f}x")
+    ax.set_xticks(list(x), labels)
+    ax.set_ylabel("FedSQ step / plain step (median)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 if __name__ == "__main__":
     main()

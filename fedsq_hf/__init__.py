@@ -3,10 +3,11 @@
 __version__ = "0.1.0"
 
 from .errors import BackboneLoadError, CheckpointError, FedSQError, GatingError
-from .gating import GATE_KINDS, DualCopy, GateTape, find_gateable_modules, register_gate
+from .gating import GATE_KINDS, DualCopy, GateTape, find_gateable_modules, register_gate, remove_gates
 from .gate_cache import GateCache
 from .configuration_fedsq import FedSQConfig
 from .modeling_fedsq import FedSQModel
 from .backbones import load_backbone
 from .convert import convert_efficientnet_lite0
 from .hub import model_card, push_to_hub
+from .gate_drift import GateRecorder, gate_drift

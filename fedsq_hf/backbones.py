@@ -1,4 +1,5 @@
-"""Loading pretrained timm backbones from a Hub id or a local folder in Hub layout."""
+"""Loading pretrained backbones: timm (a Hub id or a local folder in Hub layout) or torchvision
+(`torchvision:<name>[:<weights enum member>]`, weights from torchvision's own enums or a local file)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from torch import nn
 from .errors import BackboneLoadError
 from .gating import register_gate
 
-__all__ = ["load_backbone", "timm_model_name", "looks_like_path"]
+__all__ = ["load_backbone", "timm_model_name", "looks_like_path", "classifier_of", "TORCHVISION_PREFIX"]
+
+TORCHVISION_PREFIX = "torchvision:"
 
 # timm's PReLU overrides forward with the same computation as torch's.
 register_gate(timm.layers.activations.PReLU, "prelu")
@@ -37,8 +40,13 @@ def timm_model_name(backbone: str) -> str:
     return "hf-hub:" + backbone
 
 
-def load_backbone(backbone: str, num_labels: int, **kwargs: Any) -> nn.Module:
-    """A pretrained timm model with a fresh head of `num_labels` outputs."""
+def load_backbone(backbone: str, num_labels: int, weights_file: str | None = None, **kwargs: Any) -> nn.Module:
+    """A pretrained model with a fresh head of `num_labels` outputs and its preprocessing in
+    `.pretrained_cfg` (timm's convention, also set on torchvision models)."""
+    if backbone.startswith(TORCHVISION_PREFIX):
+        return _load_torchvision(backbone, num_labels, weights_file, **kwargs)
+    if weights_file is not None:
+        raise BackboneLoadError("backbone_weights is for torchvision backbones; a timm backbone's folder holds its weights.")
     name = timm_model_name(backbone)
     if name.startswith("local-dir:"):
         folder = name[len("local-dir:") :]
@@ -58,3 +66,69 @@ def load_backbone(backbone: str, num_labels: int, **kwargs: Any) -> nn.Module:
             + ", or point `backbone` at a local folder in timm Hub layout (config.json + model.safetensors), "
             "e.g. FedSQModel.from_pretrained(path, backbone='/path/to/backbone')."
         ) from err
+
+
+def _load_torchvision(backbone: str, num_labels: int, weights_file: str | None, **kwargs: Any) -> nn.Module:
+    import torchvision
+    from torchvision.models import get_model, get_model_weights
+
+    name, _, member = backbone[len(TORCHVISION_PREFIX):].partition(":")
+    known = torchvision.models.list_models(module=torchvision.models)
+    if name not in known:
+        raise BackboneLoadError(f"Unknown torchvision model {name!r} in backbone {backbone!r}; choose from {known}.")
+    enum = get_model_weights(name)
+    try:
+        weights = enum[member] if member else enum.DEFAULT
+    except KeyError:
+        raise BackboneLoadError(
+            f"{name} has no weights {member!r}; choose from {[w.name for w in enum]} (or leave it out for DEFAULT)."
+        ) from None
+    try:
+        with torch.device("cpu"):
+            if weights_file is None:
+                model = get_model(name, weights=weights, **kwargs)
+            else:
+                model = get_model(name, weights=None, **kwargs)
+                model.load_state_dict(_read_state_dict(weights_file))
+    except (OSError, RuntimeError, ValueError) as err:
+        raise BackboneLoadError(
+            f"Could not load backbone {backbone!r} ({type(err).__name__}: {err}). Online, torchvision downloads "
+            f"{weights.url}; offline, pass that file (or a safetensors export) as backbone_weights='/path/to/file'."
+        ) from err
+    parent, attr, head = _last_linear(model)
+    setattr(parent, attr, nn.Linear(head.in_features, num_labels))  # also right for nn.Sequential's "6"
+    transform = weights.transforms()
+    model.pretrained_cfg = {
+        "input_size": [3, transform.crop_size[0], transform.crop_size[0]],
+        "crop_pct": transform.crop_size[0] / transform.resize_size[0],
+        "interpolation": transform.interpolation.value,
+        "mean": list(transform.mean),
+        "std": list(transform.std),
+        "crop_mode": "center",
+    }
+    return model
+
+
+def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    if path.endswith(".safetensors"):
+        from .serialization import load_weights
+
+        return load_weights(path)
+    return torch.load(path, map_location="cpu", weights_only=True)  # torchvision's .pth: tensors only, no code
+
+
+def classifier_of(model: nn.Module) -> nn.Module:
+    """The task head: timm's `get_classifier()`, else the last nn.Linear."""
+    return model.get_classifier() if hasattr(model, "get_classifier") else _last_linear(model)[2]
+
+
+def _last_linear(model: nn.Module) -> tuple[nn.Module, str, nn.Linear]:
+    """(parent, attribute name, layer) of the last nn.Linear: a torchvision classifier's head."""
+    found = None
+    for parent_name, parent in model.named_modules():
+        for attr, child in parent.named_children():
+            if isinstance(child, nn.Linear):
+                found = (parent, attr, child)
+    if found is None:
+        raise BackboneLoadError(f"{type(model).__name__} has no nn.Linear head to replace.")
+    return found

@@ -12,7 +12,7 @@ from .gating import GATE_KINDS
 
 __all__ = ["FedSQConfig", "BN_MODES"]
 
-BN_MODES = ("frozen", "train")
+BN_MODES = ("frozen", "train", "local")
 # Checked on every config, including one read from an untrusted config.json.
 _FIELD_TYPES = {
     "backbone": (str,),
@@ -21,6 +21,7 @@ _FIELD_TYPES = {
     "fixed_gating": (bool,),
     "bn_mode": (str,),
     "backbone_kwargs": (dict, type(None)),
+    "backbone_weights": (str, type(None)),
     "pretrained_cfg": (dict, type(None)),
     "fedsq_version": (str, type(None)),
     "num_labels": (int,),
@@ -33,7 +34,11 @@ class FedSQConfig(PreTrainedConfig):
 
     Args:
         backbone: Hub id of a timm checkpoint (`timm/resnet18.a1_in1k`), a local folder in the same
-            layout (`config.json` + `model.safetensors`), or a `hf-hub:` / `local-dir:` timm name.
+            layout (`config.json` + `model.safetensors`), a `hf-hub:` / `local-dir:` timm name, or a
+            torchvision classifier `torchvision:<name>[:<weights>]` (e.g. `torchvision:alexnet`, whose
+            ImageNet weights come from torchvision's weight enum, DEFAULT unless named).
+        backbone_weights: a local weights file for a torchvision backbone (torchvision's `.pth`, loaded
+            with `weights_only=True`, or safetensors), for machines that cannot download.
         num_labels / id2label / label2id: the task head, as in every transformers classifier.
         gated_ops: gate kinds to fix (see `fedsq_hf.GATE_KINDS`); None fixes every supported kind.
         allow_ungated: leave nonlinearities that cannot be gated (GELU, SiLU, ...) free instead of
@@ -43,7 +48,10 @@ class FedSQConfig(PreTrainedConfig):
         bn_mode: BatchNorm of the quantitative copy while training. `frozen` (default): running
             statistics stay at the pretrained values and only the affine parameters train, so each
             sample's map is affine within its fixed regimes and no batch statistic is averaged
-            across non-IID clients. `train`: batch statistics, running statistics updated and averaged.
+            across non-IID clients. `train`: batch statistics, running statistics updated and averaged
+            by sample count. `local` (FedBN): as `train` on each client, but the BatchNorm parameters
+            and statistics stay with the client and are never averaged; the global model is evaluated
+            and saved with the sample-weighted mean of the clients' BatchNorms.
             The structural copy always uses its pretrained statistics.
         backbone_kwargs: extra keyword arguments for `timm.create_model` (e.g. `drop_rate`).
         pretrained_cfg: the preprocessing the model expects (timm data config: input_size, mean, std,
@@ -58,8 +66,9 @@ class FedSQConfig(PreTrainedConfig):
     gated_ops: list[str] | None = None
     allow_ungated: bool = False
     fixed_gating: bool = True
-    bn_mode: Literal["frozen", "train"] = "frozen"
+    bn_mode: Literal["frozen", "train", "local"] = "frozen"
     backbone_kwargs: dict[str, Any] | None = None
+    backbone_weights: str | None = None
     pretrained_cfg: dict[str, Any] | None = None
     fedsq_version: str | None = None
 

@@ -205,8 +205,19 @@ def find_gateable_modules(
 def _gated_class(cls: type[nn.Module], kind: str) -> type[nn.Module]:
     if cls not in _GATED_CLASS_CACHE:
         mixin = GATE_KINDS[kind][1]
-        _GATED_CLASS_CACHE[cls] = type(f"Gated{cls.__name__}", (mixin, cls), {})
+        _GATED_CLASS_CACHE[cls] = type(f"Gated{cls.__name__}", (mixin, cls), {"_fedsq_base": cls})
     return _GATED_CLASS_CACHE[cls]
+
+
+def remove_gates(module: nn.Module) -> nn.Module:
+    """Turn gated units of `module` back into their plain classes, in place (they pick their own regimes)."""
+    for sub in module.modules():
+        base = getattr(type(sub), "_fedsq_base", None)
+        if base is not None:
+            sub.__class__ = base
+            for attr in ("_fedsq_tape", "_fedsq_site", "_fedsq_records"):
+                sub.__dict__.pop(attr, None)
+    return module
 
 
 class GateTape:

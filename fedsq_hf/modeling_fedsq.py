@@ -18,9 +18,9 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassi
 from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.models.timm_wrapper import TimmWrapperImageProcessor
 
-from .backbones import load_backbone, looks_like_path
+from .backbones import classifier_of, load_backbone, looks_like_path
 from .configuration_fedsq import FedSQConfig
-from .errors import CheckpointError
+from .errors import CheckpointError, FedSQError
 from .gate_cache import GateCache
 from .gating import DualCopy
 from .hub import model_card as make_model_card
@@ -56,8 +56,9 @@ class FedSQModel(PreTrainedModel):
 
     def __init__(self, config: FedSQConfig) -> None:
         super().__init__(config)
-        backbone = load_backbone(config.backbone, config.num_labels, **(config.backbone_kwargs or {}))
-        head = backbone.get_classifier() if hasattr(backbone, "get_classifier") else None
+        backbone = load_backbone(config.backbone, config.num_labels, config.backbone_weights,
+                                 **(config.backbone_kwargs or {}))
+        head = classifier_of(backbone)
         if isinstance(head, nn.Linear):  # zero-init the new head, as in BiT: fine-tuning starts at uniform logits
             nn.init.zeros_(head.weight)
             nn.init.zeros_(head.bias)
@@ -112,7 +113,16 @@ class FedSQModel(PreTrainedModel):
         return_dict: bool | None = None,
         **kwargs: Any,
     ) -> ImageClassifierOutput | tuple:
-        logits = self.dual_copy(pixel_values, gate_keys=gate_keys)
+        try:
+            logits = self.dual_copy(pixel_values, gate_keys=gate_keys)
+        except RuntimeError as err:
+            if "too small" not in str(err):
+                raise
+            size = "x".join(map(str, pixel_values.shape[-2:]))
+            raise FedSQError(
+                f"Input images of {size} px are too small for backbone {self.config.backbone!r} ({err}). "
+                "Resize them (e.g. --image-size 64; AlexNet needs at least 63 px)."
+            ) from err
         loss = None
         if labels is not None:
             loss = nn.functional.cross_entropy(logits.float(), labels.to(logits.device))

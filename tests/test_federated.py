@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from fedsq_hf import FedSQError, FedSQModel
 from fedsq_hf.federated import (
     DataArguments, FedAdam, FedAvg, FedAvgM, FederatedArguments, FedProx, ModelArguments,
-    partition_labels, partition_summary, run_federated,
+    build_trainer, partition_labels, partition_summary, run_federated,
 )
 from helpers import cli_args, run_example
 
@@ -125,11 +125,18 @@ def test_fedprox_mu_zero_equals_fedavg(backbone_dir, digits_dir, tmp_path):
         assert torch.equal(states[0][k], states[1][k]), k
 
 
-def test_resume_gives_the_same_run(backbone_dir, digits_dir, tmp_path):
+@pytest.mark.parametrize("bn_mode", ["frozen", "local"])
+def test_resume_gives_the_same_run(bn_mode, backbone_dir, digits_dir, tmp_path):
     backbone = backbone_dir("resnet10t")
-    run_federated(*tiny_args(backbone, digits_dir, tmp_path / "straight", rounds=3, strategy="fedavgm"))
-    run_federated(*tiny_args(backbone, digits_dir, tmp_path / "resumed", rounds=2, strategy="fedavgm"))
-    run_federated(*tiny_args(backbone, digits_dir, tmp_path / "resumed", rounds=3, strategy="fedavgm", resume=True))
+
+    def run(out, rounds, **kw):
+        model, data, fed = tiny_args(backbone, digits_dir, tmp_path / out, rounds=rounds, strategy="fedavgm", **kw)
+        model.bn_mode = bn_mode
+        run_federated(model, data, fed)
+
+    run("straight", 3)
+    run("resumed", 2)
+    run("resumed", 3, resume=True)
     a = load_file(tmp_path / "straight" / "final" / "model.safetensors")
     b = load_file(tmp_path / "resumed" / "final" / "model.safetensors")
     for k in a:
@@ -137,9 +144,28 @@ def test_resume_gives_the_same_run(backbone_dir, digits_dir, tmp_path):
 
     def history(run):
         rows = [json.loads(x) for x in (tmp_path / run / "history.jsonl").read_text().splitlines()]
-        return [{k: v for k, v in r.items() if k != "wall_time"} for r in rows]
+        return [{k: v for k, v in r.items() if not k.endswith("_time")} for r in rows]
 
     assert history("straight") == history("resumed")
+
+
+def test_fedbn_keeps_each_clients_batchnorm(backbone_dir, digits_dir, tmp_path):
+    model, data, fed = tiny_args(backbone_dir("resnet10t"), digits_dir, tmp_path, rounds=2, clients_per_round=3)
+    model.bn_mode = "local"
+    trainer = build_trainer(model, data, fed)
+    shared = trainer.global_state.numel()
+    trainer.train()
+    seen = torch.nonzero(trainer.client_seen).flatten()
+    assert len(seen) >= 3 and trainer.global_state.numel() == shared  # BN tensors are not in the averaged state
+    first, second = trainer.client_local[seen[0]], trainer.client_local[seen[1]]
+    assert not torch.equal(first, second) and not torch.equal(first, trainer.pretrained_local)
+    assert not trainer.client_local[~trainer.client_seen].any()  # clients that never trained hold nothing
+    saved = FedSQModel.from_pretrained(tmp_path / "final")
+    bn = [k for k in saved.state_dict() if ".bn" in k and k.endswith("running_mean")]
+    assert bn and trainer.model.config.bn_mode == "local"
+    for k in bn:  # the saved model carries the server's BatchNorm: the weighted mean of the clients'
+        assert torch.equal(saved.state_dict()[k], trainer.model.state_dict()[k])
+    torch.testing.assert_close(trainer._read_state(trainer._local_tensors), trainer.server_local_state())
 
 
 def test_diverging_clients_are_excluded_then_run_stops(backbone_dir, digits_dir, tmp_path):

@@ -2,6 +2,6 @@
 
 from .arguments import DataArguments, FederatedArguments, ModelArguments, validate_arguments
 from .partition import PARTITIONS, partition_labels, partition_summary, plot_partition
-from .run import run_federated
+from .run import build_trainer, run_federated
 from .strategies import STRATEGIES, FedAdam, FedAvg, FedAvgM, FedProx, Strategy, make_strategy
 from .trainer import FederatedTrainer, client_seed

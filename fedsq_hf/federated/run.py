@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from transformers import set_seed
 
 from ..configuration_fedsq import FedSQConfig
@@ -15,11 +16,16 @@ from .partition import partition_labels, partition_summary
 from .strategies import make_strategy
 from .trainer import FederatedTrainer, make_accelerator
 
-__all__ = ["run_federated"]
+__all__ = ["build_trainer", "run_federated"]
 
 
 def run_federated(model_args: ModelArguments, data_args: DataArguments, fed_args: FederatedArguments) -> dict[str, Any]:
     """Run a whole simulation; returns the summary (also written to `output_dir/summary.json`)."""
+    return build_trainer(model_args, data_args, fed_args).train()
+
+
+def build_trainer(model_args: ModelArguments, data_args: DataArguments, fed_args: FederatedArguments) -> FederatedTrainer:
+    """Everything a run needs, checked and loaded: data, partition, model, strategy, in a trainer."""
     validate_arguments(model_args, data_args, fed_args)
     strategy = make_strategy(fed_args.strategy, mu=fed_args.mu, server_lr=fed_args.server_lr,
                              server_momentum=fed_args.server_momentum)
@@ -40,7 +46,7 @@ def run_federated(model_args: ModelArguments, data_args: DataArguments, fed_args
     config = FedSQConfig(
         backbone=backbone, num_labels=len(names), id2label=dict(enumerate(names)),
         label2id={n: i for i, n in enumerate(names)}, fixed_gating=model_args.model == "fedsq",
-        bn_mode=model_args.bn_mode,
+        bn_mode=model_args.bn_mode, backbone_weights=model_args.backbone_weights,
     )
     model = FedSQModel(config)
     if model_args.gate_cache_mb:
@@ -50,10 +56,11 @@ def run_federated(model_args: ModelArguments, data_args: DataArguments, fed_args
     transform = make_transform(config.pretrained_cfg)
     train_data = preprocess(train, data_args.image_column, data_args.label_column, transform, len(names))
     eval_data = preprocess(evaluation, data_args.image_column, data_args.label_column, transform, len(names))
-    trainer = FederatedTrainer(
+    with torch.no_grad():  # an input the backbone cannot take fails here, not in round 1
+        model.eval()(eval_data[0][:1])
+    return FederatedTrainer(
         model, strategy, train_data, eval_data, parts, fed_args,
         run_config={**run_config(model_args, data_args, fed_args), "backbone": backbone},
         partition_summary=partition_summary(parts, labels, len(names)),
         augment=data_args.augment, accelerator=accelerator,
     )
-    return trainer.train()

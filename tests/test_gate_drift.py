@@ -1,0 +1,61 @@
+"""Gate drift: fraction of regimes that differ between two models, checked against hook-recorded regimes."""
+
+import copy
+import json
+
+import timm
+import torch
+
+from fedsq_hf import FedSQConfig, FedSQModel, gate_drift
+from fedsq_hf.federated import run_federated
+from fedsq_hf.gate_drift import main as drift_cli
+from reference import record_regimes
+from test_federated import tiny_args
+
+
+def _perturbed(model, scale=0.05):
+    other = copy.deepcopy(model)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(scale * torch.randn_like(p))
+    return other
+
+
+def test_drift_matches_hook_recorded_regimes():
+    torch.manual_seed(0)
+    plain = timm.create_model("resnet10t", pretrained=False).eval()
+    moved = _perturbed(plain)
+    x = torch.randn(6, 3, 32, 32)
+    assert gate_drift(plain, copy.deepcopy(plain), x)["all"] == 0.0
+    result = gate_drift(plain, moved, x, batch_size=4)  # two batches
+    a, b = record_regimes(plain, x), record_regimes(moved, x)
+    expected = sum(int((ra != rb).sum()) for ra, rb in zip(a, b)) / sum(ra.numel() for ra in a)
+    assert abs(result["all"] - expected) < 1e-9 and 0 < result["all"] < 0.5
+    assert "maxpool" in result and "layer1.0.act1" in result
+
+
+def test_fedsq_model_drift_is_its_quantitative_copys_own_gates(backbone_dir):
+    model = FedSQModel(FedSQConfig(backbone=backbone_dir("resnet10t"), num_labels=3)).eval()
+    moved = _perturbed(model)
+    x = torch.randn(4, 3, 32, 32)
+    plain = timm.create_model("local-dir:" + backbone_dir("resnet10t"), pretrained=True, num_classes=3).eval()
+    plain.load_state_dict(moved.quantitative.state_dict())
+    assert gate_drift(model, moved, x) == gate_drift(model.quantitative, plain, x)
+    assert gate_drift(model, moved, x)["all"] > 0
+    assert moved.structural is not None  # the FedSQ model itself is untouched: still gated
+    assert type(moved.quantitative.act1).__name__.startswith("Gated")
+
+
+def test_trainer_records_drift_and_cli_reads_it(backbone_dir, digits_dir, tmp_path, capsys):
+    model, data, fed = tiny_args(backbone_dir("resnet10t"), digits_dir, tmp_path, rounds=2, gate_drift_samples=16)
+    model.model = "plain"
+    run_federated(model, data, fed)
+    history = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
+    assert all(0 <= h["gate_drift"] <= 1 for h in history) and history[-1]["gate_drift"] > 0
+    assert "act1" in history[-1]["gate_drift_units"] and (tmp_path / "gate_drift.png").stat().st_size > 0
+    assert drift_cli(["--run", str(tmp_path)]) == 0
+    assert "round    2:" in capsys.readouterr().out
+    assert drift_cli([str(tmp_path / "best"), str(tmp_path / "final"), "--dataset", digits_dir, "--image-column", "img",
+                      "--samples", "8", "--output", str(tmp_path / "drift.json")]) == 0
+    assert "all" in json.loads((tmp_path / "drift.json").read_text())
