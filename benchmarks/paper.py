@@ -70,6 +70,7 @@ def main() -> None:
     parser.add_argument("--max-train-samples", type=int, default=None)
     parser.add_argument("--max-eval-samples", type=int, default=None)
     parser.add_argument("--gate-cache-mb", type=int, default=0)
+    parser.add_argument("--keep-models", action="store_true", help="keep each run's best/final models and checkpoints")
     parser.add_argument("--output-dir", default="outputs/benchmarks/paper")
     args = parser.parse_args()
     datasets.disable_progress_bars()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 
 import datasets
@@ -48,6 +49,9 @@ def run_one(args: argparse.Namespace, method: str, split: str, seed: int) -> lis
                            batch_size=args.batch_size, seed=seed, save_every=args.rounds, disable_tqdm=True,
                            output_dir=out),
     )
+    if not args.keep_models:  # 14 MB per model; a grid keeps only the records (history, summary, plots)
+        for folder in ("best", "final", "checkpoints"):
+            shutil.rmtree(os.path.join(out, folder), ignore_errors=True)
     with open(os.path.join(out, "history.jsonl")) as f:
         return [json.loads(line)["eval_accuracy"] for line in f]
 
@@ -132,6 +136,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.003)
     parser.add_argument("--mu", type=float, default=0.01, help="FedProx proximal weight")
     parser.add_argument("--gate-cache-mb", type=int, default=512, help="FedSQ gate cache (no augmentation here)")
+    parser.add_argument("--keep-models", action="store_true", help="keep each run's best/final models and checkpoints")
     parser.add_argument("--output-dir", default="outputs/benchmarks/quality")
     args = parser.parse_args()
     if args.dataset == SHARED_CIFAR10 and not os.path.isdir(SHARED_CIFAR10):

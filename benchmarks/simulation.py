@@ -7,8 +7,9 @@ Both sides train the same model (same config, samples, batch size, optimizer and
 centralized loop is one client that holds every sample, trained for `--rounds` epochs). The
 federated side is a whole `FederatedTrainer.train()` with every client in every round for one local
 epoch: client sampling, per-client optimizer and data loader, aggregation, evaluation, checkpoints
-and outputs all count. Also reports the per-round aggregation time and the bytes a real deployment
-would move (every participant downloads the global model and uploads its own, fp32).
+and outputs all count. The machine is noisy, so `--repeats` back-to-back (centralized, federated)
+pairs are run and medians reported. Also reports the per-round aggregation time and the bytes a real
+deployment would move (every participant downloads the global model and uploads its own, fp32).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from fedsq_hf.federated import DataArguments, FederatedArguments, FederatedTrain
 from report import pyplot, write_json
 
 
-def measure(model: str, args: argparse.Namespace, folder: str) -> dict:
+def _pair(model: str, args: argparse.Namespace, folder: str) -> dict:
+    """One centralized run and one federated run of the same model and samples, back to back."""
     fed = FederatedArguments(num_clients=args.num_clients, clients_per_round=args.num_clients, rounds=args.rounds,
                              local_epochs=1, batch_size=args.batch_size, partition=args.partition,
                              output_dir=f"{folder}/{model}-federated", disable_tqdm=True)
@@ -46,26 +48,38 @@ def measure(model: str, args: argparse.Namespace, folder: str) -> dict:
     trainer.train()
     federated_s = time.perf_counter() - start
     history = trainer.history
-    model_bytes = trainer.global_state.numel() * 4
-    participants = [len(h["clients"]) - len(h["dropped_clients"]) for h in history]
+    return {
+        "n": n, "central_s": central_s, "federated_s": federated_s, "model_bytes": trainer.global_state.numel() * 4,
+        "train": sum(h["train_time"] for h in history),
+        "aggregate": sum(h["aggregate_time"] for h in history),
+        "eval": sum(h["eval_time"] for h in history),
+        "other (checkpoints, outputs)": federated_s - sum(h["wall_time"] for h in history),
+        "aggregate_ms": [1e3 * h["aggregate_time"] for h in history],
+        "upload_bytes": [h["bytes_aggregated"] for h in history],
+        "participants": [len(h["clients"]) - len(h["dropped_clients"]) for h in history],
+    }
+
+
+def measure(model: str, args: argparse.Namespace, folder: str) -> dict:
+    """Median over `--repeats` back-to-back (centralized, federated) pairs: this machine is noisy."""
+    pairs = [_pair(model, args, folder) for _ in range(args.repeats)]
+    median = lambda key: statistics.median(p[key] for p in pairs)  # noqa: E731
+    images = args.rounds * pairs[0]["n"]
     return {
         "model": model,
-        "train_samples": n,
-        "central_images_per_s": args.rounds * n / central_s,
-        "federated_images_per_s": args.rounds * n / federated_s,
-        "ratio": central_s / federated_s,
-        "central_s": central_s,
-        "federated_s": federated_s,
-        "federated_breakdown_s": {
-            "train": sum(h["train_time"] for h in history),
-            "aggregate": sum(h["aggregate_time"] for h in history),
-            "eval": sum(h["eval_time"] for h in history),
-            "other (checkpoints, outputs)": federated_s - sum(h["wall_time"] for h in history),
-        },
-        "aggregate_ms_per_round_median": 1e3 * statistics.median(h["aggregate_time"] for h in history),
-        "model_bytes": model_bytes,
-        "upload_bytes_per_round": int(statistics.median(h["bytes_aggregated"] for h in history)),
-        "download_bytes_per_round": int(statistics.median(participants)) * model_bytes,
+        "train_samples": pairs[0]["n"],
+        "repeats": args.repeats,
+        "central_images_per_s": images / median("central_s"),
+        "federated_images_per_s": images / median("federated_s"),
+        "ratio": statistics.median(p["central_s"] / p["federated_s"] for p in pairs),
+        "ratios": [p["central_s"] / p["federated_s"] for p in pairs],
+        "central_s": median("central_s"),
+        "federated_s": median("federated_s"),
+        "federated_breakdown_s": {k: median(k) for k in ("train", "aggregate", "eval", "other (checkpoints, outputs)")},
+        "aggregate_ms_per_round_median": statistics.median(ms for p in pairs for ms in p["aggregate_ms"]),
+        "model_bytes": pairs[0]["model_bytes"],
+        "upload_bytes_per_round": int(statistics.median(b for p in pairs for b in p["upload_bytes"])),
+        "download_bytes_per_round": int(statistics.median(k for p in pairs for k in p["participants"])) * pairs[0]["model_bytes"],
     }
 
 
@@ -99,7 +113,8 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--num-clients", type=int, default=10)
     parser.add_argument("--partition", default="dirichlet")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3, help="(centralized, federated) pairs; medians reported")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--output-dir", default="outputs/benchmarks/simulation")
     args = parser.parse_args()

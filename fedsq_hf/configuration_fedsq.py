@@ -23,6 +23,7 @@ _FIELD_TYPES = {
     "backbone_kwargs": (dict, type(None)),
     "backbone_weights": (str, type(None)),
     "pretrained_cfg": (dict, type(None)),
+    "calibrated": (bool,),
     "fedsq_version": (str, type(None)),
     "num_labels": (int,),
 }
@@ -57,6 +58,9 @@ class FedSQConfig(PreTrainedConfig):
         pretrained_cfg: the preprocessing the model expects (timm data config: input_size, mean, std,
             crop_pct, interpolation), filled in from the backbone when the model is built; the same key
             timm checkpoints use, so `TimmWrapperImageProcessor` (and `pipeline`) read it.
+        calibrated: the structural copy was re-frozen after a calibration warm-up
+            (`fedsq_hf.federated.calibrate`); it then differs from the backbone and is saved too
+            (`structural.safetensors`).
         fedsq_version: the fedsq-hf version that wrote the config.
     """
 
@@ -70,6 +74,7 @@ class FedSQConfig(PreTrainedConfig):
     backbone_kwargs: dict[str, Any] | None = None
     backbone_weights: str | None = None
     pretrained_cfg: dict[str, Any] | None = None
+    calibrated: bool = False
     fedsq_version: str | None = None
 
     def __post_init__(self, **kwargs: Any) -> None:

@@ -348,6 +348,16 @@ class DualCopy(nn.Module):
         finally:
             self.tape.clear()
 
+    @torch.no_grad()
+    def sync_structural(self) -> None:
+        """Re-freeze the structural copy from the quantitative copy's current weights (after a
+        calibration warm-up); a cached gate is then stale, so the cache is emptied."""
+        missing, _ = self._structural.load_state_dict(self.quantitative.state_dict(), strict=False)
+        if missing:
+            raise GatingError(f"The structural copy has tensors the quantitative copy lacks: {missing[:8]}")
+        if self.gate_cache is not None:
+            self.gate_cache = GateCache(self.gate_cache.max_bytes, verify=self.gate_cache.verify)
+
     def enable_gate_cache(self, max_bytes: int, verify: bool = True) -> GateCache:
         """Cache gates per sample (see `GateCache`); forward then needs `gate_keys`. Opt-in: only
         valid when a sample's input is identical every time it is seen (no random augmentation)."""

@@ -132,18 +132,17 @@ def push_to_hub(
     model: FedSQModel,
     repo_id: str,
     *,
-    commit_message: str | None = None,
-    commit_description: str | None = None,
+    card: ModelCard | None = None,
+    extra_files: dict[str, str] | None = None,
     private: bool | None = None,
     token: str | bool | None = None,
     revision: str | None = None,
-    create_pr: bool = False,
-    card: ModelCard | None = None,
-    extra_files: dict[str, str] | None = None,
     run_as_future: bool = False,
+    **commit: Any,
 ) -> CommitInfo | Future[CommitInfo]:
     """Upload `config.json`, `model.safetensors`, the card (`README.md`) and `extra_files`
     (repo path -> local file) in one commit, creating the repo (and the `revision` branch) if needed.
+    `commit` goes to `HfApi.upload_folder`: `commit_message`, `commit_description`, `create_pr`.
 
     With `run_as_future`, the files are staged now and the upload runs in the background.
     """
@@ -159,11 +158,9 @@ def push_to_hub(
         (card or model_card(model.config, repo_id)).save(os.path.join(folder, "README.md"))
         for path_in_repo, local in (extra_files or {}).items():
             shutil.copyfile(local, os.path.join(folder, path_in_repo))
-        result = api.upload_folder(
-            repo_id=repo_id, folder_path=folder, revision=revision, create_pr=create_pr,
-            commit_message=commit_message or "Upload FedSQ model", commit_description=commit_description,
-            run_as_future=run_as_future,
-        )
+        commit["commit_message"] = commit.get("commit_message") or "Upload FedSQ model"
+        result = api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision,
+                                   run_as_future=run_as_future, **commit)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise

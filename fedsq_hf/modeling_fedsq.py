@@ -31,6 +31,7 @@ __all__ = ["FedSQModel", "CONFIG_NAME", "WEIGHTS_NAME"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+STRUCTURAL_NAME = "structural.safetensors"  # only for calibrated models, whose structural copy is not the backbone
 # Passed along by AutoModel / pipeline; they do not apply to FedSQ checkpoints.
 _IGNORED_LOAD_KWARGS = {
     "trust_remote_code", "use_safetensors", "low_cpu_mem_usage", "attn_implementation", "adapter_kwargs",
@@ -149,6 +150,8 @@ class FedSQModel(PreTrainedModel):
         os.makedirs(save_directory, exist_ok=True)
         self.config.architectures = [type(self).__name__]
         save_weights(os.path.join(save_directory, WEIGHTS_NAME), state_dict or self.state_dict())
+        if self.config.calibrated and self.structural is not None:
+            save_weights(os.path.join(save_directory, STRUCTURAL_NAME), self.structural.state_dict())
         atomic_write_json(os.path.join(save_directory, CONFIG_NAME), self.config.to_dict())
 
     def push_to_hub(
@@ -222,6 +225,11 @@ class FedSQModel(PreTrainedModel):
         state = load_weights(weights_path)
         check_state_dict(state, model.state_dict(), weights_path)
         model.load_state_dict(state, strict=True)
+        if config.calibrated and model.structural is not None:
+            path = _resolve_file(source, STRUCTURAL_NAME, hub)
+            structural = load_weights(path)
+            check_state_dict(structural, model.structural.state_dict(), path)
+            model.structural.load_state_dict(structural)
         if dtype is not None and dtype != "auto":
             model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
         if device_map is not None and device_map != "auto":

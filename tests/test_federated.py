@@ -166,6 +166,7 @@ def test_fedbn_keeps_each_clients_batchnorm(backbone_dir, digits_dir, tmp_path):
     for k in bn:  # the saved model carries the server's BatchNorm: the weighted mean of the clients'
         assert torch.equal(saved.state_dict()[k], trainer.model.state_dict()[k])
     torch.testing.assert_close(trainer._read_state(trainer._local_tensors), trainer.server_local_state())
+    assert trainer.history[-1]["eval_bn"] == f"sample-weighted mean of {len(seen)} clients' BatchNorms"
 
 
 def test_diverging_clients_are_excluded_then_run_stops(backbone_dir, digits_dir, tmp_path):

@@ -1,5 +1,6 @@
 """Federated simulation: partitions, strategies, the Accelerate trainer."""
 
+from .calibration import calibrate
 from .arguments import DataArguments, FederatedArguments, ModelArguments, validate_arguments
 from .partition import PARTITIONS, partition_labels, partition_summary, plot_partition
 from .run import build_trainer, run_federated

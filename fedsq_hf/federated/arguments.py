@@ -24,6 +24,9 @@ class ModelArguments:
     )
     model: str = field(default="fedsq", metadata={"help": "fedsq (fixed gating) or plain (usual fine-tuning)"})
     bn_mode: str = field(default="frozen", metadata={"help": "BatchNorm of the trained copy: frozen, train or local (FedBN)"})
+    calibration_epochs: int = field(
+        default=1, metadata={"help": "epochs of the calibration warm-up (with --calibration-samples)"}
+    )
     gate_cache_mb: int = field(default=0, metadata={"help": "opt-in per-sample gate cache (MB); needs --augment off"})
 
 
@@ -36,6 +39,11 @@ class DataArguments:
     max_train_samples: int | None = 2000
     max_eval_samples: int | None = 500
     image_size: int | None = field(default=64, metadata={"help": "resize to this size (default: the backbone's own)"})
+    calibration_samples: int = field(
+        default=0,
+        metadata={"help": "hold out this many training samples as a shared calibration set: fine-tune on it "
+                          "centrally before the structural copy is frozen (an extra assumption; 0: off)"},
+    )
     augment: bool = field(default=False, metadata={"help": "random horizontal flips, seeded per (seed, round, client)"})
 
 
@@ -92,6 +100,9 @@ def validate_arguments(model: ModelArguments, data: DataArguments, fed: Federate
         (model.bn_mode in BN_MODES, f"--bn-mode must be one of {list(BN_MODES)}, got {model.bn_mode!r}"),
         (model.gate_cache_mb >= 0, f"--gate-cache-mb must be >= 0, got {model.gate_cache_mb}"),
         (not (model.gate_cache_mb and data.augment), "--gate-cache-mb needs --augment off (gates of augmented inputs change)"),
+        (data.calibration_samples >= 0 and model.calibration_epochs >= 1,
+         "--calibration-samples must be >= 0 and --calibration-epochs >= 1"),
+        (not data.calibration_samples or model.model == "fedsq", "--calibration-samples needs --model fedsq"),
         (fed.num_clients >= 1, f"--num-clients must be >= 1, got {fed.num_clients}"),
         (fed.partition in PARTITIONS, f"--partition must be one of {list(PARTITIONS)}, got {fed.partition!r}"),
         (fed.alpha > 0, f"--alpha must be > 0, got {fed.alpha}"),

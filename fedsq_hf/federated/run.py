@@ -9,8 +9,10 @@ from transformers import set_seed
 
 from ..configuration_fedsq import FedSQConfig
 from ..convert import convert_efficientnet_lite0
+from ..errors import FedSQError
 from ..modeling_fedsq import FedSQModel
 from .arguments import DataArguments, FederatedArguments, ModelArguments, run_config, validate_arguments
+from .calibration import calibrate
 from .data import load_image_dataset, make_transform, preprocess, with_image_size
 from .partition import partition_labels, partition_summary
 from .strategies import make_strategy
@@ -34,6 +36,13 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, fed_args
         data_args.dataset, data_args.image_column, data_args.label_column, data_args.eval_split,
         data_args.max_train_samples, data_args.max_eval_samples, seed=fed_args.seed,
     )
+    calibration = None
+    if data_args.calibration_samples:
+        if data_args.calibration_samples >= len(train):
+            raise FedSQError(f"--calibration-samples {data_args.calibration_samples} leaves no training data "
+                             f"(there are {len(train)} samples).")
+        calibration = train.select(range(data_args.calibration_samples))
+        train = train.select(range(data_args.calibration_samples, len(train)))
     labels = train[data_args.label_column]
     parts = partition_labels(labels, fed_args.num_clients, fed_args.partition, alpha=fed_args.alpha,
                              shards_per_client=fed_args.shards_per_client,
@@ -56,6 +65,9 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, fed_args
     transform = make_transform(config.pretrained_cfg)
     train_data = preprocess(train, data_args.image_column, data_args.label_column, transform, len(names))
     eval_data = preprocess(evaluation, data_args.image_column, data_args.label_column, transform, len(names))
+    if calibration is not None:
+        calibrate(model, preprocess(calibration, data_args.image_column, data_args.label_column, transform, len(names)),
+                  fed_args, model_args.calibration_epochs, accelerator)
     with torch.no_grad():  # an input the backbone cannot take fails here, not in round 1
         model.eval()(eval_data[0][:1])
     return FederatedTrainer(

@@ -309,6 +309,9 @@ class FederatedTrainer:
             )
         if round_ % self.args.eval_every == 0 or round_ == self.args.rounds:
             record["eval_loss"], record["eval_accuracy"] = self.evaluate()
+            if self._local_tensors:  # FedBN: say which BatchNorm the global model was evaluated with
+                seen = int(self.client_seen.sum())
+                record["eval_bn"] = f"sample-weighted mean of {seen} clients' BatchNorms" if seen else "pretrained"
         if self._drift_reference is not None:
             drift = gate_drift(self._drift_reference, self.model, self._drift_pixels)
             record["gate_drift"], record["gate_drift_units"] = drift.pop("all"), drift

@@ -1,0 +1,40 @@
+"""Calibration warm-up: centralized fine-tuning, then the structural copy is re-frozen from it."""
+
+import json
+
+import torch
+
+from fedsq_hf import FedSQConfig, FedSQModel
+from fedsq_hf.federated import FederatedArguments, calibrate, run_federated
+from test_federated import tiny_args
+
+
+def test_calibration_refreezes_the_structural_copy_and_is_saved(backbone_dir, tmp_path):
+    model = FedSQModel(FedSQConfig(backbone=backbone_dir("resnet10t"), num_labels=3, bn_mode="train"))
+    before = {k: v.clone() for k, v in model.structural.state_dict().items()}
+    torch.manual_seed(0)
+    data = (torch.randn(24, 3, 32, 32), torch.randint(0, 3, (24,)))
+    args = FederatedArguments(batch_size=8, lr=0.05, output_dir=str(tmp_path / "cal"))
+    losses = calibrate(model, data, args, epochs=2)
+    assert len(losses) == 6 and model.config.calibrated
+    after = model.structural.state_dict()
+    quantitative = model.quantitative.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in after)  # the gates now come from the calibrated model
+    assert all(torch.equal(after[k], quantitative[k]) for k in after)  # ... which the quantitative copy starts from
+    model.save_pretrained(tmp_path / "saved")
+    assert (tmp_path / "saved" / "structural.safetensors").exists()
+    loaded = FedSQModel.from_pretrained(tmp_path / "saved")
+    assert all(torch.equal(loaded.structural.state_dict()[k], after[k]) for k in after)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x).logits, model.eval()(x).logits)
+
+
+def test_run_with_calibration_holds_the_samples_out(backbone_dir, digits_dir, tmp_path):
+    model, data, fed = tiny_args(backbone_dir("resnet10t"), digits_dir, tmp_path, rounds=1)
+    data.calibration_samples = 40
+    run_federated(model, data, fed)
+    partition = json.loads((tmp_path / "partition.json").read_text())
+    assert sum(partition["samples_per_client"]) == 240 - 40
+    assert json.loads((tmp_path / "final" / "config.json").read_text())["calibrated"] is True
+    assert (tmp_path / "final" / "structural.safetensors").exists()
