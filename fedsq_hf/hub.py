@@ -122,6 +122,7 @@ def model_card(
         backbone=config.backbone,
         backbone_md=f"[{base_model}](https://huggingface.co/{base_model})" if base_model else f"`{config.backbone}`",
         num_labels=config.num_labels,
+        calibrated=config.calibrated,
         input_size="(batch, " + ", ".join(map(str, (config.pretrained_cfg or {}).get("input_size", (3, "H", "W")))) + ")",
         federation=_federation({**run, "dataset": dataset_name}) if run else None,
         results=_results(summary, history or [], plot) if summary else None,

@@ -38,3 +38,12 @@ def test_run_with_calibration_holds_the_samples_out(backbone_dir, digits_dir, tm
     assert sum(partition["samples_per_client"]) == 240 - 40
     assert json.loads((tmp_path / "final" / "config.json").read_text())["calibrated"] is True
     assert (tmp_path / "final" / "structural.safetensors").exists()
+
+
+def test_card_of_a_calibrated_model_lists_its_structural_copy(backbone_dir):
+    from fedsq_hf import model_card
+
+    config = FedSQConfig(backbone=backbone_dir("resnet10t"), num_labels=2)
+    assert "structural.safetensors" not in str(model_card(config))
+    config.calibrated = True
+    assert "`structural.safetensors`: the structural copy, re-frozen" in str(model_card(config))
