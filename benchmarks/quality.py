@@ -21,7 +21,8 @@ import statistics
 import datasets
 
 from fedsq_hf.federated import DataArguments, FederatedArguments, ModelArguments, run_federated
-from report import pyplot, write_json
+from fedsq_hf.plotting import pyplot, save_figure
+from report import write_json
 
 # name -> (model, strategy); FedSQ is fixed gating + plain averaging, as in the paper.
 METHODS = {"FedSQ": ("fedsq", "fedavg"), "FedAvg": ("plain", "fedavg"), "FedProx": ("plain", "fedprox")}
@@ -112,9 +113,7 @@ def plot(results: dict, path: str) -> None:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("validation accuracy")
     axes[0][0].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Shared output helpers of the benchmark scripts: results JSON with machine facts, and pyplot."""
+"""Shared output of the benchmark scripts: results JSON with the machine facts."""
 
 from __future__ import annotations
 
@@ -27,11 +27,3 @@ def write_json(folder: str, payload: dict[str, Any], name: str = "results.json")
         json.dump({"machine": machine(), **payload}, f, indent=2)
     return path
 
-
-def pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt

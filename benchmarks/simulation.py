@@ -24,7 +24,8 @@ import numpy as np
 
 from fedsq_hf import FedSQModel
 from fedsq_hf.federated import DataArguments, FederatedArguments, FederatedTrainer, ModelArguments, build_trainer
-from report import pyplot, write_json
+from fedsq_hf.plotting import pyplot, save_figure
+from report import write_json
 
 
 def _pair(model: str, args: argparse.Namespace, folder: str) -> dict:
@@ -97,9 +98,7 @@ def plot(results: list[dict], path: str) -> None:
                   [f"{r['model']}: {side}" for r in results for side in ("federated", "centralized")])
     ax.set_xlabel("seconds for the same images")
     ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main() -> None:

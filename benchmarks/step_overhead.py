@@ -20,7 +20,8 @@ import timm
 import torch
 
 from fedsq_hf import FedSQConfig, FedSQModel
-from report import pyplot, write_json
+from fedsq_hf.plotting import pyplot, save_figure
+from report import write_json
 
 
 def make_models(arch: str, num_labels: int, bn_mode: str, folder: str):
@@ -114,9 +115,7 @@ def plot(results: list[dict], path: str) -> None:
     ax.set_xticks(list(x), labels)
     ax.set_ylabel("FedSQ step / plain step (median)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 if __name__ == "__main__":
     main()

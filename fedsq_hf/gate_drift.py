@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .gating import DualCopy, Gate, remove_gates
+from .plotting import pyplot, save_figure
 
 __all__ = ["GateRecorder", "gate_drift"]
 
@@ -72,10 +73,7 @@ def gate_drift(
 
 def plot_drift(history: list[dict], path: str, title: str = "") -> None:
     """Gate drift (all units) per round, from a run's history."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     points = [(h["round"], 100 * h["gate_drift"]) for h in history if h.get("gate_drift") is not None]
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -84,9 +82,7 @@ def plot_drift(history: list[dict], path: str, title: str = "") -> None:
     ax.set_ylabel("gates differing from the pretrained model (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

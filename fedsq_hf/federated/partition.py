@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import FedSQError
+from ..plotting import pyplot, save_figure
 
 __all__ = ["PARTITIONS", "partition_labels", "partition_summary", "plot_partition"]
 
@@ -99,10 +100,7 @@ def partition_summary(parts: list[np.ndarray], labels: Sequence[int] | np.ndarra
 
 def plot_partition(summary: dict[str, Any], path: str, title: str = "") -> None:
     """Heatmap of samples per (client, label)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     hist = np.asarray(summary["label_histogram"])
     fig, ax = plt.subplots(figsize=(1 + 0.5 * hist.shape[1], 1 + 0.35 * hist.shape[0]))
@@ -111,6 +109,4 @@ def plot_partition(summary: dict[str, Any], path: str, title: str = "") -> None:
     ax.set_ylabel("client")
     ax.set_title(title or "samples per client and label")
     fig.colorbar(im, ax=ax)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)

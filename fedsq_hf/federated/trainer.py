@@ -32,6 +32,7 @@ from ..serialization import atomic_write_bytes, atomic_write_json, load_weights,
 from .arguments import FederatedArguments
 from .partition import plot_partition
 from .strategies import Strategy
+from ..plotting import pyplot, save_figure
 
 __all__ = ["FederatedTrainer", "client_seed", "diverged", "make_accelerator"]
 
@@ -354,6 +355,7 @@ class FederatedTrainer:
             if round_ % args.save_every == 0 or round_ == args.rounds:
                 self.save_checkpoint(os.path.join(out, "checkpoints"), round_)
                 if args.push_to_hub and args.hub_strategy == "every_save" and round_ < args.rounds and acc.is_main_process:
+                    self._plot(os.path.join(out, "accuracy.png"))
                     self._push(round_, background=True)
             acc.wait_for_everyone()
         summary = self._summary()
@@ -389,10 +391,7 @@ class FederatedTrainer:
         atomic_write_bytes(os.path.join(self.args.output_dir, "history.jsonl"), lines.encode())
 
     def _plot(self, path: str) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
 
         points = [(h["round"], h["eval_accuracy"]) for h in self.history if h["eval_accuracy"] is not None]
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -403,9 +402,7 @@ class FederatedTrainer:
         ax.set_ylabel("eval accuracy")
         ax.grid(alpha=0.3)
         ax.legend()
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
+        save_figure(fig, path)
 
     # -- Hub -----------------------------------------------------------------------------
     def _check_hub_repo(self) -> None:
@@ -431,8 +428,7 @@ class FederatedTrainer:
         if not background:
             for pending in self._pushes:
                 pending.exception()  # wait; failures were already logged by the callback
-        plot = os.path.join(args.output_dir, "accuracy.png")
-        self._plot(plot)
+        plot = os.path.join(args.output_dir, "accuracy.png")  # written by the caller, up to this round
         summary = self._summary()
         card = model_card(self.model.config, args.hub_model_id, summary=summary, history=self.history,
                           plot="accuracy.png", license=args.hub_license)
