@@ -12,7 +12,8 @@ from collections import defaultdict
 import torch
 from torch import nn
 
-from .gating import DualCopy, Gate, remove_gates
+from .errors import GatingError
+from .gating import Gate, GateTape, find_gateable_modules, install_gates, record_gates, remove_gates
 from .plotting import pyplot, save_figure
 
 __all__ = ["GateRecorder", "gate_drift"]
@@ -36,13 +37,17 @@ class GateRecorder:
     """The gates a model chooses for itself (its own regimes), via a frozen gate-recording copy."""
 
     def __init__(self, model: nn.Module) -> None:
-        plain = remove_gates(copy.deepcopy(_backbone(model))).eval()
-        self.dual = DualCopy(copy.deepcopy(plain), structural=plain, allow_ungated=True)
+        self.module = remove_gates(copy.deepcopy(_backbone(model))).eval().requires_grad_(False)
+        self.tape = GateTape()
+        sites, _ = find_gateable_modules(self.module)
+        if not sites:
+            raise GatingError(f"{type(self.module).__name__} has no piecewise-linear unit: it has no gates to compare.")
+        install_gates(self.module, sites, self.tape, records=True)
 
-    @torch.no_grad()
     def gates(self, pixels: torch.Tensor, batch_size: int = 64) -> list[list[tuple[str, Gate]]]:
-        device = next(self.dual.structural.parameters()).device
-        return [self.dual.compute_gates(pixels[i : i + batch_size].to(device)) for i in range(0, len(pixels), batch_size)]
+        device = next(self.module.parameters()).device
+        return [record_gates(self.module, self.tape, pixels[i : i + batch_size].to(device))
+                for i in range(0, len(pixels), batch_size)]
 
 
 @torch.no_grad()

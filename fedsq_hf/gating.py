@@ -10,9 +10,10 @@ one forward gets the right gate each time.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -27,7 +28,10 @@ __all__ = [
     "GateTape",
     "GATE_KINDS",
     "find_gateable_modules",
+    "install_gates",
+    "record_gates",
     "register_gate",
+    "remove_gates",
 ]
 
 Gate = Any  # a tensor or a tuple of tensors, batch-first, detached
@@ -254,13 +258,26 @@ class GateTape:
         self.cursor = 0
 
 
-def _install_gates(module: nn.Module, sites: dict[str, str], tape: GateTape, records: bool) -> None:
+def install_gates(module: nn.Module, sites: dict[str, str], tape: GateTape, records: bool) -> None:
+    """Gate the units `sites` ({name: kind}) of `module` in place: recording (structural side) or
+    applying (quantitative side) the gates on `tape`."""
     for name, sub in module.named_modules():
         if name in sites:
             sub.__class__ = _gated_class(type(sub), sites[name])
             sub._fedsq_tape = tape
             sub._fedsq_site = name
             sub._fedsq_records = records
+
+
+@torch.no_grad()
+def record_gates(module: nn.Module, tape: GateTape, *args: Any, **kwargs: Any) -> list[tuple[str, Gate]]:
+    """Run `module`, whose units record to `tape`, and return the gates of every unit call, in order."""
+    tape.clear()
+    try:
+        module(*args, **kwargs)
+        return tape.entries
+    finally:
+        tape.clear()
 
 
 class DualCopy(nn.Module):
@@ -320,8 +337,8 @@ class DualCopy(nn.Module):
             raise GatingError(f"The structural copy lacks the gated units {missing[:8]}: the copies must match.")
         structural.eval().requires_grad_(False)
         self.sites = sites
-        _install_gates(structural, sites, self.tape, records=True)
-        _install_gates(quantitative, sites, self.tape, records=False)
+        install_gates(structural, sites, self.tape, records=True)
+        install_gates(quantitative, sites, self.tape, records=False)
         object.__setattr__(self, "_structural", structural)
 
     @property
@@ -338,15 +355,25 @@ class DualCopy(nn.Module):
             self._structural._apply(fn, recurse)
         return self
 
-    @torch.no_grad()
     def compute_gates(self, *args: Any, **kwargs: Any) -> list[tuple[str, Gate]]:
         """Run the structural copy (no grad) and return the gates of every unit call, in order."""
-        self.tape.clear()
+        return record_gates(self._structural, self.tape, *args, **kwargs)
+
+    @contextlib.contextmanager
+    def ungated(self) -> Iterator[DualCopy]:
+        """Within the block the quantitative copy picks its own regimes, as a plain model does (e.g.
+        for a calibration warm-up); its gates are back in place afterwards."""
+        structural = self._structural
+        if structural is None:
+            yield self
+            return
+        remove_gates(self.quantitative)
+        object.__setattr__(self, "_structural", None)
         try:
-            self._structural(*args, **kwargs)
-            return self.tape.entries
+            yield self
         finally:
-            self.tape.clear()
+            install_gates(self.quantitative, self.sites, self.tape, records=False)
+            object.__setattr__(self, "_structural", structural)
 
     @torch.no_grad()
     def sync_structural(self) -> None:

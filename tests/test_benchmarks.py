@@ -22,7 +22,7 @@ def test_step_overhead(tmp_path):
     out = run_script("step_overhead.py", "--archs", "resnet10t", "--sizes", "32", "--batch-size", "4", "--batches", "2",
                      "--reps", "2", "--output-dir", tmp_path)
     (result,) = json.loads((tmp_path / "results.json").read_text())["results"]
-    assert result["ratio_every_step"] > 0 and "resnet10t" in out and (tmp_path / "step_overhead.png").exists()
+    assert result["ratio_every_step"] > 0 and result["ratio_floor"] > 1 and "resnet10t" in out and (tmp_path / "step_overhead.png").exists()
 
 
 def test_simulation(backbone_dir, digits_dir, tmp_path):

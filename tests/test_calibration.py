@@ -1,11 +1,14 @@
 """Calibration warm-up: centralized fine-tuning, then the structural copy is re-frozen from it."""
 
+import dataclasses
 import json
 
+import numpy as np
+import pytest
 import torch
 
-from fedsq_hf import FedSQConfig, FedSQModel
-from fedsq_hf.federated import FederatedArguments, calibrate, run_federated
+from fedsq_hf import FedSQConfig, FedSQError, FedSQModel
+from fedsq_hf.federated import FedAvg, FederatedArguments, FederatedTrainer, calibrate, run_federated
 from test_federated import tiny_args
 
 
@@ -28,6 +31,24 @@ def test_calibration_refreezes_the_structural_copy_and_is_saved(backbone_dir, tm
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(loaded(x).logits, model.eval()(x).logits)
+
+
+def test_calibration_trains_like_plain_fine_tuning(backbone_dir, tmp_path):
+    config = FedSQConfig(backbone=backbone_dir("resnet10t"), num_labels=3, bn_mode="train")
+    model = FedSQModel(config)
+    plain = FedSQModel(FedSQConfig.from_dict({**config.to_dict(), "fixed_gating": False}))
+    plain.load_state_dict(model.state_dict())
+    torch.manual_seed(0)
+    data = (torch.randn(16, 3, 32, 32), torch.randint(0, 3, (16,)))
+    args = FederatedArguments(batch_size=8, lr=0.05, output_dir=str(tmp_path / "cal"))
+    losses = calibrate(model, data, args, epochs=1)
+    single = dataclasses.replace(args, num_clients=1, clients_per_round=1, local_epochs=1)
+    expected = FederatedTrainer(plain, FedAvg(), data, data, [np.arange(16)], single).train_client(0, 0)
+    assert losses == expected
+    for name, tensor in plain.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[name], tensor, rtol=0, atol=0, msg=name)
+    with pytest.raises(FedSQError, match="fixed gating"):
+        calibrate(plain, data, args, epochs=1)
 
 
 def test_run_with_calibration_holds_the_samples_out(backbone_dir, digits_dir, tmp_path):

@@ -79,6 +79,23 @@ def test_perturbed_copy_uses_structural_gates(arch):
     assert not torch.allclose(got, own_gates, atol=1e-3), "perturbation too small to tell the gates apart"
 
 
+def test_ungated_block_runs_own_regimes_then_restores_gates():
+    dual = DualCopy(build("all_kinds")).eval()
+    perturb_(dual.quantitative)
+    plain = build("all_kinds")
+    plain.load_state_dict(dual.quantitative.state_dict())
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        gated = dual(x)
+        with dual.ungated():
+            assert dual.structural is None and not dual.gating
+            assert torch.equal(dual(x), plain(x))
+        assert dual.structural is not None and torch.equal(dual(x), gated)
+    with pytest.raises(ZeroDivisionError), dual.ungated():
+        1 / 0
+    assert torch.equal(dual(x).detach(), gated)  # restored after an error too
+
+
 def test_gradients_flow_through_fixed_gates_like_reference():
     model = build("all_kinds")
     pretrained = copy.deepcopy(model)

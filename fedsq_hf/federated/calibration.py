@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
+from ..errors import FedSQError
 from ..modeling_fedsq import FedSQModel
 from .arguments import FederatedArguments
 from .strategies import FedAvg
@@ -30,13 +31,14 @@ def calibrate(
     """Fine-tune `model` on `data` for `epochs` without fixed gates (the client loop of `args`:
     optimizer, batch size, BatchNorm mode, seed), then re-freeze its structural copy from the result.
     In place; returns the step losses."""
-    plain = FedSQModel(type(model.config).from_dict({**model.config.to_dict(), "fixed_gating": False}))
-    plain.load_state_dict(model.state_dict())
+    if not model.dual_copy.gating:
+        raise FedSQError("calibrate needs a FedSQ model with fixed gating (fixed_gating=True): a plain model "
+                         "has no structural copy to re-freeze.")
     run = dataclasses.replace(args, num_clients=1, clients_per_round=1, local_epochs=epochs, local_steps=0,
                               gate_drift_samples=0, dropout_rate=0.0, push_to_hub=False)
-    trainer = FederatedTrainer(plain, FedAvg(), data, data, [np.arange(len(data[1]))], run, accelerator=accelerator)
-    losses = trainer.train_client(0, 0)
-    model.load_state_dict(plain.state_dict())
+    trainer = FederatedTrainer(model, FedAvg(), data, data, [np.arange(len(data[1]))], run, accelerator=accelerator)
+    with model.dual_copy.ungated():
+        losses = trainer.train_client(0, 0)
     model.dual_copy.sync_structural()
     model.config.calibrated = True
     return losses
