@@ -26,7 +26,7 @@ import torch
 import torchvision
 from safetensors.torch import save_file
 
-from quality import METHODS, plot, run_grid
+from quality import add_grid_arguments, plot, run_grid
 from report import write_json
 
 BACKBONES = {"AlexNet": "torchvision:alexnet", "ResNet-18": "torchvision:resnet18"}
@@ -57,21 +57,12 @@ def main() -> None:
     parser.add_argument("--offline", action="store_true", help="shrunk grid on digits with random-init weights")
     parser.add_argument("--cinic10", help="CINIC-10: a Hub id of a mirror or a local imagefolder")
     parser.add_argument("--backbones", nargs="+", default=list(BACKBONES), choices=list(BACKBONES))
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--splits", nargs="+", default=["iid", "dirichlet:0.5", "dirichlet:0.1"])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--num-clients", type=int, default=10)
-    parser.add_argument("--clients-per-round", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=50)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=0.01)
-    parser.add_argument("--mu", type=float, default=0.01)
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--max-train-samples", type=int, default=None)
     parser.add_argument("--max-eval-samples", type=int, default=None)
-    parser.add_argument("--gate-cache-mb", type=int, default=0)
-    parser.add_argument("--keep-models", action="store_true", help="keep each run's best/final models and checkpoints")
-    parser.add_argument("--output-dir", default="outputs/benchmarks/paper")
+    add_grid_arguments(parser)
+    parser.set_defaults(clients_per_round=10, rounds=50, batch_size=64, lr=0.01, gate_cache_mb=0,
+                        output_dir="outputs/benchmarks/paper")
     args = parser.parse_args()
     datasets.disable_progress_bars()
     scratch = tempfile.mkdtemp(prefix="fedsq-paper-")

@@ -71,6 +71,23 @@ def describe(curves: list[list[float]], at_rounds: list[int]) -> dict:
     }
 
 
+def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments `run_grid` reads beyond the data and backbone, with this script's defaults
+    (`parser.set_defaults` changes them)."""
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--splits", nargs="+", default=["iid", "dirichlet:0.5", "dirichlet:0.1"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--num-clients", type=int, default=10)
+    parser.add_argument("--clients-per-round", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=0.003)
+    parser.add_argument("--mu", type=float, default=0.01, help="FedProx proximal weight")
+    parser.add_argument("--gate-cache-mb", type=int, default=512, help="FedSQ gate cache (no augmentation here)")
+    parser.add_argument("--keep-models", action="store_true", help="keep each run's best/final models and checkpoints")
+    parser.add_argument("--output-dir", default="outputs/benchmarks/quality")
+
+
 def run_grid(args: argparse.Namespace, label: str = "") -> dict:
     """{split: {method: describe(...)}} over args.splits x args.methods x args.seeds."""
     at_rounds = sorted({max(1, args.rounds // 2), args.rounds})
@@ -125,18 +142,7 @@ def main() -> None:
     parser.add_argument("--max-train-samples", type=int, default=2000)
     parser.add_argument("--max-eval-samples", type=int, default=500)
     parser.add_argument("--image-size", type=int, default=32)
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--splits", nargs="+", default=["iid", "dirichlet:0.5", "dirichlet:0.1"])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--num-clients", type=int, default=10)
-    parser.add_argument("--clients-per-round", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=0.003)
-    parser.add_argument("--mu", type=float, default=0.01, help="FedProx proximal weight")
-    parser.add_argument("--gate-cache-mb", type=int, default=512, help="FedSQ gate cache (no augmentation here)")
-    parser.add_argument("--keep-models", action="store_true", help="keep each run's best/final models and checkpoints")
-    parser.add_argument("--output-dir", default="outputs/benchmarks/quality")
+    add_grid_arguments(parser)
     args = parser.parse_args()
     if args.dataset == SHARED_CIFAR10 and not os.path.isdir(SHARED_CIFAR10):
         parser.error(f"no CIFAR-10 at {SHARED_CIFAR10}; pass --dataset (a Hub id such as uoft-cs/cifar10, or a folder)")

@@ -12,6 +12,7 @@ from torch import nn
 
 from .errors import BackboneLoadError
 from .gating import register_gate
+from .serialization import load_weights
 
 __all__ = ["load_backbone", "timm_model_name", "looks_like_path", "classifier_of", "TORCHVISION_PREFIX"]
 
@@ -111,8 +112,6 @@ def _load_torchvision(backbone: str, num_labels: int, weights_file: str | None, 
 
 def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
     if path.endswith(".safetensors"):
-        from .serialization import load_weights
-
         return load_weights(path)
     return torch.load(path, map_location="cpu", weights_only=True)  # torchvision's .pth: tensors only, no code
 

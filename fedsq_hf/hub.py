@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from .configuration_fedsq import FedSQConfig
     from .modeling_fedsq import FedSQModel
 
-__all__ = ["model_card", "push_to_hub", "CARD_TEMPLATE", "TAGS"]
+__all__ = ["model_card", "push_to_hub", "ensure_repo", "require_credentials", "CARD_TEMPLATE", "TAGS"]
 
 CARD_TEMPLATE = files("fedsq_hf.model_cards") / "fedsq_model_card.md"
 TAGS = ["federated-learning", "fedsq", "image-classification"]
@@ -129,6 +129,21 @@ def model_card(
     )
 
 
+def require_credentials(what: str, token: str | bool | None = None) -> None:
+    """Raise `FedSQError` (naming `what` needs them) unless a Hub token is passed or configured."""
+    if token is None and not get_token():
+        hint = "" if what.startswith("--") else ", or pass token="
+        raise FedSQError(f"{what} needs Hub credentials: run `hf auth login` or set HF_TOKEN{hint}.")
+
+
+def ensure_repo(api: HfApi, repo_id: str, *, private: bool | None = None, revision: str | None = None) -> str:
+    """Create `repo_id` and the `revision` branch where missing; returns the full repo id."""
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    if revision and revision != "main":
+        api.create_branch(repo_id, branch=revision, exist_ok=True)
+    return repo_id
+
+
 def push_to_hub(
     model: FedSQModel,
     repo_id: str,
@@ -147,12 +162,9 @@ def push_to_hub(
 
     With `run_as_future`, the files are staged now and the upload runs in the background.
     """
-    if token is None and get_token() is None:
-        raise FedSQError("push_to_hub needs Hub credentials: run `hf auth login`, set HF_TOKEN, or pass token=.")
+    require_credentials("push_to_hub", token)
     api = HfApi(token=token)
-    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-    if revision is not None and revision != "main":
-        api.create_branch(repo_id, branch=revision, exist_ok=True)
+    repo_id = ensure_repo(api, repo_id, private=private, revision=revision)
     folder = tempfile.mkdtemp(prefix="fedsq-push-")
     try:
         model.save_pretrained(folder)

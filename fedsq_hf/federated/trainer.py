@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from ..errors import CheckpointError, FedSQError
 from ..gate_drift import GateRecorder, gate_drift, plot_drift
-from ..hub import model_card, percent, push_to_hub
+from ..hub import ensure_repo, model_card, percent, push_to_hub
 from ..modeling_fedsq import FedSQModel
 from ..serialization import atomic_write_bytes, atomic_write_json, load_weights, save_weights
 from .arguments import FederatedArguments
@@ -409,10 +409,7 @@ class FederatedTrainer:
         """Create (or reach) the Hub repo before training, so that bad credentials fail in seconds, not hours."""
         args = self.args
         try:
-            api = HfApi()
-            repo_id = api.create_repo(args.hub_model_id, private=args.hub_private_repo, exist_ok=True).repo_id
-            if args.hub_revision and args.hub_revision != "main":
-                api.create_branch(repo_id, branch=args.hub_revision, exist_ok=True)
+            ensure_repo(HfApi(), args.hub_model_id, private=args.hub_private_repo, revision=args.hub_revision)
         except (HfHubHTTPError, OSError) as err:
             raise FedSQError(
                 f"--push-to-hub: cannot create or reach the Hub repo {args.hub_model_id!r} ({type(err).__name__}: {err}). "
