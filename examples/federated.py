@@ -1,13 +1,14 @@
 """Federated fine-tuning with FedSQ or a plain baseline, on 1 or N processes.
 
-    python examples/federated.py                     # offline default: EfficientNet-Lite0 (ImageNet, from
-                                                     # PyPI) + FedSQ over 10 Dirichlet clients on MNIST digits
+    python examples/federated.py                     # offline default: EfficientNet-Lite0 (ImageNet, from PyPI)
+                                                     # + FedSQ over 10 Dirichlet clients on 2,000 MNIST digits
     accelerate launch examples/federated.py --model fedsq --strategy fedavg --partition dirichlet --alpha 0.1
     python examples/federated.py --backbone timm/resnet18.a1_in1k --dataset uoft-cs/cifar10 --image-column img
 
 `python examples/federated.py --help` lists every argument.
 """
 
+import logging
 import sys
 
 from transformers import HfArgumentParser
@@ -17,6 +18,8 @@ from fedsq_hf.federated import DataArguments, FederatedArguments, ModelArguments
 
 
 def main() -> int:
+    logging.basicConfig(format="%(message)s")
+    logging.getLogger("fedsq_hf").setLevel(logging.INFO)
     parser = HfArgumentParser((ModelArguments, DataArguments, FederatedArguments))
     model_args, data_args, fed_args = parser.parse_args_into_dataclasses()
     try:

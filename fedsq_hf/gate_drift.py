@@ -117,13 +117,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if len(args.checkpoints) != 2:
         parser.error("give two checkpoints, or --run DIR")
-    from .federated.data import load_image_dataset, make_transform, preprocess
+    from .federated.data import load_image_dataset
+    from .federated.images import build_pipelines
+    from .federated.samples import StreamedSamples, model_inputs
     from .modeling_fedsq import FedSQModel
 
     reference, model = (FedSQModel.from_pretrained(c) for c in args.checkpoints)
     _, evaluation, _ = load_image_dataset(args.dataset, args.image_column, args.label_column, max_eval_samples=args.samples)
-    pixels, _ = preprocess(evaluation, args.image_column, args.label_column,
-                           make_transform(reference.config.pretrained_cfg), reference.config.num_labels)
+    _, pipeline = build_pipelines(reference.config.pretrained_cfg)
+    samples = StreamedSamples(evaluation, args.image_column, args.label_column, pipeline, reference.config.num_labels)
+    pixels, _ = model_inputs(samples, range(len(samples)))
     result = gate_drift(reference, model, pixels)
     for site, fraction in result.items():
         print(f"{site:<40} {100 * fraction:6.2f}%")

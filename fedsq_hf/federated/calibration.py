@@ -16,19 +16,19 @@ from ..errors import FedSQError
 from ..modeling_fedsq import FedSQModel
 from .arguments import FederatedArguments
 from .strategies import FedAvg
-from .trainer import FederatedTrainer
+from .trainer import FederatedTrainer, as_samples
 
 __all__ = ["calibrate"]
 
 
 def calibrate(
     model: FedSQModel,
-    data: tuple[torch.Tensor, torch.Tensor],
+    data: torch.utils.data.Dataset | tuple[torch.Tensor, torch.Tensor],
     args: FederatedArguments,
     epochs: int,
     accelerator: Accelerator | None = None,
 ) -> list[float]:
-    """Fine-tune `model` on `data` for `epochs` without fixed gates (the client loop of `args`:
+    """Fine-tune `model` on `data` (samples, or model-ready (pixels, labels)) for `epochs` without fixed gates (the client loop of `args`:
     optimizer, batch size, BatchNorm mode, seed), then re-freeze its structural copy from the result.
     In place; returns the step losses."""
     if not model.dual_copy.gating:
@@ -36,7 +36,8 @@ def calibrate(
                          "has no structural copy to re-freeze.")
     run = dataclasses.replace(args, num_clients=1, clients_per_round=1, local_epochs=epochs, local_steps=0,
                               gate_drift_samples=0, dropout_rate=0.0, push_to_hub=False)
-    trainer = FederatedTrainer(model, FedAvg(), data, data, [np.arange(len(data[1]))], run, accelerator=accelerator)
+    data = as_samples(data)
+    trainer = FederatedTrainer(model, FedAvg(), data, data, [np.arange(len(data))], run, accelerator=accelerator)
     with model.dual_copy.ungated():
         losses = trainer.train_client(0, 0)
     model.dual_copy.sync_structural()

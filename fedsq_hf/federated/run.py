@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+from dataclasses import replace
 from typing import Any
 
+import timm
 import torch
 from transformers import set_seed
 
@@ -11,14 +14,19 @@ from ..configuration_fedsq import FedSQConfig
 from ..convert import convert_efficientnet_lite0
 from ..errors import FedSQError
 from ..modeling_fedsq import FedSQModel
-from .arguments import DataArguments, FederatedArguments, ModelArguments, run_config, validate_arguments
+from .arguments import (DataArguments, FederatedArguments, ModelArguments, run_config, validate_arguments,
+                        with_example_defaults)
 from .calibration import calibrate
-from .data import load_image_dataset, make_transform, preprocess, with_image_size
+from .data import load_image_dataset, with_image_size
+from .images import build_pipelines
+from .samples import StreamedSamples, estimate_preload_bytes, model_inputs, preload
 from .partition import partition_labels, partition_summary
 from .strategies import make_strategy
 from .trainer import FederatedTrainer, make_accelerator
 
-__all__ = ["build_trainer", "run_federated"]
+__all__ = ["build_trainer", "run_federated", "choose_preload"]
+
+logger = logging.getLogger(__name__)
 
 
 def run_federated(model_args: ModelArguments, data_args: DataArguments, fed_args: FederatedArguments) -> dict[str, Any]:
@@ -29,9 +37,15 @@ def run_federated(model_args: ModelArguments, data_args: DataArguments, fed_args
 def build_trainer(model_args: ModelArguments, data_args: DataArguments, fed_args: FederatedArguments) -> FederatedTrainer:
     """Everything a run needs, checked and loaded: data, partition, model, strategy, in a trainer."""
     validate_arguments(model_args, data_args, fed_args)
+    example, data_args = data_args.dataset is None, with_example_defaults(data_args)
+    fed_args = replace(fed_args, clients_per_round=fed_args.clients_per_round or fed_args.num_clients)
     strategy = make_strategy(fed_args.strategy, mu=fed_args.mu, server_lr=fed_args.server_lr,
                              server_momentum=fed_args.server_momentum)
     accelerator = make_accelerator(fed_args)
+    if example and accelerator.is_main_process:
+        logger.info("No --dataset: the offline example, %s with max_train_samples %s, max_eval_samples %s, image_size %s "
+                    "(name a dataset to use it whole).", data_args.dataset, data_args.max_train_samples,
+                    data_args.max_eval_samples, data_args.image_size)
     train, evaluation, names = load_image_dataset(
         data_args.dataset, data_args.image_column, data_args.label_column, data_args.eval_split,
         data_args.max_train_samples, data_args.max_eval_samples, seed=fed_args.seed,
@@ -62,17 +76,38 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, fed_args
         model.enable_gate_cache(model_args.gate_cache_mb << 20)
     if data_args.image_size:  # saved with the model, so `pipeline` preprocesses as in training
         config.pretrained_cfg = with_image_size(config.pretrained_cfg, data_args.image_size)
-    transform = make_transform(config.pretrained_cfg)
-    train_data = preprocess(train, data_args.image_column, data_args.label_column, transform, len(names))
-    eval_data = preprocess(evaluation, data_args.image_column, data_args.label_column, transform, len(names))
+    train_pipe, eval_pipe = build_pipelines(config.pretrained_cfg, data_args.augment, data_args.auto_augment,
+                                            data_args.re_prob, data_args.crop_scale)
+    splits = {"train": StreamedSamples(train, data_args.image_column, data_args.label_column, train_pipe, len(names)),
+              "eval": StreamedSamples(evaluation, data_args.image_column, data_args.label_column, eval_pipe, len(names))}
     if calibration is not None:
-        calibrate(model, preprocess(calibration, data_args.image_column, data_args.label_column, transform, len(names)),
-                  fed_args, model_args.calibration_epochs, accelerator)
+        splits["calibration"] = StreamedSamples(calibration, data_args.image_column, data_args.label_column,
+                                                train_pipe, len(names))
+    preloaded, estimate = choose_preload(data_args, splits)
+    if accelerator.is_main_process:
+        logger.info("Data: %s (%.0f MB as uint8 per process; --preload %s, budget %d MB).",
+                    "preloaded in memory" if preloaded else "streamed from the dataset by loader workers",
+                    estimate / 2**20, data_args.preload, data_args.preload_budget_mb)
+    if preloaded:
+        splits = {k: preload(v, fed_args.num_workers) for k, v in splits.items()}
+    if "calibration" in splits:
+        calibrate(model, splits["calibration"], fed_args, model_args.calibration_epochs, accelerator)
     with torch.no_grad():  # an input the backbone cannot take fails here, not in round 1
-        model.eval()(eval_data[0][:1])
+        model.eval()(model_inputs(splits["eval"], [0])[0])
+    size = timm.data.resolve_data_config(config.pretrained_cfg)["input_size"][-1]
     return FederatedTrainer(
-        model, strategy, train_data, eval_data, parts, fed_args,
-        run_config={**run_config(model_args, data_args, fed_args), "backbone": backbone},
+        model, strategy, splits["train"], splits["eval"], parts, fed_args,
+        run_config={**run_config(model_args, data_args, fed_args), "backbone": backbone, "image_size": size,
+                    "num_train_samples": len(splits["train"]), "num_eval_samples": len(splits["eval"]),
+                    "preload": "preloaded" if preloaded else "streamed"},
         partition_summary=partition_summary(parts, labels, len(names)),
-        augment=data_args.augment, accelerator=accelerator,
+        accelerator=accelerator,
     )
+
+
+def choose_preload(data_args: DataArguments, splits: dict[str, StreamedSamples]) -> tuple[bool, int]:
+    """(preload?, estimated uint8 bytes per process): `always`, `never`, or `auto` within the budget."""
+    estimate = sum(estimate_preload_bytes(s) for s in splits.values())
+    if data_args.preload == "auto":
+        return estimate <= data_args.preload_budget_mb << 20, estimate
+    return data_args.preload == "always", estimate

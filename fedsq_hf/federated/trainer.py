@@ -31,10 +31,11 @@ from ..modeling_fedsq import FedSQModel
 from ..serialization import atomic_write_bytes, atomic_write_json, load_weights, save_weights
 from .arguments import FederatedArguments
 from .partition import plot_partition
+from .samples import ClientBatches, OrderedBatches, PreloadedSamples, make_loader, model_inputs
 from .strategies import Strategy
 from ..plotting import pyplot, save_figure
 
-__all__ = ["FederatedTrainer", "client_seed", "diverged", "make_accelerator"]
+__all__ = ["FederatedTrainer", "as_samples", "client_seed", "diverged", "make_accelerator"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,18 +76,9 @@ def make_accelerator(args: FederatedArguments) -> Accelerator:
     )
 
 
-class _Batches(torch.utils.data.Dataset):
-    """Batches by index lists from in-memory tensors (one gather per batch, no per-sample collate)."""
-
-    def __init__(self, pixels: torch.Tensor, labels: torch.Tensor) -> None:
-        self.pixels, self.labels = pixels, labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, idx):
-        idx = torch.as_tensor(idx)
-        return self.pixels[idx], self.labels[idx], idx
+def as_samples(data: torch.utils.data.Dataset | tuple[torch.Tensor, torch.Tensor]) -> torch.utils.data.Dataset:
+    """Samples as the loaders take them; a (pixels, labels) tuple is taken as model-ready tensors."""
+    return PreloadedSamples(*data) if isinstance(data, tuple) else data
 
 
 class FederatedTrainer:
@@ -95,7 +87,8 @@ class FederatedTrainer:
     Args:
         model: the global model (FedSQ or plain); its floating state is what gets aggregated.
         strategy: server-side algorithm (see `fedsq_hf.federated.strategies`).
-        train_data / eval_data: (pixels, labels) tensors, in memory.
+        train_data / eval_data: `StreamedSamples` or `PreloadedSamples`, or (pixels, labels) tensors
+            taken as model-ready.
         partitions: sample indices of each client into `train_data`.
         args: run arguments; `run_config` (everything, JSON-ready) goes into summary and checkpoints.
     """
@@ -104,23 +97,26 @@ class FederatedTrainer:
         self,
         model: FedSQModel,
         strategy: Strategy,
-        train_data: tuple[torch.Tensor, torch.Tensor],
-        eval_data: tuple[torch.Tensor, torch.Tensor],
+        train_data: torch.utils.data.Dataset | tuple[torch.Tensor, torch.Tensor],
+        eval_data: torch.utils.data.Dataset | tuple[torch.Tensor, torch.Tensor],
         partitions: list[np.ndarray],
         args: FederatedArguments,
         run_config: dict[str, Any] | None = None,
         partition_summary: dict[str, Any] | None = None,
-        augment: bool = False,
         accelerator: Accelerator | None = None,
     ) -> None:
         self.args = args
         self.accelerator = accelerator or make_accelerator(args)
         self.model = model.to(self.accelerator.device)
         self.strategy = strategy
-        self.train_set = _Batches(*train_data)
-        self.eval_set = _Batches(*eval_data)
+        device = self.accelerator.device
+        self.train_set, self.eval_set = as_samples(train_data), as_samples(eval_data)
         self.partitions = partitions
-        self.augment = augment
+        # One loader each for the whole run: its workers serve every client of every round.
+        self.client_batches = ClientBatches(args.batch_size)
+        self.train_loader = make_loader(self.train_set, self.client_batches, args.num_workers, device)
+        shard = np.array_split(np.arange(len(self.eval_set)), self.accelerator.num_processes)[self.accelerator.process_index]
+        self.eval_loader = make_loader(self.eval_set, OrderedBatches(shard, 2 * args.batch_size), args.num_workers, device)
         self.run_config = dict(run_config or {})
         self.run_config.update(num_labels=model.config.num_labels, backbone=model.config.backbone,
                                strategy_config=strategy.describe())
@@ -141,8 +137,10 @@ class FederatedTrainer:
         self.best_accuracy, self.best_round, self.failed_streak, self.start_round = -1.0, 0, 0, 0
         self._pushes: list[Future] = []
         # Gates of the pretrained (starting) model on a fixed eval subset: the reference of gate drift.
-        self._drift_pixels = eval_data[0][: args.gate_drift_samples]
-        self._drift_reference = GateRecorder(model).gates(self._drift_pixels) if args.gate_drift_samples else None
+        self._drift_pixels, self._drift_reference = None, None
+        if args.gate_drift_samples:
+            self._drift_pixels = model_inputs(self.eval_set, range(min(args.gate_drift_samples, len(self.eval_set))), device)[0]
+            self._drift_reference = GateRecorder(model).gates(self._drift_pixels)
 
     # -- flat global state ---------------------------------------------------------------
     def _read_state(self, tensors: list[torch.Tensor] | None = None) -> torch.Tensor:
@@ -179,41 +177,32 @@ class FederatedTrainer:
 
     def train_client(self, client: int, round_: int) -> list[float]:
         """Local training from the current model weights; returns the loss of every step."""
-        args, model = self.args, self.model
+        args, model, device = self.args, self.model, self.accelerator.device
         seed = client_seed(args.seed, round_, client)
         torch.manual_seed(seed)
-        gen = torch.Generator().manual_seed(seed)
-        indices = torch.as_tensor(self.partitions[client])
-        sampler = torch.utils.data.BatchSampler(
-            torch.utils.data.SubsetRandomSampler(indices, generator=gen), args.batch_size, drop_last=False
-        )
-        loader = torch.utils.data.DataLoader(self.train_set, sampler=sampler, batch_size=None, num_workers=args.num_workers)
+        indices = self.partitions[client]
+        steps = args.local_steps or args.local_epochs * self.client_batches.steps_per_epoch(len(indices))
+        self.client_batches.start(indices, seed, steps)
+        pipeline = getattr(self.train_set, "pipeline", None)
         params = [p for p in model.parameters() if p.requires_grad]
         anchor = [p.detach().clone() for p in params] if type(self.strategy).client_loss is not Strategy.client_loss else None
         opt = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
         use_keys = getattr(model.dual_copy, "gate_cache", None) is not None
-        steps_per_epoch = len(sampler)
-        total_steps = args.local_steps or args.local_epochs * steps_per_epoch
         model.train()
-        losses, step = [], 0
-        while step < total_steps:
-            for x, y, keys in loader:
-                x, y = x.to(self.accelerator.device), y.to(self.accelerator.device)
-                if self.augment:
-                    flip = torch.rand(len(x), generator=gen) < 0.5
-                    x = torch.where(flip.view(-1, 1, 1, 1).to(x.device), x.flip(-1), x)
-                with self.accelerator.autocast():
-                    loss = model(x, labels=y, gate_keys=keys if use_keys else None).loss
-                    extra = self.strategy.client_loss(params, anchor) if anchor is not None else None
-                    total = loss if extra is None else loss + extra
-                opt.zero_grad(set_to_none=True)
-                total.backward()
-                opt.step()
-                losses.append(loss.item())
-                step += 1
-                if step >= total_steps or not np.isfinite(losses[-1]):
-                    break
-            if losses and not np.isfinite(losses[-1]):
+        losses = []
+        for step, (x, y, keys) in enumerate(self.train_loader):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if pipeline is not None:
+                x = pipeline.finish(x, seed=client_seed(seed, step))
+            with self.accelerator.autocast():
+                loss = model(x, labels=y, gate_keys=keys if use_keys else None).loss
+                extra = self.strategy.client_loss(params, anchor) if anchor is not None else None
+                total = loss if extra is None else loss + extra
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            opt.step()
+            losses.append(loss.item())
+            if not np.isfinite(losses[-1]):
                 break
         return losses
 
@@ -231,12 +220,12 @@ class FederatedTrainer:
         """(loss, accuracy) of the current model on the eval data, split over processes."""
         acc = self.accelerator
         self.model.eval()
-        n = len(self.eval_set)
-        shard = np.array_split(np.arange(n), acc.num_processes)[acc.process_index]
+        pipeline = getattr(self.eval_set, "pipeline", None)
         sums = torch.zeros(3, dtype=torch.float64, device=acc.device)
-        for start in range(0, len(shard), 256):
-            x, y, _ = self.eval_set[shard[start : start + 256]]
-            x, y = x.to(acc.device), y.to(acc.device)
+        for x, y, _ in self.eval_loader:
+            x, y = x.to(acc.device, non_blocking=True), y.to(acc.device, non_blocking=True)
+            if pipeline is not None:
+                x = pipeline.finish(x)
             with acc.autocast():
                 logits = self.model(x).logits.float()
             sums[0] += torch.nn.functional.cross_entropy(logits, y, reduction="sum").double()

@@ -1,0 +1,181 @@
+"""Where a run's images come from: streamed from a `datasets.Dataset`, or preloaded as uint8.
+
+Both are map-style datasets indexed by a whole batch, a list of (dataset index, augmentation seed)
+pairs, and return (uint8 pixels, labels, dataset indices); the device normalises (`ImagePipeline.finish`).
+A client is a list of indices into the shared dataset: no split's pixels are ever copied whole,
+except by a preload the user's budget allows.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from datasets import Dataset
+
+from ..errors import FedSQError
+from .images import ImagePipeline, to_rgb
+
+__all__ = ["StreamedSamples", "PreloadedSamples", "ClientBatches", "OrderedBatches", "make_loader",
+           "preload", "estimate_preload_bytes", "model_inputs", "PRELOAD_MODES"]
+
+logger = logging.getLogger(__name__)
+
+PRELOAD_MODES = ("auto", "always", "never")
+Batch = Sequence[tuple[int, "int | None"]]
+
+
+def _checked_labels(labels: Sequence[int], num_labels: int, column: str) -> torch.Tensor:
+    if any(label is None for label in labels):
+        raise FedSQError(f"Column {column!r} has missing (null) labels; drop those rows or fill them in.")
+    labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    bad = (labels < 0) | (labels >= num_labels)
+    if bool(bad.any()):
+        raise FedSQError(
+            f"Labels {sorted(set(labels[bad].tolist()))[:5]} in column {column!r} are outside "
+            f"[0, {num_labels}); check --label-column or the number of labels."
+        )
+    return labels
+
+
+class StreamedSamples(torch.utils.data.Dataset):
+    """Images of a `datasets.Dataset` (Arrow, memory-mapped), decoded and transformed per batch."""
+
+    def __init__(self, ds: Dataset, image_column: str, label_column: str, pipeline: ImagePipeline,
+                 num_labels: int) -> None:
+        self.ds = ds.select_columns([image_column, label_column])
+        self.image_column, self.pipeline = image_column, pipeline
+        self.labels = _checked_labels(self.ds[label_column], num_labels, label_column)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def source_size(self) -> tuple[int, int]:
+        """(W, H) of the first image: what a preload of decoded images estimates from."""
+        return self.ds[0][self.image_column].size if len(self) else (0, 0)
+
+    def prefixed(self, indices: list[int]) -> list[torch.Tensor]:
+        """The deterministic part of the pipeline, for these samples (one Arrow read)."""
+        return [self.pipeline.prefix(image) for image in self.ds[indices][self.image_column]]
+
+    def __getitem__(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        indices = [i for i, _ in batch]
+        images = self.pipeline.apply_suffix(self.prefixed(indices), [s for _, s in batch])
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return torch.stack(images), self.labels[idx], idx
+
+
+class _Prefixed(torch.utils.data.Dataset):
+    def __init__(self, samples: StreamedSamples) -> None:
+        self.samples = samples
+
+    def __getitem__(self, batch: Batch) -> tuple[list[torch.Tensor], list[int]]:
+        indices = [i for i, _ in batch]
+        return self.samples.prefixed(indices), indices
+
+
+class PreloadedSamples(torch.utils.data.Dataset):
+    """Pixels in memory: uint8 (normalised on the device by `pipeline`), or model-ready floats
+    (`pipeline=None`). A list holds images of different sizes (decoded sources of `--augment timm`)."""
+
+    def __init__(self, pixels: torch.Tensor | list[torch.Tensor], labels: torch.Tensor,
+                 pipeline: ImagePipeline | None = None) -> None:
+        self.pixels, self.labels, self.pipeline = pixels, labels, pipeline
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        idx = torch.as_tensor([i for i, _ in batch], dtype=torch.long)
+        if self.pipeline is None or not self.pipeline.random:
+            pixels = self.pixels[idx] if isinstance(self.pixels, torch.Tensor) else torch.stack([self.pixels[i] for i in idx])
+            return pixels, self.labels[idx], idx
+        images = [self.pixels[i] for i in idx]
+        return torch.stack(self.pipeline.apply_suffix(images, [s for _, s in batch])), self.labels[idx], idx
+
+
+class ClientBatches(torch.utils.data.Sampler):
+    """One client's local training batches: (index, augmentation seed) pairs, shuffled each epoch, for
+    `steps` batches. Everything derives from the client's seed; `start` re-targets it, so that one
+    loader (and its workers) serves every client of every round."""
+
+    def __init__(self, batch_size: int) -> None:
+        self.batch_size, self.indices, self.seed, self.steps = batch_size, np.zeros(0, dtype=np.int64), 0, 0
+
+    def start(self, indices: np.ndarray, seed: int, steps: int) -> None:
+        self.indices, self.seed, self.steps = np.asarray(indices, dtype=np.int64), seed, steps
+
+    def steps_per_epoch(self, num_samples: int) -> int:
+        return math.ceil(num_samples / self.batch_size)
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        gen = torch.Generator().manual_seed(self.seed)
+        n, done = len(self.indices), 0
+        while done < self.steps:
+            order = self.indices[torch.randperm(n, generator=gen).numpy()].tolist()
+            seeds = torch.randint(0, 2**62, (n,), generator=gen).tolist()
+            for start in range(0, n, self.batch_size):
+                yield list(zip(order[start : start + self.batch_size], seeds[start : start + self.batch_size]))
+                done += 1
+                if done == self.steps:
+                    return
+
+
+class OrderedBatches(torch.utils.data.Sampler):
+    """`indices` in order, in batches, without augmentation (evaluation, preloading)."""
+
+    def __init__(self, indices: Sequence[int], batch_size: int) -> None:
+        self.indices, self.batch_size = [int(i) for i in indices], batch_size
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.indices) / self.batch_size)
+
+    def __iter__(self) -> Iterator[list[tuple[int, None]]]:
+        for start in range(0, len(self.indices), self.batch_size):
+            yield [(i, None) for i in self.indices[start : start + self.batch_size]]
+
+
+def make_loader(samples: torch.utils.data.Dataset, batches: torch.utils.data.Sampler, num_workers: int,
+                device: torch.device) -> torch.utils.data.DataLoader:
+    """A loader whose workers live as long as it does (`persistent_workers`): iterating it again after
+    re-targeting `batches` starts no process. Its own generator keeps the global RNG untouched."""
+    return torch.utils.data.DataLoader(
+        samples, sampler=batches, batch_size=None, num_workers=num_workers, persistent_workers=num_workers > 0,
+        pin_memory=device.type == "cuda", generator=torch.Generator(),
+    )
+
+
+def estimate_preload_bytes(samples: StreamedSamples) -> int:
+    return len(samples) * samples.pipeline.bytes_per_sample(samples.source_size())
+
+
+def preload(samples: StreamedSamples, num_workers: int = 0, batch_size: int = 256) -> PreloadedSamples:
+    """Every image through the deterministic part of its pipeline, kept as uint8 (decoded in parallel
+    by `num_workers` loader workers)."""
+    loader = torch.utils.data.DataLoader(_Prefixed(samples), sampler=OrderedBatches(range(len(samples)), batch_size),
+                                         batch_size=None, num_workers=num_workers)
+    size = samples.pipeline.prefix_size
+    pixels: torch.Tensor | list = [] if size is None else torch.empty(len(samples), 3, *size, dtype=torch.uint8)
+    for images, indices in loader:
+        if size is None:
+            pixels.extend(images)
+        else:  # filled in place: no second copy of the split while it grows
+            pixels[indices] = torch.stack(images)
+    if size is None and pixels and all(p.shape == pixels[0].shape for p in pixels):
+        pixels = torch.stack(pixels)
+    return PreloadedSamples(pixels, samples.labels, samples.pipeline)
+
+
+def model_inputs(samples: torch.utils.data.Dataset, indices: Sequence[int],
+                 device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """(model-ready pixels, labels) of a few samples, without augmentation."""
+    x, y, _ = samples[[(int(i), None) for i in indices]]
+    pipeline = getattr(samples, "pipeline", None)
+    x = x.to(device)
+    return (pipeline.finish(x) if pipeline is not None else x), y.to(device)
