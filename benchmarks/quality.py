@@ -41,14 +41,14 @@ def run_one(args: argparse.Namespace, method: str, split: str, seed: int) -> lis
     out = os.path.join(args.output_dir, "runs", split.replace(":", "-"), method, f"seed{seed}")
     run_federated(
         ModelArguments(backbone=args.backbone, backbone_weights=getattr(args, "backbone_weights", None), model=model,
-                       gate_cache_mb=args.gate_cache_mb if model == "fedsq" else 0),
+                       gate_cache_mb=args.gate_cache_mb if model == "fedsq" and args.augment == "none" else 0),
         DataArguments(dataset=args.dataset, image_column=args.image_column, label_column=args.label_column,
                       max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples,
-                      image_size=args.image_size),
+                      image_size=args.image_size, augment=args.augment),
         FederatedArguments(num_clients=args.num_clients, clients_per_round=args.clients_per_round, rounds=args.rounds,
                            partition=partition, alpha=alpha, strategy=strategy, mu=args.mu, lr=args.lr,
                            batch_size=args.batch_size, seed=seed, save_every=args.rounds, disable_tqdm=True,
-                           output_dir=out),
+                           num_workers=args.num_workers, output_dir=out),
     )
     if not args.keep_models:  # 14 MB per model; a grid keeps only the records (history, summary, plots)
         for folder in ("best", "final", "checkpoints"):
@@ -83,7 +83,9 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=0.003)
     parser.add_argument("--mu", type=float, default=0.01, help="FedProx proximal weight")
-    parser.add_argument("--gate-cache-mb", type=int, default=512, help="FedSQ gate cache (no augmentation here)")
+    parser.add_argument("--gate-cache-mb", type=int, default=512, help="FedSQ gate cache (used with --augment none)")
+    parser.add_argument("--augment", default="none", choices=["none", "flip", "timm"], help="client augmentation")
+    parser.add_argument("--num-workers", type=int, default=0, help="data loader workers per process")
     parser.add_argument("--keep-models", action="store_true", help="keep each run's best/final models and checkpoints")
     parser.add_argument("--output-dir", default="outputs/benchmarks/quality")
 

@@ -1,7 +1,9 @@
-"""Simulation efficiency: images/s of a whole federated run over images/s of centralized training.
+"""Simulation efficiency: images/s of a whole federated run over images/s of centralized training,
+and of the streaming data path over the preload path.
 
     python benchmarks/simulation.py          # EfficientNet-Lite0 (ImageNet) on MNIST digits, offline
     python benchmarks/simulation.py --dataset ../shared/data/cifar10 --image-column img
+    python benchmarks/simulation.py --num-workers 8   # on a GPU machine (Accelerate picks the GPU)
 
 Both sides train the same model (same config, samples, batch size, optimizer and step code: the
 centralized loop is one client that holds every sample, trained for `--rounds` epochs). The
@@ -10,6 +12,10 @@ epoch: client sampling, per-client optimizer and data loader, aggregation, evalu
 and outputs all count. The machine is noisy, so `--repeats` back-to-back (centralized, federated)
 pairs are run and medians reported. Also reports the per-round aggregation time and the bytes a real
 deployment would move (every participant downloads the global model and uploads its own, fp32).
+
+Data paths: local training images/s of one client holding every sample, streamed from the dataset
+(`--preload never`) over preloaded as uint8 (`--preload always`), at each of `--pipeline-sizes`, with
+`--augment none` and `--augment timm`; medians of `--repeats` back-to-back pairs.
 """
 
 from __future__ import annotations
@@ -28,20 +34,22 @@ from fedsq_hf.plotting import pyplot, save_figure
 from report import write_json
 
 
+def _trainer(model: str, args: argparse.Namespace, folder: str, num_clients: int, **data: object) -> FederatedTrainer:
+    fed = FederatedArguments(num_clients=num_clients, rounds=args.rounds, local_epochs=1, batch_size=args.batch_size,
+                             partition=args.partition, output_dir=folder, disable_tqdm=True, num_workers=args.num_workers)
+    data = DataArguments(dataset=args.dataset, image_column=args.image_column, max_train_samples=args.max_train_samples,
+                         max_eval_samples=args.max_eval_samples, **{"image_size": args.image_size, **data})
+    return build_trainer(ModelArguments(backbone=args.backbone, model=model), data, fed)
+
+
 def _pair(model: str, args: argparse.Namespace, folder: str) -> dict:
     """One centralized run and one federated run of the same model and samples, back to back."""
-    fed = FederatedArguments(num_clients=args.num_clients, clients_per_round=args.num_clients, rounds=args.rounds,
-                             local_epochs=1, batch_size=args.batch_size, partition=args.partition,
-                             output_dir=f"{folder}/{model}-federated", disable_tqdm=True)
-    data = DataArguments(dataset=args.dataset, image_column=args.image_column, max_train_samples=args.max_train_samples,
-                         max_eval_samples=args.max_eval_samples, image_size=args.image_size)
-    trainer = build_trainer(ModelArguments(backbone=args.backbone, model=model), data, fed)
+    trainer = _trainer(model, args, f"{folder}/{model}-federated", args.num_clients)
     n = len(trainer.train_set)
-    central_args = dataclasses.replace(fed, num_clients=1, clients_per_round=1, local_epochs=args.rounds,
+    central_args = dataclasses.replace(trainer.args, num_clients=1, clients_per_round=1, local_epochs=args.rounds,
                                        output_dir=f"{folder}/{model}-central")
-    central = FederatedTrainer(FedSQModel(trainer.model.config), trainer.strategy,
-                               (trainer.train_set.pixels, trainer.train_set.labels),
-                               (trainer.eval_set.pixels, trainer.eval_set.labels), [np.arange(n)], central_args)
+    central = FederatedTrainer(FedSQModel(trainer.model.config), trainer.strategy, trainer.train_set,
+                               trainer.eval_set, [np.arange(n)], central_args, accelerator=trainer.accelerator)
     start = time.perf_counter()
     central.train_client(0, 1)
     central_s = time.perf_counter() - start
@@ -84,6 +92,30 @@ def measure(model: str, args: argparse.Namespace, folder: str) -> dict:
     }
 
 
+def data_paths(args: argparse.Namespace, folder: str) -> list[dict]:
+    """Local-training images/s, streamed over preloaded, per image size and augmentation."""
+    rows = []
+    for size in args.pipeline_sizes:
+        for augment in ("none", "timm"):
+            seconds: dict[str, list[float]] = {"never": [], "always": []}
+            for _ in range(args.repeats):
+                for mode in seconds:  # back to back, so that machine noise hits both
+                    trainer = _trainer(args.pipeline_model, args, f"{folder}/data-{mode}", 1, image_size=size,
+                                       augment=augment, preload=mode)
+                    start = time.perf_counter()
+                    trainer.train_client(0, 1)
+                    seconds[mode].append(time.perf_counter() - start)
+            n = len(trainer.train_set)
+            rows.append({
+                "image_size": size, "augment": augment, "samples": n,
+                "streamed_images_per_s": n / statistics.median(seconds["never"]),
+                "preloaded_images_per_s": n / statistics.median(seconds["always"]),
+                "ratio": statistics.median(p / s for s, p in zip(seconds["never"], seconds["always"])),
+                "ratios": [p / s for s, p in zip(seconds["never"], seconds["always"])],
+            })
+    return rows
+
+
 def plot(results: list[dict], path: str) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 1.2 + 0.9 * len(results)))
@@ -115,12 +147,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="(centralized, federated) pairs; medians reported")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--num-workers", type=int, default=0, help="loader workers per process")
+    parser.add_argument("--pipeline-sizes", nargs="*", type=int, default=[32, 64],
+                        help="image sizes of the streamed-vs-preloaded comparison (none: skip it)")
+    parser.add_argument("--pipeline-model", default="plain", choices=["plain", "fedsq"],
+                        help="model of that comparison (plain: the cheapest step, so data costs show most)")
     parser.add_argument("--output-dir", default="outputs/benchmarks/simulation")
     args = parser.parse_args()
     results = []
     with tempfile.TemporaryDirectory() as folder:
         for model in args.models:
             results.append(measure(model, args, folder))
+        paths = data_paths(args, folder)
     print(f"{'model':<8}{'central img/s':>15}{'federated img/s':>17}{'ratio':>8}{'aggregate ms':>14}"
           f"{'MB up+down/round':>18}")
     for r in results:
@@ -129,7 +167,12 @@ def main() -> None:
               f"{r['ratio']:>8.3f}{r['aggregate_ms_per_round_median']:>14.1f}{mb:>18.1f}")
         print("         federated time: " + ", ".join(f"{k} {v:.1f} s" for k, v in r["federated_breakdown_s"].items())
               + f" (centralized {r['central_s']:.1f} s)")
-    path = write_json(args.output_dir, {"args": vars(args), "results": results})
+    if paths:
+        print(f"\n{'size':>5} {'augment':<8}{'streamed img/s':>16}{'preloaded img/s':>17}{'streamed/preloaded':>20}")
+    for r in paths:
+        print(f"{r['image_size']:>5} {r['augment']:<8}{r['streamed_images_per_s']:>16.1f}"
+              f"{r['preloaded_images_per_s']:>17.1f}{r['ratio']:>20.3f}")
+    path = write_json(args.output_dir, {"args": vars(args), "results": results, "data_paths": paths})
     plot(results, f"{args.output_dir}/simulation.png")
     print(f"wrote {path} and simulation.png")
 

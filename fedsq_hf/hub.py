@@ -49,11 +49,17 @@ def _federation(run: dict[str, Any]) -> dict[str, Any]:
         partition += f" ({run.get('shards_per_client')} label shards per client)"
     local = (f"{run['local_steps']} steps" if run.get("local_steps") else f"{run.get('local_epochs')} epoch(s)")
     local += f", batch size {run.get('batch_size')}, SGD lr {run.get('lr')} momentum {run.get('momentum')}"
+    data = None
+    if run.get("num_train_samples") is not None:
+        size = run.get("image_size")
+        data = (f"{run['num_train_samples']} training / {run.get('num_eval_samples')} evaluation samples at "
+                f"{size}x{size} px, augmentation: {run.get('augment', 'none')}")
     strategy = run.get("strategy_config") or {"name": run.get("strategy")}
     params = ", ".join(f"{k} = {v}" for k, v in strategy.items() if k != "name")
     return {
         **run,
         "partition_md": partition,
+        "data_md": data,
         "local_md": local,
         "strategy_md": strategy["name"] + (f" ({params})" if params else ""),
     }

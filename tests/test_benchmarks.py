@@ -28,10 +28,24 @@ def test_step_overhead(tmp_path):
 def test_simulation(backbone_dir, digits_dir, tmp_path):
     out = run_script("simulation.py", "--backbone", backbone_dir("resnet10t"), "--dataset", digits_dir,
                      "--image-column", "img", "--max-train-samples", "120", "--max-eval-samples", "20",
-                     "--num-clients", "3", "--rounds", "1", "--repeats", "1", "--output-dir", tmp_path)
-    results = json.loads((tmp_path / "results.json").read_text())["results"]
+                     "--num-clients", "3", "--rounds", "1", "--repeats", "1", "--pipeline-sizes", "16",
+                     "--output-dir", tmp_path)
+    written = json.loads((tmp_path / "results.json").read_text())
+    results = written["results"]
     assert [r["model"] for r in results] == ["plain", "fedsq"] and all(len(r["ratios"]) == 1 for r in results)
     assert results[0]["upload_bytes_per_round"] == 3 * results[0]["model_bytes"] and "ratio" in out
+    assert [(r["image_size"], r["augment"]) for r in written["data_paths"]] == [(16, "none"), (16, "timm")]
+    assert all(r["samples"] == 120 and r["ratio"] > 0 for r in written["data_paths"]) and "streamed/preloaded" in out
+
+
+def test_memory(backbone_dir, digits_dir, tmp_path):
+    out = run_script("memory.py", "--backbone", backbone_dir("resnet10t"), "--dataset", digits_dir, "--train-samples",
+                     "100", "200", "--processes", "1", "--preload", "never", "--eval-samples", "20", "--image-size", "32",
+                     "--num-clients", "2", "--local-steps", "1", "--batch-size", "8", "--output-dir", tmp_path)
+    written = json.loads((tmp_path / "results.json").read_text())
+    assert [(r["train_samples"], r["processes"]) for r in written["results"]] == [(100, 1), (200, 1)]
+    assert all(r["peak_rss_mb"] > 100 for r in written["results"]) and "100 -> 200 images" in out
+    assert (tmp_path / "memory.png").exists()
 
 
 def test_quality(backbone_dir, digits_dir, tmp_path):

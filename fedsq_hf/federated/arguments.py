@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field, replace
 
 import timm
@@ -36,7 +37,7 @@ class ModelArguments:
     calibration_epochs: int = field(
         default=1, metadata={"help": "epochs of the calibration warm-up (with --calibration-samples)"}
     )
-    gate_cache_mb: int = field(default=0, metadata={"help": "opt-in per-sample gate cache (MB); needs --augment off"})
+    gate_cache_mb: int = field(default=0, metadata={"help": "opt-in per-sample gate cache (MB); needs --augment none"})
 
 
 @dataclass
@@ -84,49 +85,49 @@ class DataArguments:
 
 @dataclass
 class FederatedArguments:
-    num_clients: int = 10
-    partition: str = "dirichlet"
-    alpha: float = 0.5
-    shards_per_client: int = 2
-    min_partition_size: int = 10
-    rounds: int = 5
+    num_clients: int = field(default=10, metadata={"help": "number of simulated clients (silos)"})
+    partition: str = field(default="dirichlet", metadata={"help": "how training samples are split over clients: iid, dirichlet (label skew) or shards"})
+    alpha: float = field(default=0.5, metadata={"help": "Dirichlet concentration: smaller is more skewed"})
+    shards_per_client: int = field(default=2, metadata={"help": "label shards per client with --partition shards"})
+    min_partition_size: int = field(default=10, metadata={"help": "redraw a Dirichlet partition until every client has at least this many samples"})
+    rounds: int = field(default=5, metadata={"help": "federated rounds"})
     clients_per_round: int | None = field(default=None, metadata={"help": "clients sampled per round (default: all)"})
-    local_epochs: int = 1
-    local_steps: int = 0
-    batch_size: int = 32
-    lr: float = 0.003
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    strategy: str = "fedavg"
-    mu: float = 0.01
-    server_lr: float = 1.0
-    server_momentum: float = 0.9
-    seed: int = 0
-    output_dir: str = "outputs/federated"
-    resume: bool = False
-    save_every: int = 1
-    eval_every: int = 1
-    max_failed_rounds: int = 3
+    local_epochs: int = field(default=1, metadata={"help": "local epochs per client and round (when --local-steps is 0)"})
+    local_steps: int = field(default=0, metadata={"help": "local optimizer steps per client and round (overrides --local-epochs)"})
+    batch_size: int = field(default=32, metadata={"help": "client batch size (evaluation uses twice this)"})
+    lr: float = field(default=0.003, metadata={"help": "client SGD learning rate"})
+    momentum: float = field(default=0.9, metadata={"help": "client SGD momentum"})
+    weight_decay: float = field(default=0.0, metadata={"help": "client SGD weight decay"})
+    strategy: str = field(default="fedavg", metadata={"help": "server strategy: fedavg, fedprox, fedavgm or fedadam"})
+    mu: float = field(default=0.01, metadata={"help": "FedProx proximal weight"})
+    server_lr: float = field(default=1.0, metadata={"help": "server learning rate (fedavgm, fedadam)"})
+    server_momentum: float = field(default=0.9, metadata={"help": "server momentum (fedavgm)"})
+    seed: int = field(default=0, metadata={"help": "seed of the partition, client sampling, data order, augmentation and dropout"})
+    output_dir: str = field(default="outputs/federated", metadata={"help": "where history, summary, plots, checkpoints and models are written"})
+    resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in --output-dir"})
+    save_every: int = field(default=1, metadata={"help": "write a checkpoint every N rounds (and after the last)"})
+    eval_every: int = field(default=1, metadata={"help": "evaluate every N rounds (and after the last)"})
+    max_failed_rounds: int = field(default=3, metadata={"help": "stop after this many rounds in a row without a usable client update"})
     dropout_rate: float = field(default=0.0, metadata={"help": "probability that a sampled client drops out of a round"})
     divergence_factor: float = field(
         default=10.0,
         metadata={"help": "exclude a client whose loss at the end of local training exceeds this times its first loss (0: off)"},
     )
-    mixed_precision: str = "no"
-    report_to: str = "none"
+    mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16 (Accelerate)"})
+    report_to: str = field(default="none", metadata={"help": "Accelerate tracker to log to: none, tensorboard, wandb, ..."})
     num_workers: int = field(
         default=0, metadata={"help": "data loader worker processes per process (decode + augment); they live for the whole run"}
     )
-    disable_tqdm: bool = False
+    disable_tqdm: bool = field(default=False, metadata={"help": "no progress bar"})
     gate_drift_samples: int = field(
         default=0,
         metadata={"help": "record each round how many of the model's own gates differ from the pretrained ones, on this many eval samples"},
     )
-    push_to_hub: bool = False
-    hub_model_id: str | None = None
+    push_to_hub: bool = field(default=False, metadata={"help": "push the final global model with its card to the Hub"})
+    hub_model_id: str | None = field(default=None, metadata={"help": "Hub repo id (namespace/name) for --push-to-hub"})
     hub_strategy: str = field(default="end", metadata={"help": "end, or every_save: also push at each checkpoint (in the background)"})
     hub_revision: str | None = field(default=None, metadata={"help": "branch to push to (created if missing)"})
-    hub_private_repo: bool | None = None
+    hub_private_repo: bool | None = field(default=None, metadata={"help": "create the Hub repo private"})
     hub_license: str = field(default="apache-2.0", metadata={"help": "license id for the model card"})
 
 
@@ -184,11 +185,17 @@ def validate_arguments(model: ModelArguments, data: DataArguments, fed: Federate
 
 
 def _check_auto_augment(policy: str) -> None:
+    advice = "try rand-m9-mstd0.5, augmix-m5-w4-d2 or original-mstd0.5"
+    # timm silently skips a section without a number ("rand-xyz" runs as plain "rand"): refuse it here
+    ignored = [c for c in policy.split("-")[1:] if not re.fullmatch(r"[a-z]+\d[\d.]*", c)
+               and not (policy.startswith("rand") and c.startswith("t"))]
+    if ignored:
+        raise FedSQError(f"--auto-augment {policy!r} is not a timm policy: timm would ignore {ignored}; {advice}.")
     try:
         timm.data.create_transform(32, is_training=True, auto_augment=policy)
     except Exception as err:  # timm raises AssertionError, KeyError or ValueError for a bad policy string
         raise FedSQError(f"--auto-augment {policy!r} is not a timm policy ({type(err).__name__}: {err}); "
-                         "try rand-m9-mstd0.5, augmix-m5-w4-d2 or trivialaugment.") from err
+                         f"{advice}.") from err
 
 
 def with_example_defaults(data: DataArguments) -> DataArguments:
