@@ -1,6 +1,6 @@
 """Memory: whole-process peak RSS of a one-round federated run as the training set grows.
 
-    python benchmarks/memory.py      # CIFAR-10 parquet (../shared/data/cifar10) at 224 px, 1 and 2 processes
+    python benchmarks/memory.py --output-dir benchmarks/results/memory   # CIFAR-10 parquet at 224 px, ~15 min
 
 Each run is `examples/federated.py` in a fresh process (2 processes: `torchrun --nproc_per_node 2`),
 on the example's ImageNet EfficientNet-Lite0, with `--max-train-samples N` for each N of
@@ -71,13 +71,14 @@ def main() -> None:
     parser.add_argument("--dataset", default=SHARED_CIFAR10)
     parser.add_argument("--image-column", default="img")
     parser.add_argument("--backbone", default=None, help="default: the example's ImageNet EfficientNet-Lite0")
-    parser.add_argument("--train-samples", nargs="+", type=int, default=[1000, 5000, 20000])
+    parser.add_argument("--train-samples", nargs="+", type=int, default=[1000, 5000, 20000, 50000],
+                        help="50,000 is the size of CIFAR-100's training split, the paper's setting")
     parser.add_argument("--processes", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--preload", nargs="+", default=["never", "auto"], choices=["never", "auto", "always"])
-    parser.add_argument("--eval-samples", type=int, default=500)
+    parser.add_argument("--eval-samples", type=int, default=100)
     parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--num-clients", type=int, default=10)
-    parser.add_argument("--local-steps", type=int, default=2)
+    parser.add_argument("--num-clients", type=int, default=4)
+    parser.add_argument("--local-steps", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--output-dir", default="outputs/benchmarks/memory")

@@ -118,7 +118,7 @@ def data_paths(args: argparse.Namespace, folder: str) -> list[dict]:
 
 def plot(results: list[dict], path: str) -> None:
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.9 * len(results)))
+    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.9 * len(results)))
     for i, r in enumerate(results):
         ax.barh(2 * i + 1, r["central_s"], color="tab:gray")
         left = 0.0
@@ -129,7 +129,7 @@ def plot(results: list[dict], path: str) -> None:
     ax.set_yticks([v for i in range(len(results)) for v in (2 * i, 2 * i + 1)],
                   [f"{r['model']}: {side}" for r in results for side in ("federated", "centralized")])
     ax.set_xlabel("seconds for the same images")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     save_figure(fig, path)
 
 

@@ -85,13 +85,16 @@ def test_loader_workers_give_the_same_batches_as_the_main_process(digits):
     samples = _samples(digits, **TIMM_AUGMENT)
     batches = ClientBatches(batch_size=8)
     loaders = {w: make_loader(samples, batches, w, torch.device("cpu")) for w in (0, 2)}
-    runs = {}
+    runs, pids = {}, []
     for workers, loader in loaders.items():
         runs[workers] = []
         for client, seed in ((3, 11), (1, 12)):  # re-targeted: the same workers serve the next client
             batches.start(np.arange(client * 20, client * 20 + 20), seed, steps=5)  # 3 per epoch: 2 epochs
             runs[workers].append([x for x, _, _ in loader])
+            if workers:
+                pids.append([w.pid for w in loader._iterator._workers])
     assert [len(r) for r in runs[0]] == [5, 5]
+    assert pids[0] == pids[1] and len(pids[0]) == 2  # no worker start-up per client
     for a, b in zip(sum(runs[0], []), sum(runs[2], [])):
         assert torch.equal(a, b)
 
@@ -144,7 +147,7 @@ def test_a_named_dataset_is_used_whole_and_the_run_records_its_data(backbone_dir
     summary = run_federated(model, data, fed)
     config = summary["config"]
     assert (config["num_train_samples"], config["num_eval_samples"]) == (1617, 180)  # digits_dir's two parquet files
-    assert (config["image_size"], config["augment"], config["preload"]) == (32, "flip", "streamed")
+    assert (config["image_size"], config["augment"], config["preload"], config["data_path"]) == (32, "flip", "never", "streamed")
     assert config["clients_per_round"] == 4  # default: every client
     history = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
     assert len(history[0]["clients"]) == 4

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from fedsq_hf import FedSQError, FedSQModel
 from fedsq_hf.federated import (
-    DataArguments, FedAdam, FedAvg, FedAvgM, FederatedArguments, FedProx, ModelArguments,
+    DataArguments, FedAdam, FedAvg, FedAvgM, FederatedArguments, FederatedTrainer, FedProx, ModelArguments,
     build_trainer, partition_labels, partition_summary, run_federated,
 )
 from helpers import cli_args, run_example
@@ -208,3 +208,37 @@ def test_example_bad_argument_is_one_line_without_traceback(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == "error: --alpha must be > 0, got 0.0"
     assert not (tmp_path / "summary.json").exists()
+
+
+def test_loss_scaling_is_exact_and_restarts_for_every_client(backbone_dir, tmp_path):
+    """fp16 on a GPU scales the loss through accelerator.backward; here a CPU GradScaler stands in for it."""
+    from fedsq_hf import FedSQConfig
+    from fedsq_hf.federated.trainer import make_accelerator
+
+    model = FedSQModel(FedSQConfig(backbone=backbone_dir("resnet10t"), num_labels=3))
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.manual_seed(0)
+    data = (torch.randn(16, 3, 32, 32), torch.randint(0, 3, (16,)))
+    args = FederatedArguments(num_clients=2, batch_size=8, lr=0.05, output_dir=str(tmp_path))
+
+    def train(scaler):
+        accelerator = make_accelerator(args)
+        accelerator.scaler = scaler
+        model.load_state_dict(start)
+        trainer = FederatedTrainer(model, FedAvg(), data, data, [np.arange(8), np.arange(8, 16)], args,
+                                   accelerator=accelerator)
+        losses = trainer.train_client(0, 1)
+        return losses, {k: v.clone() for k, v in model.state_dict().items()}, trainer
+
+    plain_losses, plain_state, _ = train(None)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    seen = []
+    scale = scaler.scale
+    scaler.scale = lambda loss: seen.append(scaler.get_scale()) or scale(loss)
+    losses, state, trainer = train(scaler)
+    assert losses == plain_losses and seen[0] == 2.0**16 and len(seen) == 1  # one step, scaled by 2**16
+    for k in state:  # a power-of-two scale and its inverse are exact in fp32
+        assert torch.equal(state[k], plain_state[k]), k
+    scaler.update(new_scale=4.0)  # whatever the last client left ...
+    trainer.train_client(1, 1)
+    assert seen[-1] == 2.0**16  # ... the next one starts from the initial scale

@@ -99,7 +99,7 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, fed_args
         model, strategy, splits["train"], splits["eval"], parts, fed_args,
         run_config={**run_config(model_args, data_args, fed_args), "backbone": backbone, "image_size": size,
                     "num_train_samples": len(splits["train"]), "num_eval_samples": len(splits["eval"]),
-                    "preload": "preloaded" if preloaded else "streamed"},
+                    "data_path": "preloaded" if preloaded else "streamed"},
         partition_summary=partition_summary(parts, labels, len(names)),
         accelerator=accelerator,
     )

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.optimizer import AcceleratedOptimizer
 from accelerate.utils import reduce
 from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError
@@ -133,6 +134,8 @@ class FederatedTrainer:
         # Integer buffers (BatchNorm's num_batches_tracked) are not federated state: every client starts
         # from the pretrained value, so a run's result does not depend on which process trained what.
         self._counters = [(t, t.clone()) for t in state.values() if not t.is_floating_point()]
+        scaler = self.accelerator.scaler
+        self._initial_scale = scaler.state_dict() if scaler is not None else None
         self.history: list[dict[str, Any]] = []
         self.best_accuracy, self.best_round, self.failed_streak, self.start_round = -1.0, 0, 0, 0
         self._pushes: list[Future] = []
@@ -186,7 +189,11 @@ class FederatedTrainer:
         pipeline = getattr(self.train_set, "pipeline", None)
         params = [p for p in model.parameters() if p.requires_grad]
         anchor = [p.detach().clone() for p in params] if type(self.strategy).client_loss is not Strategy.client_loss else None
-        opt = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+        scaler = self.accelerator.scaler  # fp16 on a GPU: loss scaling, through accelerator.backward
+        if scaler is not None:  # every client starts from the initial scale: results do not depend on client order
+            scaler.load_state_dict(self._initial_scale)
+        opt = AcceleratedOptimizer(torch.optim.SGD(params, lr=args.lr, momentum=args.momentum,
+                                                   weight_decay=args.weight_decay), device_placement=False, scaler=scaler)
         use_keys = getattr(model.dual_copy, "gate_cache", None) is not None
         model.train()
         losses = []
@@ -199,7 +206,7 @@ class FederatedTrainer:
                 extra = self.strategy.client_loss(params, anchor) if anchor is not None else None
                 total = loss if extra is None else loss + extra
             opt.zero_grad(set_to_none=True)
-            total.backward()
+            self.accelerator.backward(total)
             opt.step()
             losses.append(loss.item())
             if not np.isfinite(losses[-1]):
