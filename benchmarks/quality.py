@@ -54,7 +54,7 @@ def run_one(args: argparse.Namespace, method: str, split: str, seed: int) -> lis
         for folder in ("best", "final", "checkpoints"):
             shutil.rmtree(os.path.join(out, folder), ignore_errors=True)
     with open(os.path.join(out, "history.jsonl")) as f:
-        return [json.loads(line)["eval_accuracy"] for line in f]
+        return [json.loads(line).get("eval_accuracy") for line in f]
 
 
 def describe(curves: list[list[float]], at_rounds: list[int]) -> dict:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import statistics
 import tempfile
 import time
@@ -29,7 +30,8 @@ import time
 import numpy as np
 
 from fedsq_hf import FedSQModel
-from fedsq_hf.federated import DataArguments, FederatedArguments, FederatedTrainer, ModelArguments, build_trainer
+from fedsq_hf.federated import (ClientTrainer, DataArguments, FederatedArguments, FederatedTrainer, ModelArguments,
+                                build_trainer)
 from fedsq_hf.plotting import pyplot, save_figure
 from report import write_json
 
@@ -48,20 +50,22 @@ def _pair(model: str, args: argparse.Namespace, folder: str) -> dict:
     n = len(trainer.train_set)
     central_args = dataclasses.replace(trainer.args, num_clients=1, clients_per_round=1, local_epochs=args.rounds,
                                        output_dir=f"{folder}/{model}-central")
-    central = FederatedTrainer(FedSQModel(trainer.model.config), trainer.strategy, trainer.train_set,
-                               trainer.eval_set, [np.arange(n)], central_args, accelerator=trainer.accelerator)
+    central = ClientTrainer(FedSQModel(trainer.model.config), trainer.train_set, central_args, trainer.accelerator)
     start = time.perf_counter()
-    central.train_client(0, 1)
+    central.train(np.arange(n), seed=1)
     central_s = time.perf_counter() - start
     start = time.perf_counter()
     trainer.train()
     federated_s = time.perf_counter() - start
-    history = trainer.history
+    history = trainer.state.history
     return {
         "n": n, "central_s": central_s, "federated_s": federated_s, "model_bytes": trainer.global_state.numel() * 4,
+        # optimizer steps: every client ends its epoch with a partial batch
+        "steps": (args.rounds * sum(math.ceil(len(p) / args.batch_size) for p in trainer.partitions),
+                  args.rounds * math.ceil(n / args.batch_size)),
         "train": sum(h["train_time"] for h in history),
         "aggregate": sum(h["aggregate_time"] for h in history),
-        "eval": sum(h["eval_time"] for h in history),
+        "eval": sum(h["evaluation_time"] for h in history),
         "other (checkpoints, outputs)": federated_s - sum(h["wall_time"] for h in history),
         "aggregate_ms": [1e3 * h["aggregate_time"] for h in history],
         "upload_bytes": [h["bytes_aggregated"] for h in history],
@@ -82,6 +86,7 @@ def measure(model: str, args: argparse.Namespace, folder: str) -> dict:
         "federated_images_per_s": images / median("federated_s"),
         "ratio": statistics.median(p["central_s"] / p["federated_s"] for p in pairs),
         "ratios": [p["central_s"] / p["federated_s"] for p in pairs],
+        "optimizer_steps": {"federated": pairs[0]["steps"][0], "centralized": pairs[0]["steps"][1]},
         "central_s": median("central_s"),
         "federated_s": median("federated_s"),
         "federated_breakdown_s": {k: median(k) for k in ("train", "aggregate", "eval", "other (checkpoints, outputs)")},
@@ -103,7 +108,7 @@ def data_paths(args: argparse.Namespace, folder: str) -> list[dict]:
                     trainer = _trainer(args.pipeline_model, args, f"{folder}/data-{mode}", 1, image_size=size,
                                        augment=augment, preload=mode)
                     start = time.perf_counter()
-                    trainer.train_client(0, 1)
+                    trainer.client.train(trainer.partitions[0], seed=1)
                     seconds[mode].append(time.perf_counter() - start)
             n = len(trainer.train_set)
             rows.append({
@@ -166,7 +171,8 @@ def main() -> None:
         print(f"{r['model']:<8}{r['central_images_per_s']:>15.1f}{r['federated_images_per_s']:>17.1f}"
               f"{r['ratio']:>8.3f}{r['aggregate_ms_per_round_median']:>14.1f}{mb:>18.1f}")
         print("         federated time: " + ", ".join(f"{k} {v:.1f} s" for k, v in r["federated_breakdown_s"].items())
-              + f" (centralized {r['central_s']:.1f} s)")
+              + f" (centralized {r['central_s']:.1f} s); optimizer steps {r['optimizer_steps']['federated']} federated, "
+              f"{r['optimizer_steps']['centralized']} centralized")
     if paths:
         print(f"\n{'size':>5} {'augment':<8}{'streamed img/s':>16}{'preloaded img/s':>17}{'streamed/preloaded':>20}")
     for r in paths:

@@ -29,10 +29,11 @@ def main() -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     out = fed_args.output_dir
+    best = f"{summary['best_metric']:.4f}" if summary["best_metric"] is not None else "n/a"
     print(
-        f"best accuracy {summary['best_accuracy']:.4f} at round {summary['best_round']} of {summary['rounds']}\n"
+        f"best {summary['metric_for_best_model']} {best} at round {summary['best_round']} of {summary['rounds']}\n"
         f"results: {out}/summary.json, {out}/history.jsonl\n"
-        f"plots:   {out}/accuracy.png, {out}/partition.png\n"
+        f"plots:   {out}/metrics.png, {out}/partition.png\n"
         f"models:  {out}/best/, {out}/final/ (FedSQModel.from_pretrained)"
     )
     return 0

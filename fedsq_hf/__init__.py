@@ -9,5 +9,5 @@ from .configuration_fedsq import FedSQConfig
 from .modeling_fedsq import FedSQModel
 from .backbones import load_backbone
 from .convert import convert_efficientnet_lite0
-from .hub import model_card, push_to_hub
+from .hub import model_card
 from .gate_drift import GateRecorder, gate_drift

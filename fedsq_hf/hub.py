@@ -1,4 +1,5 @@
-"""Sharing on the Hugging Face Hub: the generated model card and the one-commit push."""
+"""Sharing on the Hugging Face Hub: the generated model card and the one-commit upload (`FedSQModel.push_to_hub`
+uses it; this module never calls the model)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import shutil
 import tempfile
 from concurrent.futures import Future
 from importlib.resources import files
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, get_token
@@ -17,9 +19,8 @@ from .errors import FedSQError
 
 if TYPE_CHECKING:
     from .configuration_fedsq import FedSQConfig
-    from .modeling_fedsq import FedSQModel
 
-__all__ = ["model_card", "push_to_hub", "ensure_repo", "require_credentials", "CARD_TEMPLATE", "TAGS"]
+__all__ = ["model_card", "upload_model", "ensure_repo", "require_credentials", "CARD_TEMPLATE", "TAGS"]
 
 CARD_TEMPLATE = files("fedsq_hf.model_cards") / "fedsq_model_card.md"
 TAGS = ["federated-learning", "fedsq", "image-classification"]
@@ -48,7 +49,11 @@ def _federation(run: dict[str, Any]) -> dict[str, Any]:
     elif partition == "shards":
         partition += f" ({run.get('shards_per_client')} label shards per client)"
     local = (f"{run['local_steps']} steps" if run.get("local_steps") else f"{run.get('local_epochs')} epoch(s)")
-    local += f", batch size {run.get('batch_size')}, SGD lr {run.get('lr')} momentum {run.get('momentum')}"
+    optim = run.get("optim", "sgd")
+    local += f", batch size {run.get('batch_size')}, {optim} lr {run.get('lr')}"
+    local += f" momentum {run.get('momentum')}" if optim == "sgd" else ""
+    if run.get("lr_scheduler", "constant") != "constant" or run.get("warmup_rounds"):
+        local += f", {run.get('lr_scheduler')} schedule over rounds ({run.get('warmup_rounds', 0)} warm-up)"
     data = None
     if run.get("num_train_samples") is not None:
         size = run.get("image_size")
@@ -65,17 +70,30 @@ def _federation(run: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _metric(name: str, value: float | None) -> str:
+    """A metric as a person reads it: accuracies and F1 in %, the rest to 4 decimals."""
+    if value is None:
+        return ""
+    return percent(value) if any(k in name for k in ("accuracy", "f1")) else _num(value)
+
+
 def _results(summary: dict[str, Any], history: list[dict[str, Any]], plot: str | None) -> dict[str, Any]:
+    columns = list(dict.fromkeys(k for h in history for k, v in h.items() if k.startswith("eval_") and isinstance(v, float)))
+    best = summary.get("metric_for_best_model") or "accuracy"
+    final = summary.get("final_metrics") or {}
     return {
-        "best_accuracy_pct": percent(summary.get("best_accuracy")),
-        "final_accuracy_pct": percent(summary.get("final_accuracy")),
+        "metric": best.replace("_", " "),
+        "best_md": _metric(best, summary.get("best_metric")) or "n/a",
+        "final_md": ", ".join(f"{k.removeprefix('eval_').replace('_', ' ')} **{_metric(k, v)}**" for k, v in final.items())
+        or "not evaluated",
         "best_round": summary.get("best_round"),
         "rounds": summary.get("rounds"),
         "total_rounds": (summary.get("config") or {}).get("rounds", summary.get("rounds")),
         "plot": plot,
+        "columns": [c.removeprefix("eval_").replace("_", " ") for c in columns],
         "table": [
-            {"round": h["round"], "train_loss": _num(h.get("train_loss")), "eval_loss": _num(h.get("eval_loss")),
-             "eval_accuracy": percent(h.get("eval_accuracy")) if h.get("eval_accuracy") is not None else "",
+            {"round": h["round"], "train_loss": _num(h.get("train_loss")),
+             "cells": [_metric(c, h.get(c)) for c in columns],
              "failed": ", ".join(map(str, h.get("failed_clients") or [])) or "none"}
             for h in history
         ],
@@ -101,14 +119,14 @@ def model_card(
     dataset_id = _hub_id(dataset)
     dataset_name = dataset_id or (os.path.basename(os.path.normpath(dataset)) if dataset else None)
     name = repo_id.split("/")[-1] if repo_id else f"FedSQ {config.backbone.split('/')[-1]}"
-    eval_results = None
-    if summary and summary.get("final_accuracy") is not None:  # the uploaded weights are the last round's
-        eval_results = [EvalResult(
-            task_type="image-classification", task_name="Image Classification",
-            dataset_type=dataset_id or dataset_name or "unknown", dataset_name=dataset_name or "unknown",
-            dataset_split=run.get("eval_split") or "validation", metric_type="accuracy",
-            metric_name="Validation accuracy", metric_value=round(float(summary["final_accuracy"]), 4),
-        )]
+    final = (summary or {}).get("final_metrics") or {}
+    eval_results = [  # the uploaded weights are the last round's: their metrics, loss aside
+        EvalResult(task_type="image-classification", task_name="Image Classification",
+                   dataset_type=dataset_id or dataset_name or "unknown", dataset_name=dataset_name or "unknown",
+                   dataset_split=run.get("eval_split") or "validation", metric_type=key.removeprefix("eval_"),
+                   metric_name=f"Validation {key.removeprefix('eval_').replace('_', ' ')}", metric_value=round(float(value), 4))
+        for key, value in final.items() if key != "eval_loss" and value is not None
+    ] or None
     base_model = _hub_id(config.backbone)
     data = ModelCardData(
         library_name="fedsq-hf",
@@ -150,11 +168,11 @@ def ensure_repo(api: HfApi, repo_id: str, *, private: bool | None = None, revisi
     return repo_id
 
 
-def push_to_hub(
-    model: FedSQModel,
+def upload_model(
+    save: Callable[[str], None],
     repo_id: str,
     *,
-    card: ModelCard | None = None,
+    make_card: Callable[[str], ModelCard],
     extra_files: dict[str, str] | None = None,
     private: bool | None = None,
     token: str | bool | None = None,
@@ -162,19 +180,18 @@ def push_to_hub(
     run_as_future: bool = False,
     **commit: Any,
 ) -> CommitInfo | Future[CommitInfo]:
-    """Upload `config.json`, `model.safetensors`, the card (`README.md`) and `extra_files`
-    (repo path -> local file) in one commit, creating the repo (and the `revision` branch) if needed.
-    `commit` goes to `HfApi.upload_folder`: `commit_message`, `commit_description`, `create_pr`.
-
-    With `run_as_future`, the files are staged now and the upload runs in the background.
+    """Upload what `save(folder)` writes, the card `make_card(full repo id)` as `README.md` and
+    `extra_files` (repo path -> local file) in one commit, creating the repo (and the `revision`
+    branch) if needed. `commit` goes to `HfApi.upload_folder`: `commit_message`, `commit_description`,
+    `create_pr`. With `run_as_future`, the files are staged now and the upload runs in the background.
     """
     require_credentials("push_to_hub", token)
     api = HfApi(token=token)
     repo_id = ensure_repo(api, repo_id, private=private, revision=revision)
     folder = tempfile.mkdtemp(prefix="fedsq-push-")
     try:
-        model.save_pretrained(folder)
-        (card or model_card(model.config, repo_id)).save(os.path.join(folder, "README.md"))
+        save(folder)
+        make_card(repo_id).save(os.path.join(folder, "README.md"))
         for path_in_repo, local in (extra_files or {}).items():
             shutil.copyfile(local, os.path.join(folder, path_in_repo))
         commit["commit_message"] = commit.get("commit_message") or "Upload FedSQ model"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from concurrent.futures import Future
 import json
 import os
 from typing import Any
@@ -24,7 +25,7 @@ from .errors import CheckpointError, FedSQError
 from .gate_cache import GateCache
 from .gating import DualCopy
 from .hub import model_card as make_model_card
-from .hub import push_to_hub
+from .hub import upload_model
 from .serialization import atomic_write_json, check_state_dict, load_weights, save_weights
 
 __all__ = ["FedSQModel", "CONFIG_NAME", "WEIGHTS_NAME"]
@@ -166,16 +167,21 @@ class FedSQModel(PreTrainedModel):
         create_pr: bool = False,
         model_card: ModelCard | None = None,
         license: str = "apache-2.0",
-    ) -> CommitInfo:
+        extra_files: dict[str, str] | None = None,
+        run_as_future: bool = False,
+    ) -> CommitInfo | Future[CommitInfo]:
         """Upload `config.json`, `model.safetensors` and a generated `README.md` card in one commit.
 
         Needs Hub credentials (`hf auth login` or `HF_TOKEN`); `revision` names a branch, created if
-        missing. `model_card` replaces the generated card (see `fedsq_hf.hub.model_card`).
+        missing. `model_card` replaces the generated card (see `fedsq_hf.hub.model_card`);
+        `extra_files` (repo path -> local file) go into the same commit; `run_as_future` uploads in the
+        background (the weights are staged first).
         """
-        return push_to_hub(
-            self, repo_id, commit_message=commit_message, commit_description=commit_description, private=private,
-            token=token, revision=revision, create_pr=create_pr,
-            card=model_card or make_model_card(self.config, repo_id, license=license),
+        return upload_model(
+            self.save_pretrained, repo_id, commit_message=commit_message, commit_description=commit_description,
+            private=private, token=token, revision=revision, create_pr=create_pr, extra_files=extra_files,
+            run_as_future=run_as_future,
+            make_card=lambda full_id: model_card or make_model_card(self.config, full_id, license=license),
         )
 
     @classmethod

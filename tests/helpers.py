@@ -1,8 +1,12 @@
-"""Shared test helpers: the example's command line and running it in a fresh process."""
+"""Shared test helpers: the example's command line, running it in a fresh process, comparing two runs."""
 
+import json
 import os
 import subprocess
 import sys
+
+import torch
+from safetensors.torch import load_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -21,3 +25,18 @@ def run_example(args, launcher=(sys.executable,), timeout=300, env=None):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run([*launcher, os.path.join(ROOT, "examples", "federated.py"), *args],
                           capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def assert_same_run(a, b):
+    """Runs in folders `a` and `b` ended with bitwise-equal final weights and equal histories (timings
+    aside); returns that history."""
+    wa, wb = load_file(os.path.join(a, "final", "model.safetensors")), load_file(os.path.join(b, "final", "model.safetensors"))
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+    def history(folder):
+        with open(os.path.join(folder, "history.jsonl")) as f:
+            return [{k: v for k, v in json.loads(line).items() if not k.endswith("_time")} for line in f]
+
+    assert history(a) == history(b)
+    return history(a)

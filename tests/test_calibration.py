@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from fedsq_hf import FedSQConfig, FedSQError, FedSQModel
-from fedsq_hf.federated import FedAvg, FederatedArguments, FederatedTrainer, calibrate, run_federated
+from fedsq_hf.federated import (ClientTrainer, FederatedArguments, PreloadedSamples, calibrate, client_seed,
+                                make_accelerator, run_federated)
 from test_federated import tiny_args
 
 
@@ -42,8 +43,9 @@ def test_calibration_trains_like_plain_fine_tuning(backbone_dir, tmp_path):
     data = (torch.randn(16, 3, 32, 32), torch.randint(0, 3, (16,)))
     args = FederatedArguments(batch_size=8, lr=0.05, output_dir=str(tmp_path / "cal"))
     losses = calibrate(model, data, args, epochs=1)
-    single = dataclasses.replace(args, num_clients=1, clients_per_round=1, local_epochs=1)
-    expected = FederatedTrainer(plain, FedAvg(), data, data, [np.arange(16)], single).train_client(0, 0)
+    single = dataclasses.replace(args, local_epochs=1)
+    client = ClientTrainer(plain, PreloadedSamples(*data), single, make_accelerator(single))
+    expected = client.train(np.arange(16), client_seed(args.seed, 0, 0)).losses
     assert losses == expected
     for name, tensor in plain.state_dict().items():
         torch.testing.assert_close(model.state_dict()[name], tensor, rtol=0, atol=0, msg=name)

@@ -180,7 +180,7 @@ def test_gate_cache_works_on_streamed_data(backbone_dir, digits_dir, tmp_path):
     trainer = build_trainer(model, data, fed)
     trainer.train()
     cache = trainer.model.dual_copy.gate_cache
-    assert len(cache) == sum(len(trainer.partitions[c]) for c in trainer.history[0]["clients"])
+    assert len(cache) == sum(len(trainer.partitions[c]) for c in trainer.state.history[0]["clients"])
 
 
 def test_timm_augmentation_gives_the_same_weights_on_1_or_2_processes_and_0_or_2_workers(backbone_dir, digits_dir,

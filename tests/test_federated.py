@@ -9,10 +9,10 @@ from safetensors.torch import load_file
 
 from fedsq_hf import FedSQError, FedSQModel
 from fedsq_hf.federated import (
-    DataArguments, FedAdam, FedAvg, FedAvgM, FederatedArguments, FederatedTrainer, FedProx, ModelArguments,
+    DataArguments, FedAdam, FedAvg, FedAvgM, FederatedArguments, FedProx, ModelArguments,
     build_trainer, partition_labels, partition_summary, run_federated,
 )
-from helpers import cli_args, run_example
+from helpers import assert_same_run, cli_args, run_example
 
 
 def tiny_args(backbone, dataset, output_dir, **fed):
@@ -104,12 +104,14 @@ def test_fedprox_term_and_mu_zero():
 
 def test_run_writes_all_outputs(backbone_dir, digits_dir, tmp_path):
     summary = run_federated(*tiny_args(backbone_dir("resnet10t"), digits_dir, tmp_path, rounds=2, eval_every=2))
-    assert summary["rounds"] == 2 and 0 <= summary["best_accuracy"] <= 1 and summary["best_round"] == 2
+    assert summary["rounds"] == 2 and 0 <= summary["best_metric"] <= 1 and summary["best_round"] == 2
+    assert summary["metric_for_best_model"] == "accuracy" and not summary["stopped_early"]
+    assert set(summary["final_metrics"]) == {"eval_loss", "eval_accuracy", "eval_top5_accuracy", "eval_macro_f1"}
     assert summary["config"]["num_clients"] == 4 and summary["config"]["strategy"] == "fedavg"
-    for name in ("history.jsonl", "summary.json", "accuracy.png", "partition.png", "partition.json"):
+    for name in ("history.jsonl", "summary.json", "metrics.png", "partition.png", "partition.json"):
         assert os.path.getsize(tmp_path / name) > 0, name
     history = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
-    assert [h["round"] for h in history] == [1, 2] and history[0]["eval_accuracy"] is None
+    assert [h["round"] for h in history] == [1, 2] and "eval_accuracy" not in history[0]
     assert {"clients", "train_loss", "eval_loss", "eval_accuracy", "wall_time", "bytes_aggregated"} <= set(history[1])
     final = FedSQModel.from_pretrained(tmp_path / "final")
     assert final.config.id2label[3] == "3" and os.path.isdir(tmp_path / "best")
@@ -137,16 +139,7 @@ def test_resume_gives_the_same_run(bn_mode, backbone_dir, digits_dir, tmp_path):
     run("straight", 3)
     run("resumed", 2)
     run("resumed", 3, resume=True)
-    a = load_file(tmp_path / "straight" / "final" / "model.safetensors")
-    b = load_file(tmp_path / "resumed" / "final" / "model.safetensors")
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
-
-    def history(run):
-        rows = [json.loads(x) for x in (tmp_path / run / "history.jsonl").read_text().splitlines()]
-        return [{k: v for k, v in r.items() if not k.endswith("_time")} for r in rows]
-
-    assert history("straight") == history("resumed")
+    assert_same_run(tmp_path / "straight", tmp_path / "resumed")
 
 
 def test_fedbn_keeps_each_clients_batchnorm(backbone_dir, digits_dir, tmp_path):
@@ -155,18 +148,19 @@ def test_fedbn_keeps_each_clients_batchnorm(backbone_dir, digits_dir, tmp_path):
     trainer = build_trainer(model, data, fed)
     shared = trainer.global_state.numel()
     trainer.train()
-    seen = torch.nonzero(trainer.client_seen).flatten()
+    fedbn = trainer.fedbn
+    seen = torch.nonzero(fedbn.seen).flatten()
     assert len(seen) >= 3 and trainer.global_state.numel() == shared  # BN tensors are not in the averaged state
-    first, second = trainer.client_local[seen[0]], trainer.client_local[seen[1]]
-    assert not torch.equal(first, second) and not torch.equal(first, trainer.pretrained_local)
-    assert not trainer.client_local[~trainer.client_seen].any()  # clients that never trained hold nothing
+    first, second = fedbn.clients[seen[0]], fedbn.clients[seen[1]]
+    assert not torch.equal(first, second) and not torch.equal(first, fedbn.pretrained)
+    assert not fedbn.clients[~fedbn.seen].any()  # clients that never trained hold nothing
     saved = FedSQModel.from_pretrained(tmp_path / "final")
     bn = [k for k in saved.state_dict() if ".bn" in k and k.endswith("running_mean")]
     assert bn and trainer.model.config.bn_mode == "local"
     for k in bn:  # the saved model carries the server's BatchNorm: the weighted mean of the clients'
         assert torch.equal(saved.state_dict()[k], trainer.model.state_dict()[k])
-    torch.testing.assert_close(trainer._read_state(trainer._local_tensors), trainer.server_local_state())
-    assert trainer.history[-1]["eval_bn"] == f"sample-weighted mean of {len(seen)} clients' BatchNorms"
+    torch.testing.assert_close(fedbn.flat.read(), fedbn.server_state(trainer.sizes))
+    assert trainer.state.history[-1]["eval_bn"] == f"sample-weighted mean of {len(seen)} clients' BatchNorms"
 
 
 def test_diverging_clients_are_excluded_then_run_stops(backbone_dir, digits_dir, tmp_path):
@@ -213,32 +207,31 @@ def test_example_bad_argument_is_one_line_without_traceback(tmp_path):
 def test_loss_scaling_is_exact_and_restarts_for_every_client(backbone_dir, tmp_path):
     """fp16 on a GPU scales the loss through accelerator.backward; here a CPU GradScaler stands in for it."""
     from fedsq_hf import FedSQConfig
-    from fedsq_hf.federated.trainer import make_accelerator
+    from fedsq_hf.federated import ClientTrainer, PreloadedSamples, make_accelerator
 
     model = FedSQModel(FedSQConfig(backbone=backbone_dir("resnet10t"), num_labels=3))
     start = {k: v.clone() for k, v in model.state_dict().items()}
     torch.manual_seed(0)
     data = (torch.randn(16, 3, 32, 32), torch.randint(0, 3, (16,)))
-    args = FederatedArguments(num_clients=2, batch_size=8, lr=0.05, output_dir=str(tmp_path))
+    args = FederatedArguments(batch_size=8, lr=0.05, output_dir=str(tmp_path))
 
     def train(scaler):
         accelerator = make_accelerator(args)
         accelerator.scaler = scaler
         model.load_state_dict(start)
-        trainer = FederatedTrainer(model, FedAvg(), data, data, [np.arange(8), np.arange(8, 16)], args,
-                                   accelerator=accelerator)
-        losses = trainer.train_client(0, 1)
-        return losses, {k: v.clone() for k, v in model.state_dict().items()}, trainer
+        client = ClientTrainer(model, PreloadedSamples(*data), args, accelerator)
+        losses = client.train(np.arange(8), seed=1).losses
+        return losses, {k: v.clone() for k, v in model.state_dict().items()}, client
 
     plain_losses, plain_state, _ = train(None)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
     seen = []
     scale = scaler.scale
     scaler.scale = lambda loss: seen.append(scaler.get_scale()) or scale(loss)
-    losses, state, trainer = train(scaler)
+    losses, state, client = train(scaler)
     assert losses == plain_losses and seen[0] == 2.0**16 and len(seen) == 1  # one step, scaled by 2**16
     for k in state:  # a power-of-two scale and its inverse are exact in fp32
         assert torch.equal(state[k], plain_state[k]), k
     scaler.update(new_scale=4.0)  # whatever the last client left ...
-    trainer.train_client(1, 1)
+    client.train(np.arange(8, 16), seed=2)
     assert seen[-1] == 2.0**16  # ... the next one starts from the initial scale

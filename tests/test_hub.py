@@ -121,7 +121,8 @@ def _run_summary():
               "alpha": 0.1, "rounds": 3, "local_epochs": 1, "local_steps": 0, "batch_size": 32, "lr": 0.003,
               "momentum": 0.9, "strategy": "fedprox", "strategy_config": {"name": "fedprox", "mu": 0.01},
               "model": "fedsq", "bn_mode": "frozen", "seed": 0}
-    summary = {"best_accuracy": 0.75, "best_round": 2, "final_accuracy": 0.7, "rounds": 3, "config": config}
+    summary = {"metric_for_best_model": "accuracy", "best_metric": 0.75, "best_round": 2,
+               "final_metrics": {"eval_loss": 0.85, "eval_accuracy": 0.7}, "rounds": 3, "config": config}
     return summary, history
 
 
@@ -139,7 +140,8 @@ def test_model_card_metadata_and_body():
     assert (result.metric_type, result.metric_value, result.dataset_type) == ("accuracy", 0.7, "uoft-cs/cifar10")
     for expected in ("| clients | 10 (5 sampled per round) |", "dirichlet (alpha = 0.1)", "fedprox (mu = 0.01)",
                      "| 2 | 0.9000 | 0.8000 | 75.00% | 3 |", "**75.00%**, was reached at round **2** (rounds-to-best)",
-                     "![Validation accuracy per round](accuracy.png)", 'pipeline("image-classification", model="alice/r18-fedsq")',
+                     "![Validation metrics per round](accuracy.png)", "loss **0.8500**, accuracy **70.00%** on the validation data",
+                     "| round | train loss | loss | accuracy | clients excluded |", "sgd lr 0.003 momentum 0.9", 'pipeline("image-classification", model="alice/r18-fedsq")',
                      "(batch, 3, 32, 32)"):
         assert expected in text, expected
 
@@ -194,7 +196,7 @@ def test_trainer_pushes_every_save_to_a_branch(hub, hub_env, backbone_dir, digit
     assert [m.split(":")[0] for _, m in messages] == ["Round 1/3", "Round 2/3", "Round 3/3"]
     assert {branch for branch, _ in messages} == {"runs"}
     files = hub.state.repos[f"{USER}/fed-digits"].resolve("runs").files
-    assert {"README.md", "config.json", "model.safetensors", "accuracy.png"} <= set(files)
+    assert {"README.md", "config.json", "model.safetensors", "metrics.png"} <= set(files)
     final = load_file(out / "final" / "model.safetensors")
     pushed = load(files["model.safetensors"])
     assert all(pushed[k].equal(final[k]) for k in final)
@@ -202,7 +204,7 @@ def test_trainer_pushes_every_save_to_a_branch(hub, hub_env, backbone_dir, digit
     summary = json.loads((out / "summary.json").read_text())
     assert validate_metadata(card) == [] and card.count("\n| 3 |") == 1
     assert f"reached at round **{summary['best_round']}**" in card
-    assert Image.open(io.BytesIO(files["accuracy.png"])).size[0] > 100
+    assert Image.open(io.BytesIO(files["metrics.png"])).size[0] > 100
 
 
 def test_trainer_with_unreachable_repo_fails_before_training(hub, hub_env, backbone_dir, digits_dir, tmp_path):

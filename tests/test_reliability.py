@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from fedsq_hf import BackboneLoadError, CheckpointError, FedSQConfig, FedSQError, FedSQModel, GatingError
 from fedsq_hf.federated import FedAvg, FederatedArguments, FederatedTrainer, run_federated
-from fedsq_hf.federated.trainer import diverged
+from fedsq_hf.federated import diverged, dropped_clients, sample_clients
 from helpers import ROOT, cli_args, run_example
 from test_federated import tiny_args
 
@@ -85,6 +85,11 @@ def _case(tmp, backbone_dir, digits_dir, finished, name):
         "unknown auto-augment policy": ({}, {"augment": "timm", "auto_augment": "rand-xyz"}, {}),
         "crop scale out of range": ({}, {"augment": "timm", "crop_scale": [0.5, 1.5]}, {}),
         "unknown preload mode": ({}, {"preload": "sometimes"}, {}),
+        "unknown client optimizer": ({}, {}, {"optim": "adamw2"}),
+        "unknown lr scheduler": ({}, {}, {"lr_scheduler": "step"}),
+        "warm-up as long as the run": ({}, {}, {"warmup_rounds": 2}),
+        "trim beta of one half": ({}, {}, {"trim_beta": 0.5}),
+        "unknown best-model metric": ({}, {}, {"metric_for_best_model": "f1"}),
         "resume without checkpoint": ({}, {}, resume),
         "resume: other backbone": ({"backbone": shutil.copytree(backbone_dir("resnet10t"), tmp / "bb2")}, {}, resume),
         "resume: other num_labels": ({}, {"dataset": _parquet_dataset(tmp / "three", [0, 1, 2] * 20, [0, 1, 2])}, resume),
@@ -123,6 +128,11 @@ BAD_INPUT = [
     ("unknown auto-augment policy", FedSQError, "--auto-augment 'rand-xyz' is not a timm policy.*rand-m9-mstd0.5"),
     ("crop scale out of range", FedSQError, r"--crop-scale needs two values 0 < MIN <= MAX <= 1, got \[0.5, 1.5\]"),
     ("unknown preload mode", FedSQError, r"--preload must be one of \['auto', 'always', 'never'\]"),
+    ("unknown client optimizer", FedSQError, "--optim must be sgd or a timm optimizer .*got 'adamw2'"),
+    ("unknown lr scheduler", FedSQError, r"--lr-scheduler must be one of \['constant', 'linear', 'cosine'\]"),
+    ("warm-up as long as the run", FedSQError, r"--warmup-rounds must be in \[0, --rounds\), got 2"),
+    ("trim beta of one half", FedSQError, r"--trim-beta must be in \[0, 0.5\), got 0.5"),
+    ("unknown best-model metric", FedSQError, "--metric-for-best-model 'f1' is not among the evaluation's metrics"),
     ("resume without checkpoint", CheckpointError, "holds no checkpoint.*run without --resume"),
     ("resume: other backbone", CheckpointError, "another run: backbone"),
     ("resume: other num_labels", CheckpointError, "another run: .*num_labels 10 \\(checkpoint\\) vs 3"),
@@ -179,11 +189,11 @@ def test_a_diverging_client_is_excluded_and_the_round_completes(backbone_dir, tm
 
 
 def test_simulated_dropout_is_seeded_and_skips_clients(backbone_dir, tmp_path):
-    trainer = _random_task(backbone_dir, 1.0, tmp_path, dropout_rate=0.5, rounds=4)
+    trainer = _random_task(backbone_dir, 1.0, tmp_path, dropout_rate=0.5, rounds=5)
     before = trainer.global_state.clone()
     records = [trainer.run_round(r) for r in range(1, 5)]
     dropped = [r["dropped_clients"] for r in records]
-    assert dropped == [trainer.dropped_clients(r, trainer.sample_clients(r)) for r in range(1, 5)]  # deterministic
+    assert dropped == [dropped_clients(0, r, sample_clients(0, r, 4, 4), 0.5) for r in range(1, 5)]  # deterministic
     assert any(dropped) and not all(len(d) == 4 for d in dropped)
     for r in records:
         assert set(r["dropped_clients"]) <= set(r["clients"])
@@ -193,7 +203,7 @@ def test_simulated_dropout_is_seeded_and_skips_clients(backbone_dir, tmp_path):
         trainer.args.dropout_rate = 0.999
         everyone_gone = trainer.run_round(5)
         assert len(everyone_gone["dropped_clients"]) == 4
-    assert everyone_gone["train_loss"] is None and trainer.failed_streak == 0  # no update, but no failure
+    assert everyone_gone["train_loss"] is None and trainer.state.failed_streak == 0  # no update, but no failure
     assert not torch.equal(before, trainer.global_state)
 
 

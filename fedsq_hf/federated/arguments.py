@@ -6,6 +6,8 @@ import re
 from dataclasses import asdict, dataclass, field, replace
 
 import timm
+import torch
+from accelerate import Accelerator
 
 from ..configuration_fedsq import BN_MODES
 from ..errors import FedSQError
@@ -14,9 +16,11 @@ from .data import MNIST_PACKAGE
 from .images import AUGMENTATIONS
 from .samples import PRELOAD_MODES
 from .partition import PARTITIONS
+from .optim import LR_SCHEDULERS, optimizer_names
 from .strategies import STRATEGIES
 
-__all__ = ["ModelArguments", "DataArguments", "FederatedArguments", "validate_arguments", "with_example_defaults"]
+__all__ = ["ModelArguments", "DataArguments", "FederatedArguments", "validate_arguments", "with_example_defaults",
+           "make_accelerator"]
 
 # Without --dataset, the offline example runs on a short budget that fits a laptop CPU in minutes.
 EXAMPLE_DATASET = MNIST_PACKAGE
@@ -95,10 +99,26 @@ class FederatedArguments:
     local_epochs: int = field(default=1, metadata={"help": "local epochs per client and round (when --local-steps is 0)"})
     local_steps: int = field(default=0, metadata={"help": "local optimizer steps per client and round (overrides --local-epochs)"})
     batch_size: int = field(default=32, metadata={"help": "client batch size (evaluation uses twice this)"})
-    lr: float = field(default=0.003, metadata={"help": "client SGD learning rate"})
-    momentum: float = field(default=0.9, metadata={"help": "client SGD momentum"})
-    weight_decay: float = field(default=0.0, metadata={"help": "client SGD weight decay"})
-    strategy: str = field(default="fedavg", metadata={"help": "server strategy: fedavg, fedprox, fedavgm or fedadam"})
+    optim: str = field(
+        default="sgd",
+        metadata={"help": "client optimizer: sgd (with --momentum, no Nesterov), one added with register_optimizer, "
+                          "or any timm optimizer name (adamw, lamb, lion, ...)"},
+    )
+    lr: float = field(default=0.003, metadata={"help": "client learning rate (of the schedule's peak)"})
+    lr_scheduler: str = field(
+        default="constant", metadata={"help": "client learning rate across rounds: constant, linear or cosine (to 0 after the last round)"}
+    )
+    warmup_rounds: int = field(default=0, metadata={"help": "rounds of linear warm-up to --lr (round k of W: k/W x lr)"})
+    momentum: float = field(default=0.9, metadata={"help": "client momentum (sgd and the optimizers that take one)"})
+    weight_decay: float = field(default=0.0, metadata={"help": "client weight decay"})
+    max_grad_norm: float = field(default=0.0, metadata={"help": "clip each client step's gradient norm to this (0: off)"})
+    label_smoothing: float = field(default=0.0, metadata={"help": "label smoothing of the clients' cross-entropy"})
+    strategy: str = field(
+        default="fedavg",
+        metadata={"help": "server strategy: fedavg, fedprox, fedavgm, fedadam, fedmedian, fedtrimmedavg, or one added "
+                          "with register_strategy"},
+    )
+    trim_beta: float = field(default=0.2, metadata={"help": "fraction cut at each end per coordinate (fedtrimmedavg)"})
     mu: float = field(default=0.01, metadata={"help": "FedProx proximal weight"})
     server_lr: float = field(default=1.0, metadata={"help": "server learning rate (fedavgm, fedadam)"})
     server_momentum: float = field(default=0.9, metadata={"help": "server momentum (fedavgm)"})
@@ -107,6 +127,13 @@ class FederatedArguments:
     resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in --output-dir"})
     save_every: int = field(default=1, metadata={"help": "write a checkpoint every N rounds (and after the last)"})
     eval_every: int = field(default=1, metadata={"help": "evaluate every N rounds (and after the last)"})
+    metric_for_best_model: str = field(
+        default="accuracy", metadata={"help": "eval metric that picks best/ (and early stopping): loss, accuracy, "
+                                              "top5_accuracy, macro_f1, or one your compute_metrics returns"}
+    )
+    greater_is_better: bool | None = field(
+        default=None, metadata={"help": "whether a larger --metric-for-best-model is better (default: unless it is a loss)"}
+    )
     max_failed_rounds: int = field(default=3, metadata={"help": "stop after this many rounds in a row without a usable client update"})
     dropout_rate: float = field(default=0.0, metadata={"help": "probability that a sampled client drops out of a round"})
     divergence_factor: float = field(
@@ -153,6 +180,12 @@ def validate_arguments(model: ModelArguments, data: DataArguments, fed: Federate
         (fed.local_epochs > 0 or fed.local_steps > 0, "--local-epochs and --local-steps are both 0: clients would not train"),
         (fed.batch_size >= 1, f"--batch-size must be >= 1, got {fed.batch_size}"),
         (fed.lr > 0, f"--lr must be > 0, got {fed.lr}"),
+        (fed.optim in optimizer_names(), f"--optim must be sgd or a timm optimizer ({', '.join(optimizer_names()[1:8])}, ...), got {fed.optim!r}"),
+        (fed.lr_scheduler in LR_SCHEDULERS, f"--lr-scheduler must be one of {list(LR_SCHEDULERS)}, got {fed.lr_scheduler!r}"),
+        (0 <= fed.warmup_rounds < fed.rounds, f"--warmup-rounds must be in [0, --rounds), got {fed.warmup_rounds}"),
+        (fed.max_grad_norm >= 0, f"--max-grad-norm must be >= 0 (0 turns clipping off), got {fed.max_grad_norm}"),
+        (0 <= fed.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {fed.label_smoothing}"),
+        (0 <= fed.trim_beta < 0.5, f"--trim-beta must be in [0, 0.5), got {fed.trim_beta}"),
         (fed.strategy in STRATEGIES, f"--strategy must be one of {sorted(STRATEGIES)}, got {fed.strategy!r}"),
         (fed.mu >= 0, f"--mu must be >= 0, got {fed.mu}"),
         (fed.save_every >= 1 and fed.eval_every >= 1, "--save-every and --eval-every must be >= 1"),
@@ -209,3 +242,11 @@ def with_example_defaults(data: DataArguments) -> DataArguments:
 
 def run_config(model: ModelArguments, data: DataArguments, fed: FederatedArguments) -> dict:
     return {**asdict(model), **asdict(data), **asdict(fed)}
+
+
+def make_accelerator(args: FederatedArguments) -> Accelerator:
+    """The run's Accelerator. Without a GPU, `torchrun`/`accelerate launch` give a MULTI_CPU (gloo) group."""
+    accelerated = torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available()) \
+        or torch.backends.mps.is_available()
+    return Accelerator(cpu=not accelerated, mixed_precision=args.mixed_precision,
+                       log_with=None if args.report_to == "none" else args.report_to, project_dir=args.output_dir)

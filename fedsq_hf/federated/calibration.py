@@ -14,9 +14,9 @@ from accelerate import Accelerator
 
 from ..errors import FedSQError
 from ..modeling_fedsq import FedSQModel
-from .arguments import FederatedArguments
-from .strategies import FedAvg
-from .trainer import FederatedTrainer, as_samples
+from .arguments import FederatedArguments, make_accelerator
+from .client import ClientTrainer, client_seed
+from .samples import as_samples
 
 __all__ = ["calibrate"]
 
@@ -34,12 +34,11 @@ def calibrate(
     if not model.dual_copy.gating:
         raise FedSQError("calibrate needs a FedSQ model with fixed gating (fixed_gating=True): a plain model "
                          "has no structural copy to re-freeze.")
-    run = dataclasses.replace(args, num_clients=1, clients_per_round=1, local_epochs=epochs, local_steps=0,
-                              gate_drift_samples=0, dropout_rate=0.0, push_to_hub=False)
+    run = dataclasses.replace(args, local_epochs=epochs, local_steps=0)
     data = as_samples(data)
-    trainer = FederatedTrainer(model, FedAvg(), data, data, [np.arange(len(data))], run, accelerator=accelerator)
+    client = ClientTrainer(model, data, run, accelerator or make_accelerator(run))
     with model.dual_copy.ungated():
-        losses = trainer.train_client(0, 0)
+        losses = client.train(np.arange(len(data)), client_seed(args.seed, 0, 0)).losses
     model.dual_copy.sync_structural()
     model.config.calibrated = True
     return losses

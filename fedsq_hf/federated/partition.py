@@ -98,15 +98,24 @@ def partition_summary(parts: list[np.ndarray], labels: Sequence[int] | np.ndarra
     return {"samples_per_client": [len(p) for p in parts], "label_histogram": hist}
 
 
-def plot_partition(summary: dict[str, Any], path: str, title: str = "") -> None:
-    """Heatmap of samples per (client, label)."""
+def plot_partition(summary: dict[str, Any], path: str, title: str = "", label_names: list[str] | None = None) -> None:
+    """Heatmap of samples per (client, label), each cell with its count, each row with its client's total."""
     plt = pyplot()
 
     hist = np.asarray(summary["label_histogram"])
-    fig, ax = plt.subplots(figsize=(1 + 0.5 * hist.shape[1], 1 + 0.35 * hist.shape[0]))
+    clients, labels = hist.shape
+    fig, ax = plt.subplots(figsize=(1.5 + 0.55 * labels, 1 + 0.4 * clients))
     im = ax.imshow(hist, aspect="auto", cmap="viridis")
+    if clients * labels <= 400:  # counts stay legible
+        for (i, j), count in np.ndenumerate(hist):
+            ax.text(j, i, str(count), ha="center", va="center", fontsize=7,
+                    color="white" if count < hist.max() / 2 else "black")
+    names = label_names or [str(j) for j in range(labels)]
+    long = max(map(len, names)) > 3
+    ax.set_xticks(range(labels), names, rotation=45 if long else 0, ha="right" if long else "center")
+    ax.set_yticks(range(clients), [f"{i} ({n})" for i, n in enumerate(summary["samples_per_client"])])
     ax.set_xlabel("label")
-    ax.set_ylabel("client")
+    ax.set_ylabel("client (samples)")
     ax.set_title(title or "samples per client and label")
     fig.colorbar(im, ax=ax)
     save_figure(fig, path)

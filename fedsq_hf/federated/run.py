@@ -14,33 +14,40 @@ from ..configuration_fedsq import FedSQConfig
 from ..convert import convert_efficientnet_lite0
 from ..errors import FedSQError
 from ..modeling_fedsq import FedSQModel
-from .arguments import (DataArguments, FederatedArguments, ModelArguments, run_config, validate_arguments,
-                        with_example_defaults)
+from .arguments import (DataArguments, FederatedArguments, ModelArguments, make_accelerator, run_config,
+                        validate_arguments, with_example_defaults)
+from .callbacks import FederatedCallback
 from .calibration import calibrate
 from .data import load_image_dataset, with_image_size
 from .images import build_pipelines
 from .samples import StreamedSamples, estimate_preload_bytes, model_inputs, preload
 from .partition import partition_labels, partition_summary
+from .metrics import MetricsFn
 from .strategies import make_strategy
-from .trainer import FederatedTrainer, make_accelerator
+from .trainer import FederatedTrainer
 
 __all__ = ["build_trainer", "run_federated", "choose_preload"]
 
 logger = logging.getLogger(__name__)
 
 
-def run_federated(model_args: ModelArguments, data_args: DataArguments, fed_args: FederatedArguments) -> dict[str, Any]:
+def run_federated(model_args: ModelArguments, data_args: DataArguments, fed_args: FederatedArguments,
+                  callbacks: list[FederatedCallback] | None = None,
+                  compute_metrics: MetricsFn | None = None) -> dict[str, Any]:
     """Run a whole simulation; returns the summary (also written to `output_dir/summary.json`)."""
-    return build_trainer(model_args, data_args, fed_args).train()
+    return build_trainer(model_args, data_args, fed_args, callbacks, compute_metrics).train()
 
 
-def build_trainer(model_args: ModelArguments, data_args: DataArguments, fed_args: FederatedArguments) -> FederatedTrainer:
-    """Everything a run needs, checked and loaded: data, partition, model, strategy, in a trainer."""
+def build_trainer(model_args: ModelArguments, data_args: DataArguments, fed_args: FederatedArguments,
+                  callbacks: list[FederatedCallback] | None = None,
+                  compute_metrics: MetricsFn | None = None) -> FederatedTrainer:
+    """Everything a run needs, checked and loaded: data, partition, model, strategy, in a trainer.
+    `callbacks` come after the default ones; `compute_metrics` replaces the built-in metrics."""
     validate_arguments(model_args, data_args, fed_args)
     example, data_args = data_args.dataset is None, with_example_defaults(data_args)
     fed_args = replace(fed_args, clients_per_round=fed_args.clients_per_round or fed_args.num_clients)
     strategy = make_strategy(fed_args.strategy, mu=fed_args.mu, server_lr=fed_args.server_lr,
-                             server_momentum=fed_args.server_momentum)
+                             server_momentum=fed_args.server_momentum, beta=fed_args.trim_beta)
     accelerator = make_accelerator(fed_args)
     if example and accelerator.is_main_process:
         logger.info("No --dataset: the offline example, %s with max_train_samples %s, max_eval_samples %s, image_size %s "
@@ -101,7 +108,7 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, fed_args
                     "num_train_samples": len(splits["train"]), "num_eval_samples": len(splits["eval"]),
                     "data_path": "preloaded" if preloaded else "streamed"},
         partition_summary=partition_summary(parts, labels, len(names)),
-        accelerator=accelerator,
+        accelerator=accelerator, callbacks=callbacks, compute_metrics=compute_metrics,
     )
 
 

@@ -17,10 +17,10 @@ import torch
 from datasets import Dataset
 
 from ..errors import FedSQError
-from .images import ImagePipeline, to_rgb
+from .images import ImagePipeline
 
 __all__ = ["StreamedSamples", "PreloadedSamples", "ClientBatches", "OrderedBatches", "make_loader",
-           "preload", "estimate_preload_bytes", "model_inputs", "PRELOAD_MODES"]
+           "preload", "estimate_preload_bytes", "model_inputs", "as_samples", "PRELOAD_MODES"]
 
 logger = logging.getLogger(__name__)
 
@@ -170,6 +170,11 @@ def preload(samples: StreamedSamples, num_workers: int = 0, batch_size: int = 25
     if size is None and pixels and all(p.shape == pixels[0].shape for p in pixels):
         pixels = torch.stack(pixels)
     return PreloadedSamples(pixels, samples.labels, samples.pipeline)
+
+
+def as_samples(data: torch.utils.data.Dataset | tuple[torch.Tensor, torch.Tensor]) -> torch.utils.data.Dataset:
+    """Samples as the loaders take them; a (pixels, labels) tuple is taken as model-ready tensors."""
+    return PreloadedSamples(*data) if isinstance(data, tuple) else data
 
 
 def model_inputs(samples: torch.utils.data.Dataset, indices: Sequence[int],
