@@ -110,6 +110,7 @@ def data_paths(args: argparse.Namespace, folder: str) -> list[dict]:
                     start = time.perf_counter()
                     trainer.client.train(trainer.partitions[0], seed=1)
                     seconds[mode].append(time.perf_counter() - start)
+                    trainer.close()
             n = len(trainer.train_set)
             rows.append({
                 "image_size": size, "augment": augment, "samples": n,

@@ -11,17 +11,14 @@
 import logging
 import sys
 
-from transformers import HfArgumentParser
-
 from fedsq_hf import FedSQError
-from fedsq_hf.federated import DataArguments, FederatedArguments, ModelArguments, run_federated, validate_arguments
+from fedsq_hf.federated import parse_arguments, run_federated, validate_arguments
 
 
 def main() -> int:
     logging.basicConfig(format="%(message)s")
     logging.getLogger("fedsq_hf").setLevel(logging.INFO)
-    parser = HfArgumentParser((ModelArguments, DataArguments, FederatedArguments))
-    model_args, data_args, fed_args = parser.parse_args_into_dataclasses()
+    model_args, data_args, fed_args = parse_arguments()
     try:
         validate_arguments(model_args, data_args, fed_args)
         summary = run_federated(model_args, data_args, fed_args)

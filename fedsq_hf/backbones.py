@@ -113,7 +113,13 @@ def _load_torchvision(backbone: str, num_labels: int, weights_file: str | None, 
 def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
     if path.endswith(".safetensors"):
         return load_weights(path)
-    return torch.load(path, map_location="cpu", weights_only=True)  # torchvision's .pth: tensors only, no code
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)  # torchvision's .pth: tensors only, no code
+    except Exception as err:  # not torch's advice (weights_only=False would run whatever the file holds)
+        raise BackboneLoadError(
+            f"Weights file {path!r} is not a PyTorch state dict fedsq-hf can read safely ({type(err).__name__}): "
+            "pass the .pth torchvision downloads, or a .safetensors export of the weights."
+        ) from None
 
 
 def classifier_of(model: nn.Module) -> nn.Module:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
 from typing import Any
+
+from .serialization import atomic_write_bytes
 
 
 def pyplot() -> Any:
@@ -16,6 +19,9 @@ def pyplot() -> Any:
 
 
 def save_figure(fig: Any, path: str) -> None:
+    """Write `fig` as a PNG, atomically (a reader never sees half a plot), and close it."""
+    buffer = io.BytesIO()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(buffer, dpi=100, format="png")
     pyplot().close(fig)
+    atomic_write_bytes(path, buffer.getvalue())

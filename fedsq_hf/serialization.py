@@ -13,13 +13,29 @@ from safetensors.torch import load_file, save
 
 from .errors import CheckpointError
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "save_weights", "load_weights", "check_state_dict"]
+__all__ = ["atomic_write_bytes", "atomic_write_json", "save_weights", "load_weights", "check_state_dict", "umask"]
+
+
+def umask() -> int:
+    """The process umask. Read from /proc where it can be: `os.umask` can only read it by setting it,
+    which races with other threads (a background Hub upload, say)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to a temporary file beside `path`, fsync it, then rename it over `path`.
 
-    A crash leaves either the old file or the new one, never a partial one.
+    A crash leaves either the old file or the new one, never a partial one. The file gets the mode a
+    plain `open(path, "w")` would (0644 under the usual umask 022), not the temporary file's 0600.
     """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
@@ -27,6 +43,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~umask())
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

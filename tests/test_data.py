@@ -17,6 +17,8 @@ from fedsq_hf.federated import (
     validate_arguments, with_example_defaults,
 )
 from fedsq_hf.federated.data import make_transform, with_image_size
+from fedsq_hf.federated.images import to_rgb
+from PIL import Image
 from helpers import cli_args, run_example
 from test_federated import tiny_args
 
@@ -207,3 +209,60 @@ def test_labels_outside_the_label_set_are_refused(digits):
     ds = Dataset.from_dict({"img": [digits[0][0]["img"]] * 2, "label": [0, 12]})
     with pytest.raises(FedSQError, match=r"Labels \[12\] in column 'label' are outside \[0, 10\)"):
         StreamedSamples(ds, "img", "label", build_pipelines(_cfg())[1], 10)
+
+
+def _palette_with_transparency():
+    image = Image.new("P", (2, 2))
+    image.putpalette([255, 0, 0, 0, 255, 0] + [0] * 762)
+    image.info["transparency"] = 1  # palette entry 1 (green) is see-through
+    image.putpixel((0, 0), 1)
+    return image
+
+
+@pytest.mark.parametrize("image, top_left", [
+    (lambda: Image.fromarray(np.full((2, 2), 257 * 100, np.uint16)), 100),  # 16-bit grey: scaled, not clipped white
+    (lambda: Image.fromarray(np.full((2, 2), 65535, np.int32)), 255),  # 32-bit integer grey, 16-bit range
+    (lambda: Image.fromarray(np.full((2, 2), 200, np.int32)), 200),  # ... or 8-bit data, as `datasets` stores it
+    (lambda: Image.fromarray(np.full((2, 2), 0.5, np.float32)), 128),  # float in [0, 1]
+    (lambda: Image.fromarray(np.full((2, 2), 200.0, np.float32)), 200),  # float in 0..255
+    (lambda: Image.new("CMYK", (2, 2), (0, 0, 0, 0)), 255),
+    (_palette_with_transparency, 255),  # transparent: white, as transformers composites
+    (lambda: Image.new("1", (2, 2), 1), 255),
+    (lambda: Image.new("LA", (2, 2), (100, 255)), 100),
+    (lambda: Image.new("RGBA", (2, 2), (10, 20, 30, 0)), 255),
+], ids=["I;16", "I 16-bit", "I 8-bit", "F in [0,1]", "F in 0..255", "CMYK", "P+transparency", "1-bit", "LA", "RGBA transparent"])
+def test_every_image_mode_becomes_the_rgb_a_person_sees(image, top_left):
+    rgb = np.asarray(to_rgb(image()))
+    assert rgb.dtype == np.uint8 and rgb.shape == (2, 2, 3) and rgb[0, 0].tolist() == [top_left] * 3
+
+
+def test_palette_colours_survive_and_16_bit_datasets_reach_the_model_as_real_pixels(tmp_path):
+    assert np.asarray(to_rgb(_palette_with_transparency()))[1, 1].tolist() == [255, 0, 0]  # opaque red stays red
+    from datasets import Dataset, Image as ImageFeature
+
+    levels = [300, 20000, 40000, 65535]  # every image above 8 bits
+    ds = Dataset.from_dict({"img": [np.full((8, 8), v, np.uint16) for v in levels], "label": [0, 1, 0, 1]})
+    ds.cast_column("img", ImageFeature()).to_parquet(str(tmp_path / "train.parquet"))
+    train, _, _ = load_image_dataset(str(tmp_path / "train.parquet"), "img")
+    assert {train[i]["img"].mode for i in range(len(train))} <= {"I;16", "I"}
+    pipeline = build_pipelines({"input_size": (3, 8, 8), "mean": (0.0,) * 3, "std": (1 / 255,) * 3, "crop_pct": 1.0})[1]
+    samples = StreamedSamples(train, "img", "label", pipeline, 2)
+    pixels = model_inputs(samples, range(len(train)))[0]
+    seen = {train[i]["img"].getpixel((0, 0)): float(pixels[i, 0, 0, 0]) for i in range(len(train))}  # 10% held out
+    assert len(seen) == 3 and seen == {v: round(v * 255 / 65535) for v in seen}  # none clipped to white
+
+
+def test_an_undecodable_image_names_its_row(tmp_path):
+    from datasets import Dataset, Image as ImageFeature
+
+    good = [np.full((8, 8), 9 * i, np.uint8) for i in range(6)]
+    ds = Dataset.from_dict({"img": good, "label": [0, 1] * 3}).cast_column("img", ImageFeature())
+    rows = ds.cast_column("img", ImageFeature(decode=False)).to_list()
+    rows[4]["img"] = {"bytes": b"not an image at all", "path": None}  # a truncated upload, say
+    broken = Dataset.from_list(rows).cast_column("img", ImageFeature(decode=False)).cast_column("img", ImageFeature())
+    samples = StreamedSamples(broken, "img", "label", build_pipelines(_cfg())[1], 2, split="train")
+    assert samples[[(0, None), (1, None)]][0].shape == (2, 3, 32, 32)  # good rows are fine
+    with pytest.raises(FedSQError, match=r"Row 4 of the train split .* column 'img' that cannot be decoded .*re-encode"):
+        samples[[(3, None), (4, None), (5, None)]]
+    with pytest.raises(FedSQError, match="Row 4 of the train split"):
+        preload(samples)  # a preload meets it before any training

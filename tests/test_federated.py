@@ -235,3 +235,38 @@ def test_loss_scaling_is_exact_and_restarts_for_every_client(backbone_dir, tmp_p
     scaler.update(new_scale=4.0)  # whatever the last client left ...
     client.train(np.arange(8, 16), seed=2)
     assert seen[-1] == 2.0**16  # ... the next one starts from the initial scale
+
+
+@pytest.mark.parametrize("alpha, min_size, advice", [
+    (100.0, 10, "too close to the minimum for random draws to clear it \\(raising alpha will not help\\)"),
+    (0.01, 2, "raise --alpha \\(less label skew\\)"),
+])
+def test_a_failing_dirichlet_draw_gets_advice_that_helps(alpha, min_size, advice):
+    labels = np.repeat(np.arange(10), 10)
+    with pytest.raises(FedSQError, match=advice):
+        partition_labels(labels, 10, "dirichlet", alpha=alpha, min_partition_size=min_size, max_tries=5)
+
+
+def test_a_one_sample_last_batch_is_dropped_when_batchnorm_trains_on_batches(backbone_dir, tmp_path):
+    from fedsq_hf import FedSQConfig
+    from fedsq_hf.federated import ClientBatches, ClientTrainer, PreloadedSamples, make_accelerator
+
+    batches = ClientBatches(batch_size=4, drop_single=True)
+    batches.start(np.arange(9), seed=0, steps=batches.steps_per_epoch(9))
+    assert [len(b) for b in batches] == [4, 4]  # the ninth sample would make a batch of one
+    assert ClientBatches(4).steps_per_epoch(9) == 3 and ClientBatches(4, drop_single=True).steps_per_epoch(10) == 3
+    model = FedSQModel(FedSQConfig(backbone=backbone_dir("resnet10t"), num_labels=3, bn_mode="train"))
+    args = FederatedArguments(batch_size=4, output_dir=str(tmp_path))
+    data = (torch.randn(9, 3, 32, 32), torch.randint(0, 3, (9,)))
+    result = ClientTrainer(model, PreloadedSamples(*data), args, make_accelerator(args)).train(np.arange(9), seed=1)
+    assert len(result.losses) == 2 and all(np.isfinite(result.losses))  # no "Expected more than 1 value" error
+
+
+def test_allow_ungated_is_reachable_from_the_command_line(backbone_dir, digits_dir, tmp_path):
+    from fedsq_hf.federated import parse_arguments
+
+    model, _, _ = parse_arguments(["--allow-ungated", "--backbone", backbone_dir("mobilenetv3_small_050")])
+    assert model.allow_ungated is True
+    _, data, fed = tiny_args(model.backbone, digits_dir, tmp_path, rounds=1)
+    trainer = build_trainer(model, data, fed)  # Hardswish left free instead of refused
+    assert trainer.model.config.allow_ungated

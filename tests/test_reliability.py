@@ -23,17 +23,34 @@ from helpers import ROOT, cli_args, run_example
 from test_federated import tiny_args
 
 
-def _parquet_dataset(folder, train_labels, test_labels, names=None):
-    """train/test parquet files of 8x8 images; `names` makes the label a ClassLabel."""
+def _parquet_dataset(folder, train_labels, test_labels, names=None, test_names=None, drop_test=None, images=True):
+    """train/test parquet files of 8x8 images; `names` makes the label a ClassLabel (`test_names` for the
+    test split), `drop_test` leaves a column out of the test split, `images=False` stores strings instead."""
     from datasets import ClassLabel, Dataset, Image
 
     os.makedirs(folder, exist_ok=True)
     for split, labels in (("train", train_labels), ("test", test_labels)):
-        images = [np.full((8, 8), 16 * (i % 16), np.uint8) for i in range(len(labels))]
-        ds = Dataset.from_dict({"img": images, "label": labels}).cast_column("img", Image())
-        if names:
-            ds = ds.cast_column("label", ClassLabel(names=names))
+        pixels = [np.full((8, 8), 16 * (i % 16), np.uint8) for i in range(len(labels))]
+        ds = Dataset.from_dict({"img": pixels if images else [f"img{i}.png" for i in range(len(labels))],
+                                "label": labels})
+        ds = ds.cast_column("img", Image()) if images else ds
+        split_names = test_names if split == "test" and test_names else names
+        if split_names:
+            ds = ds.cast_column("label", ClassLabel(names=split_names))
+        if split == "test" and drop_test:
+            ds = ds.remove_columns(drop_test)
         ds.to_parquet(os.path.join(folder, f"{split}.parquet"))
+    return str(folder)
+
+
+def _imagefolder(folder, empty):
+    """An imagefolder with a `cat` class of 4 PNGs and an `empty` class folder with none."""
+    from PIL import Image
+
+    for name in ("cat", empty):
+        os.makedirs(folder / "train" / name, exist_ok=True)
+    for i in range(4):
+        Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(folder / "train" / "cat" / f"{i}.png")
     return str(folder)
 
 
@@ -43,6 +60,11 @@ def finished_run(backbone_dir, digits_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("finished")
     run_federated(*tiny_args(backbone_dir("resnet10t"), digits_dir, out, rounds=1))
     return out
+
+
+def _file(path):
+    path.write_text("not a folder")
+    return str(path)
 
 
 def _snapshot(folder):
@@ -61,46 +83,63 @@ def _case(tmp, backbone_dir, digits_dir, finished, name):
     """(model/data/fed overrides, output dir) of one bad-input case."""
     resume = dict(resume=True, rounds=2)
     cases = {
-        "unknown backbone id": ({"backbone": "nobody/no-such-backbone"}, {}, {}),
-        "unreadable backbone folder": ({"backbone": str(tmp)}, {}, {}),
-        "backbone without gateable ops": ({"backbone": backbone_dir("mobilenetv3_small_050")}, {}, {}),
-        "missing dataset folder": ({}, {"dataset": str(tmp / "no" / "such" / "data")}, {}),
-        "no image column": ({}, {"image_column": "pixels"}, {}),
-        "no label column": ({}, {"label_column": "target"}, {}),
-        "unlabelled eval split (-1)": ({}, {"dataset": _parquet_dataset(tmp / "unlabelled", [0, 1] * 20, [0, -1], ["a", "b"])}, {}),
-        "eval labels never seen in train": ({}, {"dataset": _parquet_dataset(tmp / "unseen", [0, 1] * 20, [1, 7])}, {}),
-        "num_clients < 1": ({}, {}, {"num_clients": 0}),
-        "num_clients > samples": ({}, {}, {"num_clients": 500, "clients_per_round": 2, "min_partition_size": 1}),
-        "alpha <= 0": ({}, {}, {"alpha": -1.0}),
-        "clients_per_round > num_clients": ({}, {}, {"clients_per_round": 5}),
-        "local_epochs and local_steps both 0": ({}, {}, {"local_epochs": 0, "local_steps": 0}),
-        "batch size < 1": ({}, {}, {"batch_size": 0}),
-        "empty eval split": ({}, {"dataset": _parquet_dataset(tmp / "empty", [0, 1] * 20, [], ["a", "b"])}, {}),
-        "unknown strategy": ({}, {}, {"strategy": "fedsgd"}),
-        "unknown partition": ({}, {}, {"partition": "by-color"}),
-        "dropout rate 1": ({}, {}, {"dropout_rate": 1.0}),
-        "gate cache with augmentation": ({"gate_cache_mb": 8}, {"augment": "flip"}, {}),
-        "unknown augmentation": ({}, {"augment": "mixup"}, {}),
-        "timm options without --augment timm": ({}, {"augment": "flip", "re_prob": 0.25}, {}),
-        "unknown auto-augment policy": ({}, {"augment": "timm", "auto_augment": "rand-xyz"}, {}),
-        "crop scale out of range": ({}, {"augment": "timm", "crop_scale": [0.5, 1.5]}, {}),
-        "unknown preload mode": ({}, {"preload": "sometimes"}, {}),
-        "unknown client optimizer": ({}, {}, {"optim": "adamw2"}),
-        "unknown lr scheduler": ({}, {}, {"lr_scheduler": "step"}),
-        "warm-up as long as the run": ({}, {}, {"warmup_rounds": 2}),
-        "trim beta of one half": ({}, {}, {"trim_beta": 0.5}),
-        "unknown best-model metric": ({}, {}, {"metric_for_best_model": "f1"}),
-        "resume without checkpoint": ({}, {}, resume),
-        "resume: other backbone": ({"backbone": shutil.copytree(backbone_dir("resnet10t"), tmp / "bb2")}, {}, resume),
-        "resume: other num_labels": ({}, {"dataset": _parquet_dataset(tmp / "three", [0, 1, 2] * 20, [0, 1, 2])}, resume),
-        "resume: other num_clients": ({}, {}, {**resume, "num_clients": 5}),
-        "push_to_hub without credentials": ({}, {}, {"push_to_hub": True, "hub_model_id": "me/model"}),
-        "push_to_hub without repo id": ({}, {}, {"push_to_hub": True}),
+        "unknown backbone id": lambda: ({"backbone": "nobody/no-such-backbone"}, {}, {}),
+        "unreadable backbone folder": lambda: ({"backbone": str(tmp)}, {}, {}),
+        "backbone without gateable ops": lambda: ({"backbone": backbone_dir("mobilenetv3_small_050")}, {}, {}),
+        "missing dataset folder": lambda: ({}, {"dataset": str(tmp / "no" / "such" / "data")}, {}),
+        "no image column": lambda: ({}, {"image_column": "pixels"}, {}),
+        "no label column": lambda: ({}, {"label_column": "target"}, {}),
+        "unlabelled eval split (-1)": lambda: ({}, {"dataset": _parquet_dataset(tmp / "unlabelled", [0, 1] * 20, [0, -1], ["a", "b"])}, {}),
+        "eval labels never seen in train": lambda: ({}, {"dataset": _parquet_dataset(tmp / "unseen", [0, 1] * 20, [1, 7])}, {}),
+        "num_clients < 1": lambda: ({}, {}, {"num_clients": 0}),
+        "num_clients > samples": lambda: ({}, {}, {"num_clients": 500, "clients_per_round": 2, "min_partition_size": 1}),
+        "alpha <= 0": lambda: ({}, {}, {"alpha": -1.0}),
+        "clients_per_round > num_clients": lambda: ({}, {}, {"clients_per_round": 5}),
+        "local_epochs and local_steps both 0": lambda: ({}, {}, {"local_epochs": 0, "local_steps": 0}),
+        "batch size < 1": lambda: ({}, {}, {"batch_size": 0}),
+        "empty eval split": lambda: ({}, {"dataset": _parquet_dataset(tmp / "empty", [0, 1] * 20, [], ["a", "b"])}, {}),
+        "unknown strategy": lambda: ({}, {}, {"strategy": "fedsgd"}),
+        "unknown partition": lambda: ({}, {}, {"partition": "by-color"}),
+        "dropout rate 1": lambda: ({}, {}, {"dropout_rate": 1.0}),
+        "gate cache with augmentation": lambda: ({"gate_cache_mb": 8}, {"augment": "flip"}, {}),
+        "unknown augmentation": lambda: ({}, {"augment": "mixup"}, {}),
+        "timm options without --augment timm": lambda: ({}, {"augment": "flip", "re_prob": 0.25}, {}),
+        "unknown auto-augment policy": lambda: ({}, {"augment": "timm", "auto_augment": "rand-xyz"}, {}),
+        "crop scale out of range": lambda: ({}, {"augment": "timm", "crop_scale": [0.5, 1.5]}, {}),
+        "unknown preload mode": lambda: ({}, {"preload": "sometimes"}, {}),
+        "unknown client optimizer": lambda: ({}, {}, {"optim": "adamw2"}),
+        "unknown lr scheduler": lambda: ({}, {}, {"lr_scheduler": "step"}),
+        "warm-up as long as the run": lambda: ({}, {}, {"warmup_rounds": 2}),
+        "trim beta of one half": lambda: ({}, {}, {"trim_beta": 0.5}),
+        "unknown best-model metric": lambda: ({}, {}, {"metric_for_best_model": "f1"}),
+        "output dir is a file": lambda: ({}, {}, {"output_dir": _file(tmp / "a-file")}),
+        "output dir under a file": lambda: ({}, {}, {"output_dir": os.path.join(_file(tmp / "a-file"), "run")}),
+        "fp16 without a GPU": lambda: ({}, {}, {"mixed_precision": "fp16"}),
+        "dataset file that is not parquet": lambda: ({}, {"dataset": _file(tmp / "data.csv")}, {}),
+        "parquet file that is not parquet": lambda: ({}, {"dataset": _file(tmp / "data.parquet")}, {}),
+        "eval split without the image column": lambda: ({}, {"dataset": _parquet_dataset(tmp / "nocol", [0, 1] * 20, [0, 1], ["a", "b"], drop_test="img")}, {}),
+        "image column holds no images": lambda: ({}, {"dataset": _parquet_dataset(tmp / "strings", [0, 1] * 20, [0, 1], ["a", "b"], images=False)}, {}),
+        "splits name their classes differently": lambda: ({}, {"dataset": _parquet_dataset(tmp / "names", [0, 1] * 20, [0, 1], ["a", "b"], test_names=["b", "a"])}, {}),
+        "null labels": lambda: ({}, {"dataset": _parquet_dataset(tmp / "nulls", [0, None] * 20, [0, 1])}, {}),
+        "imagefolder with an empty class": lambda: ({}, {"dataset": _imagefolder(tmp / "folder", empty="dog")}, {}),
+        "momentum 1": lambda: ({}, {}, {"momentum": 1.0}),
+        "negative weight decay": lambda: ({}, {}, {"weight_decay": -0.1}),
+        "one-sample clients with BatchNorm in train mode": lambda: ({"bn_mode": "train"}, {}, {"min_partition_size": 1}),
+        "weights file that is text": lambda: ({"backbone": "torchvision:resnet18", "backbone_weights": _file(tmp / "w.pth")}, {}, {}),
+        "resume without checkpoint": lambda: ({}, {}, resume),
+        "resume: other backbone": lambda: ({"backbone": shutil.copytree(backbone_dir("resnet10t"), tmp / "bb2")}, {}, resume),
+        "resume: other num_labels": lambda: ({}, {"dataset": _parquet_dataset(tmp / "three", [0, 1, 2] * 20, [0, 1, 2])}, resume),
+        "resume: other num_clients": lambda: ({}, {}, {**resume, "num_clients": 5}),
+        "resume: other image size": lambda: ({}, {"image_size": 48}, resume),
+        "resume: other augmentation": lambda: ({}, {"augment": "flip"}, resume),
+        "resume: other learning rate": lambda: ({}, {}, {**resume, "lr": 0.02}),
+        "push_to_hub without credentials": lambda: ({}, {}, {"push_to_hub": True, "hub_model_id": "me/model"}),
+        "push_to_hub without repo id": lambda: ({}, {}, {"push_to_hub": True}),
     }
     out = tmp / "run"
     if name.startswith("resume:"):
         shutil.copytree(finished, out)
-    return cases[name], out
+    return cases[name](), out
 
 
 BAD_INPUT = [
@@ -133,21 +172,39 @@ BAD_INPUT = [
     ("warm-up as long as the run", FedSQError, r"--warmup-rounds must be in \[0, --rounds\), got 2"),
     ("trim beta of one half", FedSQError, r"--trim-beta must be in \[0, 0.5\), got 0.5"),
     ("unknown best-model metric", FedSQError, "--metric-for-best-model 'f1' is not among the evaluation's metrics"),
+    ("output dir is a file", FedSQError, "--output-dir '.*a-file' is an existing file, not a folder"),
+    ("output dir under a file", FedSQError, "--output-dir '.*a-file/run' cannot be created"),
+    pytest.param("fp16 without a GPU", FedSQError, "--mixed-precision fp16 needs a CUDA GPU",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")),
+    ("dataset file that is not parquet", FedSQError, "Dataset file '.*data.csv' is not a .parquet file"),
+    ("parquet file that is not parquet", FedSQError, "Could not read the parquet files of '.*data.parquet'.*export them again"),
+    ("eval split without the image column", FedSQError, "The test split of .* has no column 'img'"),
+    ("image column holds no images", FedSQError, "Column 'img' of the train split of .* holds .*string.*, not images"),
+    ("splits name their classes differently", FedSQError, "The train and test splits of .* name their classes differently"),
+    ("null labels", FedSQError, "Column 'label' of the train split of .* has missing \\(null\\) labels"),
+    ("imagefolder with an empty class", FedSQError, "Class folder '.*dog' of the imagefolder .* holds no images"),
+    ("momentum 1", FedSQError, r"--momentum must be in \[0, 1\), got 1.0"),
+    ("negative weight decay", FedSQError, "--weight-decay must be >= 0, got -0.1"),
+    ("one-sample clients with BatchNorm in train mode", FedSQError, "--min-partition-size must be >= 2"),
+    ("weights file that is text", BackboneLoadError, "Weights file '.*w.pth' is not a PyTorch state dict fedsq-hf can read safely"),
     ("resume without checkpoint", CheckpointError, "holds no checkpoint.*run without --resume"),
     ("resume: other backbone", CheckpointError, "another run: backbone"),
     ("resume: other num_labels", CheckpointError, "another run: .*num_labels 10 \\(checkpoint\\) vs 3"),
     ("resume: other num_clients", CheckpointError, "another run: num_clients 4 \\(checkpoint\\) vs 5"),
+    ("resume: other image size", CheckpointError, "another run: image_size 32 \\(checkpoint\\) vs 48.*same settings"),
+    ("resume: other augmentation", CheckpointError, "another run: augment 'none' \\(checkpoint\\) vs 'flip'"),
+    ("resume: other learning rate", CheckpointError, "another run: lr 0.01 \\(checkpoint\\) vs 0.02"),
     ("push_to_hub without credentials", FedSQError, "needs Hub credentials: run `hf auth login` or set HF_TOKEN"),
     ("push_to_hub without repo id", FedSQError, "--push-to-hub needs --hub-model-id"),
 ]
 
 
-@pytest.mark.parametrize("name, error, match", BAD_INPUT, ids=[c[0] for c in BAD_INPUT])
+@pytest.mark.parametrize("name, error, match", BAD_INPUT, ids=[c.values[0] if hasattr(c, "values") else c[0] for c in BAD_INPUT])
 def test_bad_input_is_refused_before_training(name, error, match, backbone_dir, digits_dir, finished_run, tmp_path,
                                               monkeypatch):
     monkeypatch.delenv("HF_TOKEN", raising=False)
     (model_kw, data_kw, fed_kw), out = _case(tmp_path, backbone_dir, digits_dir, finished_run, name)
-    model, data, fed = tiny_args(backbone_dir("resnet10t"), digits_dir, out, **fed_kw)
+    model, data, fed = tiny_args(backbone_dir("resnet10t"), digits_dir, fed_kw.pop("output_dir", out), **fed_kw)
     for obj, overrides in ((model, model_kw), (data, data_kw)):
         for key, value in overrides.items():
             setattr(obj, key, str(value) if isinstance(value, os.PathLike) else value)
@@ -338,3 +395,120 @@ def test_the_package_never_unpickles_or_evaluates():
             assert not re.search(r"pickle\.loads?\(|(?<![.\w])(eval|exec)\(", source), name
             for line in (line for line in source.splitlines() if "torch.load(" in line):
                 assert "weights_only=True" in line, f"{name}: {line}"
+
+
+# -- 5. output folders and shareable files ---------------------------------------------------------
+
+def _locked(folder):
+    """True if some process holds the run lock on `folder`."""
+    import fcntl
+
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def _wait_for_lock(folder, process):
+    import time
+
+    for _ in range(600):
+        if os.path.isdir(folder) and _locked(folder):
+            return
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        time.sleep(0.2)
+    raise AssertionError("the first run never took the output folder")
+
+
+def test_a_second_run_into_the_same_output_dir_is_refused_until_the_first_ends(backbone_dir, digits_dir, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    example = os.path.join(ROOT, "examples", "federated.py")
+    args = cli_args(backbone_dir("resnet10t"), digits_dir, tmp_path / "run", rounds=10000)  # busy until killed
+    first = subprocess.Popen([sys.executable, example, *args], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_lock(str(tmp_path / "run"), first)
+        second = run_example(cli_args(backbone_dir("resnet10t"), digits_dir, tmp_path / "run", rounds=1))
+        assert second.returncode == 2 and "is in use by another run" in second.stderr
+        assert first.poll() is None  # the first run goes on, untouched
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    assert not _locked(str(tmp_path / "run"))  # a crash releases the folder: the kernel drops the lock
+    third = run_example(cli_args(backbone_dir("resnet10t"), digits_dir, tmp_path / "run", rounds=1))
+    assert third.returncode == 0, third.stderr[-3000:]
+
+
+def test_an_unwritable_output_dir_is_refused_before_loading(backbone_dir, digits_dir, tmp_path):
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    if os.geteuid() == 0:  # root ignores permissions, not the immutable flag
+        if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode:
+            pytest.skip("running as root and chattr +i is not available on this file system")
+        undo = ["chattr", "-i", str(folder)]
+    else:
+        folder.chmod(0o555)
+        undo = ["chmod", "755", str(folder)]
+    try:
+        model, data, fed = tiny_args(backbone_dir("resnet10t"), digits_dir, folder)
+        data.dataset = str(tmp_path / "never-loaded")  # would fail later, if anything loaded
+        with pytest.raises(FedSQError, match="--output-dir '.*read-only' is not writable"):
+            run_federated(model, data, fed)
+    finally:
+        subprocess.run(undo, check=True)
+
+
+@pytest.mark.parametrize("mask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700)])
+def test_everything_written_honours_the_umask(mask, file_mode, dir_mode, backbone_dir, digits_dir, tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "federated.py"),
+                             *cli_args(backbone_dir("resnet10t"), digits_dir, out, rounds=1)],
+                            env=env, capture_output=True, text=True, timeout=300, preexec_fn=lambda: os.umask(mask))
+    assert result.returncode == 0, result.stderr[-3000:]
+    seen = 0
+    for root, dirs, files in os.walk(out):
+        for name in dirs:
+            assert os.stat(os.path.join(root, name)).st_mode & 0o777 == dir_mode, name
+        for name in files:
+            assert os.stat(os.path.join(root, name)).st_mode & 0o777 == file_mode, name
+            seen += 1
+    assert seen >= 10  # history, summary, plots, partition, best/, final/, the checkpoint
+
+
+def test_a_misspelled_flag_is_a_usage_error_naming_the_closest_flag(tmp_path):
+    result = run_example(["--trim-betta", "0.3", "--output_dir", str(tmp_path)])
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "unrecognized arguments: --trim-betta 0.3 (--trim-betta: did you mean --trim-beta?)" in result.stderr
+
+
+@pytest.mark.parametrize("damage, match", [
+    ("latest points nowhere", r"'.*latest' points to '.*round-00009', which does not exist"),
+    ("state file missing", r"'.*round-00001/state.safetensors' is not a readable safetensors file"),
+    ("round disagrees with history", r"trainer_state.json' is at round 2 but its history holds rounds \[1\]"),
+])
+def test_a_damaged_checkpoint_is_refused_naming_the_file(damage, match, backbone_dir, digits_dir, finished_run, tmp_path):
+    out = shutil.copytree(finished_run, tmp_path / "run")
+    checkpoint = out / "checkpoints" / "round-00001"
+    if damage == "latest points nowhere":
+        (out / "checkpoints" / "latest").write_text("round-00009")
+    elif damage == "state file missing":
+        (checkpoint / "state.safetensors").unlink()
+    else:
+        state = json.loads((checkpoint / "trainer_state.json").read_text())
+        (checkpoint / "trainer_state.json").write_text(json.dumps({**state, "round": 2}))
+    with pytest.raises(CheckpointError, match=match):
+        run_federated(*tiny_args(backbone_dir("resnet10t"), digits_dir, out, rounds=2, resume=True))
+
+
+def test_a_trainer_that_will_not_train_frees_its_output_dir(backbone_dir, digits_dir, tmp_path):
+    from fedsq_hf.federated import build_trainer
+
+    first = build_trainer(*tiny_args(backbone_dir("resnet10t"), digits_dir, tmp_path, rounds=1))
+    with pytest.raises(FedSQError, match="is in use by another run"):
+        build_trainer(*tiny_args(backbone_dir("resnet10t"), digits_dir, tmp_path, rounds=1))
+    first.close()
+    build_trainer(*tiny_args(backbone_dir("resnet10t"), digits_dir, tmp_path, rounds=1)).close()

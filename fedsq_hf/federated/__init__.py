@@ -1,6 +1,6 @@
 """Federated simulation: data, partitions, the client trainer, strategies, callbacks, the Accelerate trainer."""
 
-from .arguments import (DataArguments, FederatedArguments, ModelArguments, make_accelerator, validate_arguments,
+from .arguments import (DataArguments, FederatedArguments, ModelArguments, make_accelerator, parse_arguments,
                         with_example_defaults)
 from .callbacks import (CallbackHandler, DefaultFlowCallback, EarlyStoppingCallback, FederatedCallback,
                         FederatedControl)
@@ -23,3 +23,4 @@ from .state import FederatedState
 from .strategies import (STRATEGIES, ClientUpdate, FedAdam, FedAvg, FedAvgM, FedMedian, FedProx, FedTrimmedAvg,
                          ServerOptimizer, Strategy, make_strategy, register_strategy)
 from .trainer import FederatedTrainer
+from .validation import validate_arguments

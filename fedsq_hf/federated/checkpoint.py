@@ -15,8 +15,16 @@ from .state import FederatedState
 
 __all__ = ["save_checkpoint", "load_checkpoint", "RESUME_KEYS"]
 
-# The settings a checkpoint must share with the run that resumes it.
-RESUME_KEYS = ("backbone", "num_labels", "num_clients", "model", "bn_mode", "partition", "alpha", "seed", "strategy")
+# The settings a checkpoint must share with the run that resumes it: everything that changes the weights
+# (data, image size, sample limits, partition, local training, optimizer, strategy), not outputs or speed.
+RESUME_KEYS = (
+    "backbone", "backbone_weights", "num_labels", "model", "bn_mode", "calibration_epochs", "dataset", "image_column",
+    "label_column", "eval_split", "max_train_samples", "max_eval_samples", "image_size", "calibration_samples",
+    "augment", "auto_augment", "re_prob", "crop_scale", "num_clients", "partition", "alpha", "shards_per_client",
+    "min_partition_size", "clients_per_round", "local_epochs", "local_steps", "batch_size", "optim", "lr",
+    "lr_scheduler", "warmup_rounds", "momentum", "weight_decay", "max_grad_norm", "label_smoothing", "strategy",
+    "trim_beta", "mu", "server_lr", "server_momentum", "seed", "dropout_rate", "divergence_factor", "mixed_precision",
+)
 
 
 def save_checkpoint(folder: str, state: FederatedState, tensors: dict[str, torch.Tensor]) -> str:
@@ -43,15 +51,22 @@ def load_checkpoint(folder: str, run: dict) -> tuple[FederatedState, dict[str, t
         raise CheckpointError(f"--resume: {folder!r} holds no checkpoint (no 'latest' file); run without --resume.")
     with open(pointer) as f:
         path = os.path.join(folder, f.read().strip())
+    if not os.path.isdir(path):
+        raise CheckpointError(f"--resume: {pointer!r} points to {path!r}, which does not exist; the checkpoint "
+                              "folder was damaged. Run without --resume, or restore the folder.")
     try:
         state = FederatedState.load_from_json(os.path.join(path, "trainer_state.json"))
     except (OSError, TypeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"--resume: cannot read the state of the checkpoint in {path!r} ({err}).") from err
+        raise CheckpointError(f"--resume: cannot read {os.path.join(path, 'trainer_state.json')!r} ({err}).") from err
+    rounds = [h.get("round") for h in state.history]
+    if rounds != list(range(1, state.round + 1)):
+        raise CheckpointError(f"--resume: {os.path.join(path, 'trainer_state.json')!r} is at round {state.round} but its "
+                              f"history holds rounds {rounds[:3]}{'...' if len(rounds) > 3 else ''}; it was edited or damaged.")
     differs = {k: (state.run.get(k), run.get(k)) for k in RESUME_KEYS if state.run.get(k) != run.get(k)}
     if differs:
         raise CheckpointError(
             f"--resume: the checkpoint in {path!r} is of another run: "
             + ", ".join(f"{k} {a!r} (checkpoint) vs {b!r} (now)" for k, (a, b) in differs.items())
-            + ". Use the same settings or another --output-dir."
+            + ". A resumed run must train exactly as the interrupted one did: use the same settings, or another --output-dir."
         )
     return state, load_weights(os.path.join(path, "state.safetensors"))

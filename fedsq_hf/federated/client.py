@@ -58,7 +58,7 @@ class ClientTrainer:
     def __init__(self, model: FedSQModel, samples: torch.utils.data.Dataset, args: FederatedArguments,
                  accelerator: Accelerator) -> None:
         self.model, self.samples, self.args, self.accelerator = model.to(accelerator.device), samples, args, accelerator
-        self.batches = ClientBatches(args.batch_size)
+        self.batches = ClientBatches(args.batch_size, drop_single=model.config.bn_mode in ("train", "local"))
         self.loader = make_loader(samples, self.batches, args.num_workers, accelerator.device)
         self.pipeline = getattr(samples, "pipeline", None)
         scaler = accelerator.scaler

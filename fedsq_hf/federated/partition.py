@@ -72,9 +72,15 @@ def _dirichlet(labels, num_clients, alpha, min_size, max_tries, rng) -> list[np.
                 parts[client].extend(chunk.tolist())
         if min(len(p) for p in parts) >= min_size:
             return [np.array(p) for p in parts]
+    mean = len(labels) / num_clients
+    if alpha >= 10 or mean < 2 * min_size:  # clients are near their average size: skew is not the problem
+        advice = (f"each client gets about {mean:.0f} samples on average, too close to the minimum for random draws "
+                  "to clear it (raising alpha will not help); lower --min-partition-size or use fewer clients")
+    else:
+        advice = "raise --alpha (less label skew), lower --min-partition-size or use fewer clients"
     raise FedSQError(
         f"Could not draw a Dirichlet(alpha={alpha}) partition with every one of {num_clients} clients holding "
-        f">= {min_size} samples in {max_tries} tries; raise alpha, lower min_partition_size or use fewer clients."
+        f">= {min_size} samples in {max_tries} tries: {advice}."
     )
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import timm
 import torch
+from accelerate import Accelerator
 from transformers import set_seed
 
 from ..configuration_fedsq import FedSQConfig
@@ -15,7 +16,7 @@ from ..convert import convert_efficientnet_lite0
 from ..errors import FedSQError
 from ..modeling_fedsq import FedSQModel
 from .arguments import (DataArguments, FederatedArguments, ModelArguments, make_accelerator, run_config,
-                        validate_arguments, with_example_defaults)
+                        with_example_defaults)
 from .callbacks import FederatedCallback
 from .calibration import calibrate
 from .data import load_image_dataset, with_image_size
@@ -23,8 +24,10 @@ from .images import build_pipelines
 from .samples import StreamedSamples, estimate_preload_bytes, model_inputs, preload
 from .partition import partition_labels, partition_summary
 from .metrics import MetricsFn
-from .strategies import make_strategy
+from .output_dir import claim_output_dir
+from .strategies import Strategy, make_strategy
 from .trainer import FederatedTrainer
+from .validation import validate_arguments
 
 __all__ = ["build_trainer", "run_federated", "choose_preload"]
 
@@ -49,6 +52,19 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, fed_args
     strategy = make_strategy(fed_args.strategy, mu=fed_args.mu, server_lr=fed_args.server_lr,
                              server_momentum=fed_args.server_momentum, beta=fed_args.trim_beta)
     accelerator = make_accelerator(fed_args)
+    lock = claim_output_dir(fed_args.output_dir, accelerator)  # before anything loads
+    try:
+        trainer = _build(model_args, data_args, fed_args, strategy, accelerator, example, callbacks, compute_metrics)
+    except BaseException:
+        lock.release()
+        raise
+    trainer.output_lock = lock
+    return trainer
+
+
+def _build(model_args: ModelArguments, data_args: DataArguments, fed_args: FederatedArguments, strategy: Strategy,
+           accelerator: Accelerator, example: bool, callbacks: list[FederatedCallback] | None,
+           compute_metrics: MetricsFn | None) -> FederatedTrainer:
     if example and accelerator.is_main_process:
         logger.info("No --dataset: the offline example, %s with max_train_samples %s, max_eval_samples %s, image_size %s "
                     "(name a dataset to use it whole).", data_args.dataset, data_args.max_train_samples,
@@ -76,7 +92,7 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, fed_args
     config = FedSQConfig(
         backbone=backbone, num_labels=len(names), id2label=dict(enumerate(names)),
         label2id={n: i for i, n in enumerate(names)}, fixed_gating=model_args.model == "fedsq",
-        bn_mode=model_args.bn_mode, backbone_weights=model_args.backbone_weights,
+        bn_mode=model_args.bn_mode, backbone_weights=model_args.backbone_weights, allow_ungated=model_args.allow_ungated,
     )
     model = FedSQModel(config)
     if model_args.gate_cache_mb:
@@ -85,11 +101,11 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, fed_args
         config.pretrained_cfg = with_image_size(config.pretrained_cfg, data_args.image_size)
     train_pipe, eval_pipe = build_pipelines(config.pretrained_cfg, data_args.augment, data_args.auto_augment,
                                             data_args.re_prob, data_args.crop_scale)
-    splits = {"train": StreamedSamples(train, data_args.image_column, data_args.label_column, train_pipe, len(names)),
-              "eval": StreamedSamples(evaluation, data_args.image_column, data_args.label_column, eval_pipe, len(names))}
+    columns = (data_args.image_column, data_args.label_column)
+    splits = {"train": StreamedSamples(train, *columns, train_pipe, len(names), "train"),
+              "eval": StreamedSamples(evaluation, *columns, eval_pipe, len(names), "evaluation")}
     if calibration is not None:
-        splits["calibration"] = StreamedSamples(calibration, data_args.image_column, data_args.label_column,
-                                                train_pipe, len(names))
+        splits["calibration"] = StreamedSamples(calibration, *columns, train_pipe, len(names), "calibration")
     preloaded, estimate = choose_preload(data_args, splits)
     if accelerator.is_main_process:
         logger.info("Data: %s (%.0f MB as uint8 per process; --preload %s, budget %d MB).",

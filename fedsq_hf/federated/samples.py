@@ -45,9 +45,9 @@ class StreamedSamples(torch.utils.data.Dataset):
     """Images of a `datasets.Dataset` (Arrow, memory-mapped), decoded and transformed per batch."""
 
     def __init__(self, ds: Dataset, image_column: str, label_column: str, pipeline: ImagePipeline,
-                 num_labels: int) -> None:
+                 num_labels: int, split: str = "train") -> None:
         self.ds = ds.select_columns([image_column, label_column])
-        self.image_column, self.pipeline = image_column, pipeline
+        self.image_column, self.pipeline, self.split = image_column, pipeline, split
         self.labels = _checked_labels(self.ds[label_column], num_labels, label_column)
 
     def __len__(self) -> int:
@@ -59,7 +59,23 @@ class StreamedSamples(torch.utils.data.Dataset):
 
     def prefixed(self, indices: list[int]) -> list[torch.Tensor]:
         """The deterministic part of the pipeline, for these samples (one Arrow read)."""
-        return [self.pipeline.prefix(image) for image in self.ds[indices][self.image_column]]
+        try:
+            images = self.ds[indices][self.image_column]
+        except Exception as err:  # PIL and datasets raise many types for a broken image: find the row
+            row = next((i for i in indices if not self._decodes(i)), indices[0])
+            raise FedSQError(
+                f"Row {row} of the {self.split} split (as loaded, after any --max-*-samples sampling) holds an image "
+                f"in column {self.image_column!r} that cannot be decoded ({type(err).__name__}: {err}). Remove or "
+                "re-encode that row."
+            ) from err
+        return [self.pipeline.prefix(image) for image in images]
+
+    def _decodes(self, index: int) -> bool:
+        try:
+            self.ds[index][self.image_column]
+            return True
+        except Exception:
+            return False
 
     def __getitem__(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         indices = [i for i, _ in batch]
@@ -100,16 +116,19 @@ class PreloadedSamples(torch.utils.data.Dataset):
 class ClientBatches(torch.utils.data.Sampler):
     """One client's local training batches: (index, augmentation seed) pairs, shuffled each epoch, for
     `steps` batches. Everything derives from the client's seed; `start` re-targets it, so that one
-    loader (and its workers) serves every client of every round."""
+    loader (and its workers) serves every client of every round. With `drop_single`, an epoch's last
+    batch is dropped when it would hold one sample: BatchNorm cannot train on batch statistics of one."""
 
-    def __init__(self, batch_size: int) -> None:
-        self.batch_size, self.indices, self.seed, self.steps = batch_size, np.zeros(0, dtype=np.int64), 0, 0
+    def __init__(self, batch_size: int, drop_single: bool = False) -> None:
+        self.batch_size, self.drop_single = batch_size, drop_single
+        self.indices, self.seed, self.steps = np.zeros(0, dtype=np.int64), 0, 0
 
     def start(self, indices: np.ndarray, seed: int, steps: int) -> None:
         self.indices, self.seed, self.steps = np.asarray(indices, dtype=np.int64), seed, steps
 
     def steps_per_epoch(self, num_samples: int) -> int:
-        return math.ceil(num_samples / self.batch_size)
+        single = self.drop_single and num_samples % self.batch_size == 1
+        return math.ceil(num_samples / self.batch_size) - single
 
     def __len__(self) -> int:
         return self.steps
@@ -117,10 +136,12 @@ class ClientBatches(torch.utils.data.Sampler):
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         gen = torch.Generator().manual_seed(self.seed)
         n, done = len(self.indices), 0
+        if self.steps_per_epoch(n) == 0:  # nothing to train on: no batch, rather than an endless loop
+            return
         while done < self.steps:
             order = self.indices[torch.randperm(n, generator=gen).numpy()].tolist()
             seeds = torch.randint(0, 2**62, (n,), generator=gen).tolist()
-            for start in range(0, n, self.batch_size):
+            for start in range(0, n - (self.drop_single and n % self.batch_size == 1), self.batch_size):
                 yield list(zip(order[start : start + self.batch_size], seeds[start : start + self.batch_size]))
                 done += 1
                 if done == self.steps:

@@ -55,6 +55,17 @@ class FederatedState:
             self.best_metric, self.best_round = float(value), record["round"]
         return better
 
+    def summary(self) -> dict[str, Any]:
+        """The run's outcome: best and final metrics, rounds, time."""
+        evaluated = [h for h in self.history if h.get(self.best_key) is not None]
+        return {
+            "metric_for_best_model": self.metric_for_best_model, "best_metric": self.best_metric,
+            "best_round": self.best_round,
+            "final_metrics": {k: v for k, v in evaluated[-1].items() if k.startswith("eval_")} if evaluated else {},
+            "rounds": len(self.history), "stopped_early": self.round < self.max_rounds,
+            "wall_time": sum(h.get("wall_time", 0.0) for h in self.history),
+        }
+
     def save_to_json(self, path: str | os.PathLike) -> None:
         atomic_write_json(path, dataclasses.asdict(self))
 

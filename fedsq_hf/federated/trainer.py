@@ -29,6 +29,7 @@ from .client import ClientTrainer, client_seed, diverged
 from .evaluation import Evaluator
 from .metrics import MetricsFn, classification_metric_names, greater_is_better
 from .optim import round_learning_rates
+from .output_dir import OutputDirLock, claim_output_dir
 from .reporting import default_callbacks
 from .samples import as_samples, model_inputs
 from .sampling import assign_clients, dropped_clients, sample_clients
@@ -83,6 +84,7 @@ class FederatedTrainer:
             run={k: self.run_config.get(k) for k in RESUME_KEYS},
             is_world_process_zero=acc.is_main_process, is_local_process_zero=acc.is_local_main_process)
         self.control = FederatedControl()
+        self.output_lock: OutputDirLock | None = None  # held while training (build_trainer takes it earlier)
         self.callback_handler = CallbackHandler(default_callbacks(args) + list(callbacks or []))
         # Gates of the pretrained (starting) model on a fixed eval subset: the reference of gate drift.
         self._drift_pixels, self._drift_reference = None, None
@@ -98,11 +100,23 @@ class FederatedTrainer:
     def train(self) -> dict[str, Any]:
         """Run the rounds (from the last checkpoint with `args.resume`) until the last or until a callback
         stops the run; returns the summary."""
+        if self.output_lock is None:
+            self.output_lock = claim_output_dir(self.args.output_dir, self.accelerator)
+        try:
+            return self._train()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Free the output folder of a trainer that will not train (training frees it when it ends)."""
+        if self.output_lock is not None:
+            self.output_lock.release()
+            self.output_lock = None
+
+    def _train(self) -> dict[str, Any]:
         state = self.state
         if self.args.resume:
             self.load_checkpoint()
-        if state.is_world_process_zero:
-            os.makedirs(self.args.output_dir, exist_ok=True)
         self._event("on_train_begin")
         while state.round < state.max_rounds and not self.control.should_training_stop:
             self._event("on_round_begin")
@@ -211,23 +225,10 @@ class FederatedTrainer:
         record["wall_time"] += record["evaluation_time"]
         self._event("on_evaluate", metrics=metrics)
 
-    def evaluate(self) -> dict[str, float]:
-        """Metrics of the current global model on the eval data (`loss` and `compute_metrics`'s)."""
-        return self.evaluator.evaluate()
-
     def summary(self) -> dict[str, Any]:
-        state = self.state
-        evaluated = [h for h in state.history if h.get(state.best_key) is not None]
-        return {
-            "metric_for_best_model": state.metric_for_best_model, "best_metric": state.best_metric,
-            "best_round": state.best_round,
-            "final_metrics": {k: v for k, v in evaluated[-1].items() if k.startswith("eval_")} if evaluated else {},
-            "rounds": len(state.history), "stopped_early": state.round < state.max_rounds,
-            "num_processes": self.accelerator.num_processes, "wall_time": sum(h["wall_time"] for h in state.history),
-            "config": self.run_config,
-        }
+        """What `train()` returns and `summary.json` holds."""
+        return {**self.state.summary(), "num_processes": self.accelerator.num_processes, "config": self.run_config}
 
-    # -- model state ---------------------------------------------------------------------
     @property
     def global_state(self) -> torch.Tensor:
         """The global model's shared tensors as one flat fp32 vector (strategies update it in place)."""

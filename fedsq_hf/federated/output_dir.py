@@ -1,0 +1,77 @@
+"""The output folder of a run: checked before any data or model loads, and held by one run at a time."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import reduce
+
+from ..errors import FedSQError
+
+__all__ = ["OutputDirLock", "claim_output_dir"]
+
+
+class OutputDirLock:
+    """An exclusive `flock` on the output folder itself (nothing is written for it). The kernel drops it
+    when the process ends, whether it exits, crashes or is killed."""
+
+    def __init__(self, path: str, fd: int | None) -> None:
+        self.path, self.fd = path, fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    __del__ = release  # a trainer dropped without training frees the folder
+
+
+def _check(path: str) -> None:
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise FedSQError(f"--output-dir {path!r} is an existing file, not a folder; pick another --output-dir.")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as err:
+        raise FedSQError(f"--output-dir {path!r} cannot be created ({err.strerror}); pick a folder you can create.") from err
+    probe = os.path.join(path, f".fedsq-write-test-{os.getpid()}")
+    try:  # os.access says yes to root on a read-only file system; a real write does not lie
+        with open(probe, "wb"):
+            pass
+        os.unlink(probe)
+    except OSError as err:
+        raise FedSQError(f"--output-dir {path!r} is not writable ({err.strerror}); pick a folder you can write to.") from err
+
+
+def _lock(path: str) -> int:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise FedSQError(f"--output-dir {path!r} is in use by another run; wait for it to end or pick another "
+                         "--output-dir.") from None
+    return fd
+
+
+def claim_output_dir(path: str, accelerator: Accelerator) -> OutputDirLock:
+    """Make sure `path` can take the run's outputs and that no other run writes there (the main process
+    holds the lock); every process raises the same `FedSQError` if not, so none waits forever."""
+    error, fd = None, None
+    try:
+        if accelerator.is_main_process:
+            _check(path)
+            fd = _lock(path)
+    except FedSQError as err:
+        error = err
+    if accelerator.num_processes > 1:
+        failed = reduce(torch.tensor([float(error is not None)], device=accelerator.device), reduction="sum")
+        if float(failed) and error is None:
+            error = FedSQError(f"--output-dir {path!r} cannot be used (see the main process's error).")
+    if error is not None:
+        if fd is not None:
+            os.close(fd)
+        raise error
+    return OutputDirLock(path, fd)
