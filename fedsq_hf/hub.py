@@ -20,7 +20,7 @@ from .errors import FedSQError
 if TYPE_CHECKING:
     from .configuration_fedsq import FedSQConfig
 
-__all__ = ["model_card", "upload_model", "ensure_repo", "require_credentials", "CARD_TEMPLATE", "TAGS"]
+__all__ = ["model_card", "upload_model", "ensure_repo", "eval_metric_keys", "require_credentials", "CARD_TEMPLATE", "TAGS"]
 
 CARD_TEMPLATE = files("fedsq_hf.model_cards") / "fedsq_model_card.md"
 TAGS = ["federated-learning", "fedsq", "image-classification"]
@@ -77,8 +77,13 @@ def _metric(name: str, value: float | None) -> str:
     return percent(value) if any(k in name for k in ("accuracy", "f1")) else _num(value)
 
 
+def eval_metric_keys(history: list[dict[str, Any]]) -> list[str]:
+    """The `eval_*` metric keys of a run's history, in the order they first appear."""
+    return list(dict.fromkeys(k for h in history for k, v in h.items() if k.startswith("eval_") and isinstance(v, float)))
+
+
 def _results(summary: dict[str, Any], history: list[dict[str, Any]], plot: str | None) -> dict[str, Any]:
-    columns = list(dict.fromkeys(k for h in history for k, v in h.items() if k.startswith("eval_") and isinstance(v, float)))
+    columns = eval_metric_keys(history)
     best = summary.get("metric_for_best_model") or "accuracy"
     final = summary.get("final_metrics") or {}
     return {

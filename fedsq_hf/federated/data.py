@@ -96,12 +96,6 @@ def load_image_dataset(
     if "train" not in splits:
         raise FedSQError(f"Dataset {dataset!r} has no 'train' split (found {list(splits)}).")
     train = splits["train"]
-    for col in (image_column, label_column):
-        if col not in train.column_names:
-            raise FedSQError(
-                f"Dataset {dataset!r} has no column {col!r} (columns: {train.column_names}); "
-                "set --image-column / --label-column."
-            )
     eval_split = eval_split or next((s for s in ("validation", "test") if s in splits), None)
     if eval_split is None:
         held = train.train_test_split(test_size=0.1, seed=seed)

@@ -52,7 +52,8 @@ class HubPushCallback(FederatedCallback):
             for pending in self.pending:
                 pending.exception()  # wait; failures were already logged
         plot = os.path.join(args.output_dir, "metrics.png")
-        plot_metrics(state.history, plot, best_round=state.best_round)
+        if background or not os.path.exists(plot):  # at the end, PlotCallback (called before) has drawn it
+            plot_metrics(state.history, plot, best_round=state.best_round)
         summary = trainer.summary()
         card = model_card(trainer.model.config, args.hub_model_id, summary=summary, history=state.history,
                           plot="metrics.png", license=args.hub_license)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import random
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -107,6 +107,7 @@ class ImagePipeline:
     prefix_size: tuple[int, int] | None  # (H, W) of every prefix output; None: the source image's size
     re_prob: float = 0.0
     augment: str = "none"
+    _on_device: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def random(self) -> bool:
@@ -127,14 +128,20 @@ class ImagePipeline:
         with a batch `seed`). A floating batch is taken as already model-ready."""
         if x.is_floating_point():
             return x
-        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1) * 255
-        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1) * 255
+        mean, std = self._constants(x.device)
         x = x.float().sub_(mean).div_(std)
         if self.re_prob > 0 and seed is not None:
             with seeded(x.device) as seed_all:
                 seed_all(seed)
                 x = RandomErasing(self.re_prob, mode="pixel", device=x.device)(x)
         return x
+
+    def _constants(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """mean and std scaled to 0..255, on `device`, made once per device (not a copy per batch)."""
+        if device not in self._on_device:
+            scale = lambda v: torch.tensor(v, device=device).view(1, -1, 1, 1) * 255  # noqa: E731
+            self._on_device[device] = scale(self.mean), scale(self.std)
+        return self._on_device[device]
 
     def bytes_per_sample(self, source_size: tuple[int, int]) -> int:
         """uint8 bytes a preload keeps per sample, given the (W, H) of a source image."""

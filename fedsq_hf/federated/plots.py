@@ -4,14 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..hub import eval_metric_keys
 from ..plotting import pyplot, save_figure
 
-__all__ = ["plot_metrics", "eval_metrics"]
-
-
-def eval_metrics(history: list[dict[str, Any]]) -> list[str]:
-    """The `eval_*` keys of a history, in the order they first appear."""
-    return list(dict.fromkeys(k for h in history for k, v in h.items() if k.startswith("eval_") and isinstance(v, float)))
+__all__ = ["plot_metrics"]
 
 
 def plot_metrics(history: list[dict[str, Any]], path: str, label: str = "", best_round: int | None = None) -> None:
@@ -19,7 +15,7 @@ def plot_metrics(history: list[dict[str, Any]], path: str, label: str = "", best
     from matplotlib.ticker import MaxNLocator
 
     plt = pyplot()
-    names = eval_metrics(history) or ["eval_accuracy"]
+    names = eval_metric_keys(history) or ["eval_accuracy"]
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.6), squeeze=False)
     for ax, name in zip(axes[0], names):
         points = [(h["round"], h[name]) for h in history if h.get(name) is not None]

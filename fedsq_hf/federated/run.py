@@ -6,7 +6,6 @@ import logging
 from dataclasses import replace
 from typing import Any
 
-import timm
 import torch
 from accelerate import Accelerator
 from transformers import set_seed
@@ -117,7 +116,7 @@ def _build(model_args: ModelArguments, data_args: DataArguments, fed_args: Feder
         calibrate(model, splits["calibration"], fed_args, model_args.calibration_epochs, accelerator)
     with torch.no_grad():  # an input the backbone cannot take fails here, not in round 1
         model.eval()(model_inputs(splits["eval"], [0])[0])
-    size = timm.data.resolve_data_config(config.pretrained_cfg)["input_size"][-1]
+    size = eval_pipe.prefix_size[-1]
     return FederatedTrainer(
         model, strategy, splits["train"], splits["eval"], parts, fed_args,
         run_config={**run_config(model_args, data_args, fed_args), "backbone": backbone, "image_size": size,
