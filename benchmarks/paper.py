@@ -61,7 +61,8 @@ def main() -> None:
     parser.add_argument("--max-train-samples", type=int, default=None)
     parser.add_argument("--max-eval-samples", type=int, default=None)
     add_grid_arguments(parser)
-    parser.set_defaults(clients_per_round=10, rounds=50, batch_size=64, lr=0.01, gate_cache_mb=0,
+    parser.set_defaults(methods=["FedSQ", "FedAvg", "FedProx"], clients_per_round=10, rounds=50, batch_size=64, lr=0.01,
+                        gate_cache_mb=0,
                         output_dir="outputs/benchmarks/paper")
     args = parser.parse_args()
     datasets.disable_progress_bars()

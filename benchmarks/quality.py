@@ -20,12 +20,23 @@ import statistics
 
 import datasets
 
+from fedsq_hf import FedSQError
 from fedsq_hf.federated import DataArguments, FederatedArguments, ModelArguments, run_federated
+from fedsq_hf.federated.arguments import run_config
+from fedsq_hf.federated.checkpoint import RESUME_KEYS
 from fedsq_hf.plotting import pyplot, save_figure
 from report import write_json
 
-# name -> (model, strategy); FedSQ is fixed gating + plain averaging, as in the paper.
-METHODS = {"FedSQ": ("fedsq", "fedavg"), "FedAvg": ("plain", "fedavg"), "FedProx": ("plain", "fedprox")}
+# name -> what the method sets; all train the same backbone from the same warm start. FedSQ is fixed gating
+# + plain averaging, as in the paper; "+drift" warms the gates up in the federation until they settle
+# (--freeze-gates-when-drift-below); "+calib" re-freezes them after a central calibration warm-up.
+METHODS = {
+    "FedSQ": dict(model="fedsq"),
+    "FedSQ+drift": dict(model="fedsq", drift=True),
+    "FedSQ+calib": dict(model="fedsq", calibrate=True),
+    "FedAvg": dict(model="plain"),
+    "FedProx": dict(model="plain", strategy="fedprox"),
+}
 SHARED_CIFAR10 = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "cifar10")
 
 
@@ -35,29 +46,57 @@ def parse_split(text: str) -> tuple[str, float]:
     return name, float(alpha or 0.5)
 
 
-def run_one(args: argparse.Namespace, method: str, split: str, seed: int) -> list[float | None]:
-    model, strategy = METHODS[method]
+def run_one(args: argparse.Namespace, method: str, split: str, seed: int) -> tuple[list[float], int | None, bool]:
+    """One run's accuracy per round, the round its gates froze at (None: never re-frozen) and whether it
+    stopped because every client failed (diverged) round after round."""
+    spec = METHODS[method]
     partition, alpha = parse_split(split)
     out = os.path.join(args.output_dir, "runs", split.replace(":", "-"), method, f"seed{seed}")
-    run_federated(
-        ModelArguments(backbone=args.backbone, backbone_weights=getattr(args, "backbone_weights", None), model=model,
-                       gate_cache_mb=args.gate_cache_mb if model == "fedsq" and args.augment == "none" else 0),
+    drift = dict(freeze_gates_when_drift_below=args.drift_below, gate_probe_samples=args.gate_probe_samples,
+                 max_warmup_rounds=min(args.max_warmup_rounds, args.rounds - 1)) if spec.get("drift") else {}
+    calibrate = spec.get("calibrate", False)
+    run_args = (
+        ModelArguments(backbone=args.backbone, backbone_weights=getattr(args, "backbone_weights", None),
+                       model=spec["model"], calibration_epochs=args.calibration_epochs,
+                       gate_cache_mb=args.gate_cache_mb if spec["model"] == "fedsq" and args.augment == "none" else 0),
         DataArguments(dataset=args.dataset, image_column=args.image_column, label_column=args.label_column,
                       max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples,
-                      image_size=args.image_size, augment=args.augment),
+                      image_size=args.image_size, augment=args.augment,
+                      calibration_samples=args.calibration_samples if calibrate else 0),
         FederatedArguments(num_clients=args.num_clients, clients_per_round=args.clients_per_round, rounds=args.rounds,
-                           partition=partition, alpha=alpha, strategy=strategy, mu=args.mu, lr=args.lr,
-                           batch_size=args.batch_size, seed=seed, save_every=args.rounds, disable_tqdm=True,
-                           num_workers=args.num_workers, output_dir=out),
+                           partition=partition, alpha=alpha, strategy=spec.get("strategy", "fedavg"), mu=args.mu,
+                           lr=args.lr, batch_size=args.batch_size, seed=seed, save_every=args.rounds, disable_tqdm=True,
+                           num_workers=args.num_workers, output_dir=out, overwrite_output_dir=True, **drift),
     )
+    try:
+        summary = (args.reuse_runs and finished_run(out, run_config(*run_args))) or run_federated(*run_args)
+    except FedSQError as err:  # every client failed --max-failed-rounds rounds in a row: the run stopped there
+        print(f"{method} {split} seed {seed}: {err}", flush=True)
+        summary = {"stopped": True}
     if not args.keep_models:  # 14 MB per model; a grid keeps only the records (history, summary, plots)
         for folder in ("best", "final", "checkpoints"):
             shutil.rmtree(os.path.join(out, folder), ignore_errors=True)
     with open(os.path.join(out, "history.jsonl")) as f:
-        return [json.loads(line).get("eval_accuracy") for line in f]
+        history = [json.loads(line) for line in f]
+    curve = [h.get("eval_accuracy") for h in history]
+    curve += curve[-1:] * (args.rounds - len(curve))  # a stopped run keeps its last global model
+    frozen = next((h["round"] for h in history if h.get("gates_frozen")), None)
+    return curve, frozen, bool(summary.get("stopped"))
 
 
-def describe(curves: list[list[float]], at_rounds: list[int]) -> dict:
+def finished_run(folder: str, config: dict) -> dict | None:
+    """The summary of a finished run in `folder` with the same weight-changing settings, else None."""
+    try:
+        with open(os.path.join(folder, "summary.json")) as f:
+            summary = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None
+    same = all(summary["config"].get(k) == config[k] for k in (*RESUME_KEYS, "rounds") if k in config and k != "backbone")
+    return summary if same and summary["rounds"] == config["rounds"] else None
+
+
+def describe(runs: list[tuple[list[float], int | None, bool]], at_rounds: list[int]) -> dict:
+    curves = [curve for curve, _, _ in runs]
     best = [max(c) for c in curves]
     to_best = [c.index(max(c)) + 1 for c in curves]
     mean = lambda xs: statistics.fmean(xs)  # noqa: E731
@@ -67,7 +106,8 @@ def describe(curves: list[list[float]], at_rounds: list[int]) -> dict:
         "rounds_to_best_mean": mean(to_best), "rounds_to_best": to_best,
         "accuracy_at": {r: {"mean": mean([c[r - 1] for c in curves]), "std": std([c[r - 1] for c in curves])}
                         for r in at_rounds},
-        "curves": curves,
+        "curves": curves, "frozen_at_round": [frozen for _, frozen, _ in runs],
+        "stopped": [stopped for _, _, stopped in runs],
     }
 
 
@@ -83,9 +123,17 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=0.003)
     parser.add_argument("--mu", type=float, default=0.01, help="FedProx proximal weight")
+    parser.add_argument("--drift-below", type=float, default=0.02, help="FedSQ+drift: --freeze-gates-when-drift-below")
+    parser.add_argument("--max-warmup-rounds", type=int, default=5, help="FedSQ+drift: bound on the warm-up")
+    parser.add_argument("--gate-probe-samples", type=int, default=256, help="FedSQ+drift: probe set (first eval samples)")
+    parser.add_argument("--calibration-samples", type=int, default=300, help="FedSQ+calib: shared calibration set")
+    parser.add_argument("--calibration-epochs", type=int, default=2, help="FedSQ+calib: epochs of the warm-up")
     parser.add_argument("--gate-cache-mb", type=int, default=512, help="FedSQ gate cache (used with --augment none)")
     parser.add_argument("--augment", default="none", choices=["none", "flip", "timm"], help="client augmentation")
     parser.add_argument("--num-workers", type=int, default=0, help="data loader workers per process")
+    parser.add_argument("--reuse-runs", action="store_true",
+                        help="take a finished run with the same settings from --output-dir instead of training it again "
+                             "(to continue an interrupted grid)")
     parser.add_argument("--keep-models", action="store_true", help="keep each run's best/final models and checkpoints")
     parser.add_argument("--output-dir", default="outputs/benchmarks/quality")
 
@@ -97,24 +145,30 @@ def run_grid(args: argparse.Namespace, label: str = "") -> dict:
     for split in args.splits:
         results[split] = {}
         for method in args.methods:
-            curves = [run_one(args, method, split, seed) for seed in args.seeds]
-            results[split][method] = r = describe(curves, at_rounds)
-            print(f"{label}{split:<15}{method:<9} BVA {100 * r['bva_mean']:5.1f} ± {100 * r['bva_std']:4.1f} "
-                  f"(min {100 * r['bva_min']:.1f}, max {100 * r['bva_max']:.1f})  rounds-to-best {r['rounds_to_best']}",
-                  flush=True)
+            runs = [run_one(args, method, split, seed) for seed in args.seeds]
+            results[split][method] = r = describe(runs, at_rounds)
+            frozen = f"  gates frozen at {r['frozen_at_round']}" if any(r["frozen_at_round"]) else ""
+            frozen += f"  stopped (all clients diverging): {sum(r['stopped'])} of {len(runs)}" if any(r["stopped"]) else ""
+            print(f"{label}{split:<15}{method:<13} BVA {100 * r['bva_mean']:5.1f} ± {100 * r['bva_std']:4.1f} "
+                  f"(min {100 * r['bva_min']:.1f}, max {100 * r['bva_max']:.1f})  rounds-to-best {r['rounds_to_best']}"
+                  + frozen, flush=True)
     return results
 
 
 def print_table(results: dict) -> None:
     at_rounds = list(next(iter(next(iter(results.values())).values()))["accuracy_at"])
-    header = "| split | method | BVA (mean ± std) | min-max | rounds-to-best | " + " | ".join(
+    header = "| split | method | BVA (mean ± std) | min-max | rounds-to-best | gates frozen at | " + " | ".join(
         f"acc @ round {r}" for r in at_rounds) + " |"
-    print("\n" + header + "\n|" + "---|" * (5 + len(at_rounds)))
+    print("\n" + header + "\n|" + "---|" * (6 + len(at_rounds)))
     for split, by_method in results.items():
         for method, r in by_method.items():
             at = " | ".join(f"{100 * r['accuracy_at'][k]['mean']:.1f} ± {100 * r['accuracy_at'][k]['std']:.1f}" for k in at_rounds)
+            frozen = ", ".join(str(f) for f in r["frozen_at_round"]) if any(r["frozen_at_round"]) else \
+                ("1" if method.startswith("FedSQ") else "-")
             print(f"| {split} | {method} | {100 * r['bva_mean']:.1f} ± {100 * r['bva_std']:.1f} | "
-                  f"{100 * r['bva_min']:.1f}-{100 * r['bva_max']:.1f} | {r['rounds_to_best_mean']:.1f} | {at} |")
+                  f"{100 * r['bva_min']:.1f}-{100 * r['bva_max']:.1f} | {r['rounds_to_best_mean']:.1f} "
+                  f"({', '.join(map(str, r['rounds_to_best']))}) | {frozen} | {at} |"
+                  + (f" stopped: {sum(r['stopped'])} of {len(r['stopped'])}" if any(r["stopped"]) else ""))
 
 
 def plot(results: dict, path: str) -> None:

@@ -38,7 +38,8 @@ from report import write_json
 
 def _trainer(model: str, args: argparse.Namespace, folder: str, num_clients: int, **data: object) -> FederatedTrainer:
     fed = FederatedArguments(num_clients=num_clients, rounds=args.rounds, local_epochs=1, batch_size=args.batch_size,
-                             partition=args.partition, output_dir=folder, disable_tqdm=True, num_workers=args.num_workers)
+                             partition=args.partition, output_dir=folder, overwrite_output_dir=True, disable_tqdm=True,
+                             num_workers=args.num_workers)
     data = DataArguments(dataset=args.dataset, image_column=args.image_column, max_train_samples=args.max_train_samples,
                          max_eval_samples=args.max_eval_samples, **{"image_size": args.image_size, **data})
     return build_trainer(ModelArguments(backbone=args.backbone, model=model), data, fed)

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import torch
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
 from .errors import FedSQError
 from .gating import GATE_KINDS
 
-__all__ = ["FedSQConfig", "BN_MODES"]
+__all__ = ["FedSQConfig", "BN_MODES", "MAX_LABELS", "as_torch_dtype"]
 
 BN_MODES = ("frozen", "train", "local")
+MAX_LABELS = 1_000_000  # a head this wide is already 2 GB at 512 features; more is a typo or a corrupted file
 # Checked on every config, including one read from an untrusted config.json.
 _FIELD_TYPES = {
     "backbone": (str,),
@@ -24,6 +26,7 @@ _FIELD_TYPES = {
     "backbone_weights": (str, type(None)),
     "pretrained_cfg": (dict, type(None)),
     "calibrated": (bool,),
+    "gates_frozen_at_round": (int, type(None)),
     "fedsq_version": (str, type(None)),
     "num_labels": (int,),
 }
@@ -58,9 +61,11 @@ class FedSQConfig(PreTrainedConfig):
         pretrained_cfg: the preprocessing the model expects (timm data config: input_size, mean, std,
             crop_pct, interpolation), filled in from the backbone when the model is built; the same key
             timm checkpoints use, so `TimmWrapperImageProcessor` (and `pipeline`) read it.
-        calibrated: the structural copy was re-frozen after a calibration warm-up
-            (`fedsq_hf.federated.calibrate`); it then differs from the backbone and is saved too
-            (`structural.safetensors`).
+        calibrated: the structural copy was re-frozen from a trained model, after a calibration warm-up
+            (`fedsq_hf.federated.calibrate`) or a federated gate warm-up; it then differs from the
+            backbone and is saved too (`structural.safetensors`).
+        gates_frozen_at_round: with a federated gate warm-up, the round at whose start the structural copy
+            was re-frozen from the global model (rounds before it trained without fixed gates).
         fedsq_version: the fedsq-hf version that wrote the config.
     """
 
@@ -75,9 +80,16 @@ class FedSQConfig(PreTrainedConfig):
     backbone_weights: str | None = None
     pretrained_cfg: dict[str, Any] | None = None
     calibrated: bool = False
+    gates_frozen_at_round: int | None = None
     fedsq_version: str | None = None
 
     def __post_init__(self, **kwargs: Any) -> None:
+        _check_labels(self.id2label, self.label2id)
+        if "num_labels" in kwargs:
+            _check_num_labels(kwargs["num_labels"])
+        for key, value in (("dtype", self.dtype), ("torch_dtype", kwargs.get("torch_dtype"))):
+            if value is not None:
+                as_torch_dtype(value, f"FedSQConfig.{key}")
         super().__post_init__(**kwargs)
         from . import __version__
 
@@ -99,4 +111,57 @@ class FedSQConfig(PreTrainedConfig):
         if self.bn_mode not in BN_MODES:
             raise FedSQError(f"Unknown bn_mode {self.bn_mode!r}; choose from {list(BN_MODES)}.")
         if self.num_labels < 1:
-            raise FedSQError(f"num_labels must be at least 1, got {self.num_labels}.")
+            raise FedSQError("FedSQConfig.id2label is empty: a classifier needs at least one label.")
+
+    @property
+    def num_labels(self) -> int | None:
+        """The number of labels: the length of `id2label`."""
+        return PreTrainedConfig.num_labels.fget(self)
+
+    @num_labels.setter
+    def num_labels(self, value: int) -> None:
+        _check_num_labels(value)
+        PreTrainedConfig.num_labels.fset(self, value)
+
+
+def as_torch_dtype(value: Any, where: str) -> torch.dtype:
+    """`value` (a floating torch.dtype or its name, e.g. "bfloat16") as a torch.dtype; FedSQError naming `where`
+    otherwise."""
+    found = getattr(torch, value, None) if isinstance(value, str) else value
+    if not isinstance(found, torch.dtype) or not found.is_floating_point:
+        raise FedSQError(
+            f"{where} must be a floating-point torch dtype such as 'float32', 'float16' or 'bfloat16', got {value!r}."
+        )
+    return found
+
+
+def _check_num_labels(value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise FedSQError(f"num_labels must be an int, got {type(value).__name__} {value!r}.")
+    if not 1 <= value <= MAX_LABELS:
+        raise FedSQError(
+            f"num_labels must be between 1 and {MAX_LABELS:,}, got {value:,}. Set it to the number of classes."
+        )
+
+
+def _check_labels(id2label: Any, label2id: Any) -> None:
+    """id2label maps 0..n-1 (ints, or their strings as JSON writes them) to names; label2id is a dict."""
+    for name, value in (("id2label", id2label), ("label2id", label2id)):
+        if value is not None and not isinstance(value, dict):
+            raise FedSQError(
+                f"FedSQConfig.{name} must be a dict or None, got {type(value).__name__} {str(value)[:80]}. "
+                'Write it as {"0": "cat", "1": "dog"} (id2label) or {"cat": 0, "dog": 1} (label2id).'
+            )
+    if id2label is None:
+        return
+    if len(id2label) > MAX_LABELS:
+        raise FedSQError(f"FedSQConfig.id2label has {len(id2label):,} labels, more than the {MAX_LABELS:,} allowed.")
+    try:
+        ids = sorted(int(k) for k in id2label if not isinstance(k, bool))
+    except (TypeError, ValueError):
+        ids = None
+    if ids != list(range(len(id2label))):
+        raise FedSQError(
+            f"FedSQConfig.id2label keys must be the label ids 0..{len(id2label) - 1}, got {list(id2label)[:10]}. "
+            'Write it as {"0": "cat", "1": "dog", ...}.'
+        )

@@ -53,16 +53,16 @@ class GateRecorder:
 @torch.no_grad()
 def gate_drift(
     reference: nn.Module | list[list[tuple[str, Gate]]],
-    model: nn.Module,
-    pixels: torch.Tensor,
+    model: nn.Module | list[list[tuple[str, Gate]]],
+    pixels: torch.Tensor | None = None,
     batch_size: int = 64,
 ) -> dict[str, float]:
     """Fraction of gates of `model` that differ from `reference`'s on `pixels`, per gated unit (in
     forward order) and over all units (`"all"`). Models are FedSQ models (their quantitative copy's
-    own gates are compared) or plain modules of the same architecture; `reference` may also be
-    precomputed `GateRecorder(...).gates(pixels, batch_size)`."""
-    ref_gates = reference if isinstance(reference, list) else GateRecorder(reference).gates(pixels, batch_size)
-    new_gates = GateRecorder(model).gates(pixels, batch_size)
+    own gates are compared) or plain modules of the same architecture; either may also be given as
+    precomputed `GateRecorder(...).gates(pixels, batch_size)` (then `pixels` may be None)."""
+    ref_gates, new_gates = (g if isinstance(g, list) else GateRecorder(g).gates(pixels, batch_size)
+                            for g in (reference, model))
     differing, total = defaultdict(int), defaultdict(int)
     for ref_batch, new_batch in zip(ref_gates, new_gates, strict=True):
         for (site, a), (site_b, b) in zip(ref_batch, new_batch, strict=True):

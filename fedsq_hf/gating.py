@@ -309,6 +309,7 @@ class DualCopy(nn.Module):
         self.tape = GateTape()
         self.sites: dict[str, str] = {}
         self.gate_cache: GateCache | None = None
+        self.gates_enabled = True
         object.__setattr__(self, "_structural", None)
         if not gating:
             return
@@ -347,7 +348,8 @@ class DualCopy(nn.Module):
 
     @property
     def gating(self) -> bool:
-        return self._structural is not None
+        """Whether forward applies the structural gates (a structural copy exists and gates are enabled)."""
+        return self._structural is not None and self.gates_enabled
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
@@ -359,21 +361,30 @@ class DualCopy(nn.Module):
         """Run the structural copy (no grad) and return the gates of every unit call, in order."""
         return record_gates(self._structural, self.tape, *args, **kwargs)
 
+    def disable_gates(self) -> None:
+        """Let the quantitative copy pick its own regimes, as a plain model does, until `enable_gates()`
+        (e.g. a gate warm-up); the structural copy is kept."""
+        if self.gating:
+            remove_gates(self.quantitative)
+            self.gates_enabled = False
+
+    def enable_gates(self) -> None:
+        """Apply the structural gates again after `disable_gates()`."""
+        if self._structural is not None and not self.gates_enabled:
+            install_gates(self.quantitative, self.sites, self.tape, records=False)
+            self.gates_enabled = True
+
     @contextlib.contextmanager
     def ungated(self) -> Iterator[DualCopy]:
         """Within the block the quantitative copy picks its own regimes, as a plain model does (e.g.
         for a calibration warm-up); its gates are back in place afterwards."""
-        structural = self._structural
-        if structural is None:
-            yield self
-            return
-        remove_gates(self.quantitative)
-        object.__setattr__(self, "_structural", None)
+        was_gating = self.gating
+        self.disable_gates()
         try:
             yield self
         finally:
-            install_gates(self.quantitative, self.sites, self.tape, records=False)
-            object.__setattr__(self, "_structural", structural)
+            if was_gating:
+                self.enable_gates()
 
     @torch.no_grad()
     def sync_structural(self) -> None:
@@ -407,7 +418,7 @@ class DualCopy(nn.Module):
         `gates` (from `compute_gates`) skips the structural pass; `gate_keys` (one id per sample,
         e.g. the dataset index) looks gates up in the gate cache, when one is enabled.
         """
-        if self._structural is None:
+        if not self.gating:
             return self.quantitative(x, *args, **kwargs)
         cache = self.gate_cache if gate_keys is not None else None
         if gates is None and cache is not None:
@@ -432,4 +443,6 @@ class DualCopy(nn.Module):
     def extra_repr(self) -> str:
         if self._structural is None:
             return "gating=False"
+        if not self.gates_enabled:
+            return f"gated_units={len(self.sites)}, gates disabled"
         return f"gated_units={len(self.sites)}, structural=<frozen copy, not a submodule>"

@@ -70,6 +70,18 @@ def _federation(run: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _gate_warmup(warmup: dict[str, Any] | None, frozen: int | None) -> str | None:
+    """The federation table's line on a gate warm-up (rounds without fixed gates, then frozen)."""
+    if not warmup:
+        return None
+    if not frozen:
+        return f"{warmup['rule']}: the gates were not frozen before the run ended"
+    drift = warmup.get("step_drift_at_freeze")
+    measured = f"; gate step drift {100 * drift:.2f}% on {warmup['probe_samples']} probe samples" if drift is not None else ""
+    return (f"rounds 1-{frozen - 1} without fixed gates, then gates frozen from the global model at round {frozen} "
+            f"({warmup['rule']}{measured}; {warmup['bytes_structural'] / 1e6:.1f} MB of structural copies sent)")
+
+
 def _metric(name: str, value: float | None) -> str:
     """A metric as a person reads it: accuracies and F1 in %, the rest to 4 decimals."""
     if value is None:
@@ -152,6 +164,8 @@ def model_card(
         backbone_md=f"[{base_model}](https://huggingface.co/{base_model})" if base_model else f"`{config.backbone}`",
         num_labels=config.num_labels,
         calibrated=config.calibrated,
+        gates_frozen_at_round=config.gates_frozen_at_round,
+        gate_warmup_md=_gate_warmup((summary or {}).get("gate_warmup"), config.gates_frozen_at_round),
         input_size="(batch, " + ", ".join(map(str, (config.pretrained_cfg or {}).get("input_size", (3, "H", "W")))) + ")",
         federation=_federation({**run, "dataset": dataset_name}) if run else None,
         results=_results(summary, history or [], plot) if summary else None,

@@ -20,19 +20,19 @@ from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.models.timm_wrapper import TimmWrapperImageProcessor
 
 from .backbones import classifier_of, load_backbone, looks_like_path
-from .configuration_fedsq import FedSQConfig
+from .configuration_fedsq import FedSQConfig, as_torch_dtype
 from .errors import CheckpointError, FedSQError
 from .gate_cache import GateCache
 from .gating import DualCopy
 from .hub import model_card as make_model_card
 from .hub import upload_model
-from .serialization import atomic_write_json, check_state_dict, load_weights, save_weights
+from .serialization import atomic_write_json, check_finite, check_state_dict, load_weights, save_weights
 
 __all__ = ["FedSQModel", "CONFIG_NAME", "WEIGHTS_NAME"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-STRUCTURAL_NAME = "structural.safetensors"  # only for calibrated models, whose structural copy is not the backbone
+STRUCTURAL_NAME = "structural.safetensors"  # only for calibrated models (re-frozen gates), whose structural copy is not the backbone
 # Passed along by AutoModel / pipeline; they do not apply to FedSQ checkpoints.
 _IGNORED_LOAD_KWARGS = {
     "trust_remote_code", "use_safetensors", "low_cpu_mem_usage", "attn_implementation", "adapter_kwargs",
@@ -150,10 +150,13 @@ class FedSQModel(PreTrainedModel):
             return
         os.makedirs(save_directory, exist_ok=True)
         self.config.architectures = [type(self).__name__]
+        config = self.config.to_dict()
+        if self.config.fixed_gating and not self.dual_copy.gating:  # gates disabled (a gate warm-up): a plain model
+            config.update(fixed_gating=False, calibrated=False, gates_frozen_at_round=None)
         save_weights(os.path.join(save_directory, WEIGHTS_NAME), state_dict or self.state_dict())
-        if self.config.calibrated and self.structural is not None:
+        if config["calibrated"] and self.dual_copy.gating:
             save_weights(os.path.join(save_directory, STRUCTURAL_NAME), self.structural.state_dict())
-        atomic_write_json(os.path.join(save_directory, CONFIG_NAME), self.config.to_dict())
+        atomic_write_json(os.path.join(save_directory, CONFIG_NAME), config)
 
     def push_to_hub(
         self,
@@ -208,6 +211,8 @@ class FedSQModel(PreTrainedModel):
         if model_args:
             raise TypeError("FedSQModel.from_pretrained takes no extra positional arguments.")
         dtype = kwargs.pop("torch_dtype", dtype)
+        if dtype is not None and dtype != "auto":
+            dtype = as_torch_dtype(dtype, "from_pretrained(dtype=...)")
         source = os.fspath(pretrained_model_name_or_path)
         if subfolder and os.path.isdir(source):
             source, subfolder = os.path.join(source, subfolder), ""
@@ -231,13 +236,15 @@ class FedSQModel(PreTrainedModel):
         state = load_weights(weights_path)
         check_state_dict(state, model.state_dict(), weights_path)
         model.load_state_dict(state, strict=True)
+        check_finite(model.state_dict(), repr(weights_path))  # after the cast to the model's dtypes: no overflow
         if config.calibrated and model.structural is not None:
             path = _resolve_file(source, STRUCTURAL_NAME, hub)
             structural = load_weights(path)
             check_state_dict(structural, model.structural.state_dict(), path)
             model.structural.load_state_dict(structural)
+            check_finite(model.structural.state_dict(), repr(path))
         if dtype is not None and dtype != "auto":
-            model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+            model.to(dtype)
         if device_map is not None and device_map != "auto":
             model.to(device_map)
         model.eval()
@@ -265,16 +272,19 @@ def _load_config(path: str, overrides: dict[str, Any]) -> FedSQConfig:
     try:
         with open(path, encoding="utf-8") as f:
             raw = json.load(f)
-    except (OSError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path!r} is not a readable JSON config ({err}).") from err
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise CheckpointError(
+            f"{path!r} is not a readable JSON config ({type(err).__name__}: {err}). It may be corrupted: "
+            "download it again, or write it again with save_pretrained."
+        ) from err
     if not isinstance(raw, dict) or raw.get("model_type") != FedSQConfig.model_type:
         found = raw.get("model_type") if isinstance(raw, dict) else type(raw).__name__
         raise CheckpointError(
             f"{path!r} is not a FedSQ config (model_type={found!r}, expected 'fedsq'). "
             "Load other models with their own class."
         )
-    try:
-        return FedSQConfig.from_dict(raw, **overrides)
+    try:  # overrides go through the same checks as the file's fields
+        return FedSQConfig.from_dict({**raw, **overrides})
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{path!r} is not a valid FedSQ config: {err}") from err
 

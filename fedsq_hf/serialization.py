@@ -13,7 +13,8 @@ from safetensors.torch import load_file, save
 
 from .errors import CheckpointError
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "save_weights", "load_weights", "check_state_dict", "umask"]
+__all__ = ["atomic_write_bytes", "atomic_write_json", "save_weights", "load_weights", "check_state_dict",
+           "check_finite", "umask"]
 
 
 def umask() -> int:
@@ -76,7 +77,7 @@ def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def check_state_dict(loaded: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], source: str) -> None:
-    """Raise `CheckpointError` listing missing, unexpected and mis-shaped tensors."""
+    """Raise `CheckpointError` listing missing, unexpected, mis-shaped and mistyped (integer for float) tensors."""
     missing = sorted(set(expected) - set(loaded))
     unexpected = sorted(set(loaded) - set(expected))
     mismatched = [
@@ -84,13 +85,30 @@ def check_state_dict(loaded: dict[str, torch.Tensor], expected: dict[str, torch.
         for k in sorted(set(loaded) & set(expected))
         if loaded[k].shape != expected[k].shape
     ]
-    if not (missing or unexpected or mismatched):
+    mistyped = [  # float16 for float32 is a fine export; integers for floats would be cast into garbage
+        f"{k}: checkpoint {loaded[k].dtype} vs model {expected[k].dtype}"
+        for k in sorted(set(loaded) & set(expected))
+        if loaded[k].is_floating_point() != expected[k].is_floating_point()
+    ]
+    if not (missing or unexpected or mismatched or mistyped):
         return
     lines = []
-    for title, items in (("shape mismatch", mismatched), ("missing", missing), ("unexpected", unexpected)):
+    for title, items in (("shape mismatch", mismatched), ("dtype mismatch", mistyped), ("missing", missing),
+                         ("unexpected", unexpected)):
         if items:
             lines.append(f"  {title} ({len(items)}): " + "; ".join(items[:10]) + (" ..." if len(items) > 10 else ""))
     raise CheckpointError(
         f"The weights in {source} do not match the model built from its config:\n" + "\n".join(lines)
         + "\nWere they saved for another backbone or num_labels? Load them with the config they were saved with."
     )
+
+
+def check_finite(state: dict[str, torch.Tensor], source: str, error: type[Exception] = CheckpointError) -> None:
+    """Raise `error` naming `source` and its first tensors holding NaN or Inf (floating tensors only)."""
+    bad = [k for k, v in state.items() if (v.is_floating_point() or v.is_complex()) and not torch.isfinite(v).all()]
+    if bad:
+        more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
+        raise error(
+            f"The weights in {source} hold NaN or Inf values in {', '.join(bad[:3])}{more}: they are corrupted, e.g. "
+            "saved after training diverged. Use an earlier checkpoint, or export the weights again."
+        )

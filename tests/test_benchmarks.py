@@ -51,11 +51,12 @@ def test_memory(backbone_dir, digits_dir, tmp_path):
 def test_quality(backbone_dir, digits_dir, tmp_path):
     out = run_script("quality.py", "--backbone", backbone_dir("resnet10t"), "--dataset", digits_dir,
                      "--max-train-samples", "100", "--max-eval-samples", "20", "--num-clients", "4",
-                     "--clients-per-round", "2", "--rounds", "2", "--seeds", "0", "1", "--splits", "iid", "dirichlet:0.5",
-                     "--output-dir", tmp_path)
-    results = json.loads((tmp_path / "results.json").read_text())["results"]
-    assert set(results) == {"iid", "dirichlet:0.5"} and set(results["iid"]) == {"FedSQ", "FedAvg", "FedProx"}
-    assert len(results["iid"]["FedSQ"]["curves"]) == 2 and "| iid | FedSQ |" in out
+                     "--clients-per-round", "2", "--rounds", "2", "--seeds", "0", "1", "--splits", "dirichlet:0.5",
+                     "--calibration-samples", "20", "--output-dir", tmp_path)
+    results = json.loads((tmp_path / "results.json").read_text())["results"]["dirichlet:0.5"]
+    assert set(results) == {"FedSQ", "FedSQ+drift", "FedSQ+calib", "FedAvg", "FedProx"}
+    assert len(results["FedSQ"]["curves"]) == 2 and "| dirichlet:0.5 | FedSQ |" in out
+    assert results["FedSQ+drift"]["frozen_at_round"] == [2, 2] and results["FedSQ"]["frozen_at_round"] == [None, None]
 
 
 @pytest.mark.skipif(not os.path.isdir(os.path.join(ROOT, "..", "shared", "data", "cifar10")),

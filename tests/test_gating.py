@@ -88,9 +88,9 @@ def test_ungated_block_runs_own_regimes_then_restores_gates():
     with torch.no_grad():
         gated = dual(x)
         with dual.ungated():
-            assert dual.structural is None and not dual.gating
+            assert dual.structural is not None and not dual.gating  # the structural copy is kept
             assert torch.equal(dual(x), plain(x))
-        assert dual.structural is not None and torch.equal(dual(x), gated)
+        assert dual.gating and torch.equal(dual(x), gated)
     with pytest.raises(ZeroDivisionError), dual.ungated():
         1 / 0
     assert torch.equal(dual(x).detach(), gated)  # restored after an error too

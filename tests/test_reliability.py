@@ -1,6 +1,7 @@
 """Reliability: the bad-input catalogue, failing and dropping clients, crash safety, untrusted files."""
 
 import hashlib
+import importlib.util
 import json
 import os
 import pickle
@@ -14,7 +15,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from fedsq_hf import BackboneLoadError, CheckpointError, FedSQConfig, FedSQError, FedSQModel, GatingError
 from fedsq_hf.federated import FedAvg, FederatedArguments, FederatedTrainer, run_federated
@@ -126,6 +127,26 @@ def _case(tmp, backbone_dir, digits_dir, finished, name):
         "negative weight decay": lambda: ({}, {}, {"weight_decay": -0.1}),
         "one-sample clients with BatchNorm in train mode": lambda: ({"bn_mode": "train"}, {}, {"min_partition_size": 1}),
         "weights file that is text": lambda: ({"backbone": "torchvision:resnet18", "backbone_weights": _file(tmp / "w.pth")}, {}, {}),
+        "gate warm-up with a plain model": lambda: ({"model": "plain"}, {}, {"freeze_gates_at_round": 2}),
+        "gate warm-up by round and by drift": lambda: ({}, {}, {"freeze_gates_at_round": 2, "freeze_gates_when_drift_below": 0.1}),
+        "gates frozen after the last round": lambda: ({}, {}, {"freeze_gates_at_round": 3}),
+        "drift threshold not a fraction": lambda: ({}, {}, {"freeze_gates_when_drift_below": 1.5}),
+        "warm-up bound as long as the run": lambda: ({}, {}, {"freeze_gates_when_drift_below": 0.1, "max_warmup_rounds": 2}),
+        "no probe samples": lambda: ({}, {}, {"gate_probe_samples": 0}),
+        "resume: other gate warm-up": lambda: ({}, {}, {**resume, "freeze_gates_at_round": 2}),
+        "negative seed": lambda: ({}, {}, {"seed": -1}),
+        "unknown tracker": lambda: ({}, {}, {"report_to": "bogus"}),
+        "tracker not installed": lambda: ({}, {}, {"report_to": "mlflow"}),
+        "server momentum nan": lambda: ({}, {}, {"strategy": "fedavgm", "server_momentum": float("nan")}),
+        "server lr 0": lambda: ({}, {}, {"strategy": "fedavgm", "server_lr": 0.0}),
+        "infinite lr": lambda: ({}, {}, {"lr": float("inf")}),
+        "CUDA-only optimizer": lambda: ({}, {}, {"optim": "fusedadam"}),
+        "second-order optimizer": lambda: ({}, {}, {"optim": "adahessian"}),
+        "huge image size": lambda: ({}, {"image_size": 5000}, {}),
+        "gate cache with a plain model": lambda: ({"model": "plain", "gate_cache_mb": 8}, {}, {}),
+        "output dir inside the dataset": lambda: ({}, {}, {"output_dir": os.path.join(digits_dir, "runs", "a")}),
+        "output dir holding a previous run": lambda: ({}, {}, {"output_dir": shutil.copytree(finished, tmp / "old")}),
+        "resume: other best-model metric": lambda: ({}, {}, {**resume, "metric_for_best_model": "loss"}),
         "resume without checkpoint": lambda: ({}, {}, resume),
         "resume: other backbone": lambda: ({"backbone": shutil.copytree(backbone_dir("resnet10t"), tmp / "bb2")}, {}, resume),
         "resume: other num_labels": lambda: ({}, {"dataset": _parquet_dataset(tmp / "three", [0, 1, 2] * 20, [0, 1, 2])}, resume),
@@ -187,6 +208,29 @@ BAD_INPUT = [
     ("negative weight decay", FedSQError, "--weight-decay must be >= 0, got -0.1"),
     ("one-sample clients with BatchNorm in train mode", FedSQError, "--min-partition-size must be >= 2"),
     ("weights file that is text", BackboneLoadError, "Weights file '.*w.pth' is not a PyTorch state dict fedsq-hf can read safely"),
+    ("gate warm-up with a plain model", FedSQError, "--freeze-gates-at-round and --freeze-gates-when-drift-below need --model fedsq"),
+    ("gate warm-up by round and by drift", FedSQError, "give --freeze-gates-at-round or --freeze-gates-when-drift-below, not both"),
+    ("gates frozen after the last round", FedSQError, r"--freeze-gates-at-round 3 is after the last round \(2\).*--model plain"),
+    ("drift threshold not a fraction", FedSQError, r"--freeze-gates-when-drift-below must be a fraction in \(0, 1\), got 1.5"),
+    ("warm-up bound as long as the run", FedSQError, r"--max-warmup-rounds must be in \[1, --rounds\), got 2"),
+    ("no probe samples", FedSQError, "--gate-probe-samples must be >= 1, got 0"),
+    ("resume: other gate warm-up", CheckpointError, "another run: freeze_gates_at_round 1 \\(checkpoint\\) vs 2"),
+    ("negative seed", FedSQError, r"--seed must be in \[0, 2\*\*32\), got -1"),
+    ("unknown tracker", FedSQError, "--report-to must be none, all or one of .*tensorboard.*got 'bogus'"),
+    pytest.param("tracker not installed", FedSQError, "--report-to mlflow: the mlflow package is not installed; `pip install mlflow`",
+                 marks=pytest.mark.skipif(importlib.util.find_spec("mlflow") is not None, reason="mlflow is installed")),
+    ("server momentum nan", FedSQError, "--server-momentum must be a finite number, got nan"),
+    ("server lr 0", FedSQError, "--server-lr must be > 0, got 0.0"),
+    ("infinite lr", FedSQError, "--lr must be a finite number, got inf"),
+    pytest.param("CUDA-only optimizer", FedSQError, "--optim fusedadam cannot train here .*CUDA required",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")),
+    ("second-order optimizer", FedSQError, "--optim adahessian cannot train here"),
+    ("huge image size", FedSQError, "--image-size must be between 8 and 1024 px, got 5000"),
+    ("gate cache with a plain model", FedSQError, "--gate-cache-mb needs --model fedsq"),
+    ("output dir inside the dataset", FedSQError, "--output-dir '.*/runs/a' is inside the dataset folder"),
+    ("output dir holding a previous run", FedSQError, r"holds a previous run \(history.jsonl, summary.json, "
+     r"checkpoints/latest\); pass --resume to continue it, --overwrite-output-dir to start over"),
+    ("resume: other best-model metric", CheckpointError, "another run: metric_for_best_model 'accuracy' \\(checkpoint\\) vs 'loss'"),
     ("resume without checkpoint", CheckpointError, "holds no checkpoint.*run without --resume"),
     ("resume: other backbone", CheckpointError, "another run: backbone"),
     ("resume: other num_labels", CheckpointError, "another run: .*num_labels 10 \\(checkpoint\\) vs 3"),
@@ -438,7 +482,8 @@ def test_a_second_run_into_the_same_output_dir_is_refused_until_the_first_ends(b
         first.send_signal(signal.SIGKILL)
         first.wait()
     assert not _locked(str(tmp_path / "run"))  # a crash releases the folder: the kernel drops the lock
-    third = run_example(cli_args(backbone_dir("resnet10t"), digits_dir, tmp_path / "run", rounds=1))
+    third = run_example(cli_args(backbone_dir("resnet10t"), digits_dir, tmp_path / "run", rounds=1,
+                                 overwrite_output_dir="true"))  # the killed run's files are there
     assert third.returncode == 0, third.stderr[-3000:]
 
 
@@ -489,6 +534,10 @@ def test_a_misspelled_flag_is_a_usage_error_naming_the_closest_flag(tmp_path):
     ("latest points nowhere", r"'.*latest' points to '.*round-00009', which does not exist"),
     ("state file missing", r"'.*round-00001/state.safetensors' is not a readable safetensors file"),
     ("round disagrees with history", r"trainer_state.json' is at round 2 but its history holds rounds \[1\]"),
+    ("round of the wrong type", r"cannot read '.*trainer_state.json' \(wrong type of round\)"),
+    ("history of the wrong type", r"cannot read '.*trainer_state.json' \(wrong type of history\)"),
+    ("tensors missing", r"does not match this model \(missing tensors or another size\)"),
+    ("tensors not finite", r"checkpoint '.*state.safetensors' hold NaN or Inf values in global_state"),
 ])
 def test_a_damaged_checkpoint_is_refused_naming_the_file(damage, match, backbone_dir, digits_dir, finished_run, tmp_path):
     out = shutil.copytree(finished_run, tmp_path / "run")
@@ -497,9 +546,16 @@ def test_a_damaged_checkpoint_is_refused_naming_the_file(damage, match, backbone
         (out / "checkpoints" / "latest").write_text("round-00009")
     elif damage == "state file missing":
         (checkpoint / "state.safetensors").unlink()
+    elif damage.startswith("tensors"):
+        tensors = load_file(checkpoint / "state.safetensors")
+        tensors = {"other": tensors["global_state"]} if damage == "tensors missing" else \
+            {**tensors, "global_state": torch.full_like(tensors["global_state"], float("nan"))}
+        save_file(tensors, checkpoint / "state.safetensors")
     else:
         state = json.loads((checkpoint / "trainer_state.json").read_text())
-        (checkpoint / "trainer_state.json").write_text(json.dumps({**state, "round": 2}))
+        edit = {"round disagrees with history": {"round": 2}, "round of the wrong type": {"round": "1"},
+                "history of the wrong type": {"history": ["round 1"]}}[damage]
+        (checkpoint / "trainer_state.json").write_text(json.dumps({**state, **edit}))
     with pytest.raises(CheckpointError, match=match):
         run_federated(*tiny_args(backbone_dir("resnet10t"), digits_dir, out, rounds=2, resume=True))
 
@@ -512,3 +568,43 @@ def test_a_trainer_that_will_not_train_frees_its_output_dir(backbone_dir, digits
         build_trainer(*tiny_args(backbone_dir("resnet10t"), digits_dir, tmp_path, rounds=1))
     first.close()
     build_trainer(*tiny_args(backbone_dir("resnet10t"), digits_dir, tmp_path, rounds=1)).close()
+
+
+def test_a_previous_run_is_replaced_only_when_asked(backbone_dir, digits_dir, finished_run, tmp_path):
+    out = shutil.copytree(finished_run, tmp_path / "run")
+    summary = run_federated(*tiny_args(backbone_dir("resnet10t"), digits_dir, out, rounds=1, lr=0.02,
+                                       overwrite_output_dir=True))
+    assert summary["config"]["lr"] == 0.02 and len((out / "history.jsonl").read_text().splitlines()) == 1
+
+
+def test_paths_starting_with_a_tilde_are_expanded():
+    from fedsq_hf.federated import DataArguments, ModelArguments
+
+    home = os.path.expanduser("~")
+    assert FederatedArguments(output_dir="~/runs/a").output_dir == os.path.join(home, "runs/a")
+    assert DataArguments(dataset="~/data").dataset == os.path.join(home, "data")
+    assert ModelArguments(backbone_weights="~/w.pth").backbone_weights == os.path.join(home, "w.pth")
+
+
+def test_a_non_finite_server_update_stops_before_writing(backbone_dir, tmp_path):
+    from fedsq_hf.federated import FedAvgM
+
+    trainer = _random_task(backbone_dir, 1.0, tmp_path)
+    trainer.strategy = FedAvgM(server_lr=float("inf"))  # a server step far too large
+    with pytest.raises(FedSQError, match="Round 1: the server update made the global model non-finite; lower --server-lr"):
+        trainer.train()
+    assert not (tmp_path / "final").exists() and not (tmp_path / "best").exists()  # no NaN model written
+
+
+@pytest.mark.parametrize("settings, match", [
+    (dict(rounds=1, lr_scheduler="cosine"), "another run: lr_scheduler 'constant' \\(checkpoint\\) vs 'cosine'"),
+    (dict(rounds=3), None),  # a constant schedule may be extended
+])
+def test_resume_with_other_rounds(settings, match, backbone_dir, digits_dir, finished_run, tmp_path):
+    out = shutil.copytree(finished_run, tmp_path / "run")
+    args = tiny_args(backbone_dir("resnet10t"), digits_dir, out, resume=True, **settings)
+    if match:
+        with pytest.raises(CheckpointError, match=match):
+            run_federated(*args)
+    else:
+        assert run_federated(*args)["rounds"] == 3

@@ -109,7 +109,8 @@ class GlobalState:
 
     def load(self, tensors: dict[str, torch.Tensor]) -> bool:
         """Take a checkpoint's tensors (False if they do not fit this model) and write the global model."""
-        if tensors["global_state"].shape != self.vector.shape:
+        needed = ("global_state", "client_local", "client_seen") if self.fedbn else ("global_state",)
+        if any(k not in tensors for k in needed) or tensors["global_state"].shape != self.vector.shape:
             return False
         self.vector = tensors["global_state"].to(self.vector.device)
         if self.fedbn:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import os
 from dataclasses import asdict, dataclass, field, fields, replace
 
 import torch
@@ -37,6 +38,9 @@ class ModelArguments:
         default=False, metadata={"help": "leave nonlinearities that cannot be gated (GELU, SiLU, ...) free instead of refusing the backbone"}
     )
     gate_cache_mb: int = field(default=0, metadata={"help": "opt-in per-sample gate cache (MB); needs --augment none"})
+
+    def __post_init__(self) -> None:
+        self.backbone, self.backbone_weights = _expand(self.backbone), _expand(self.backbone_weights)
 
 
 @dataclass
@@ -81,6 +85,9 @@ class DataArguments:
     )
     preload_budget_mb: int = field(default=1024, metadata={"help": "per-process memory a preload may take (auto)"})
 
+    def __post_init__(self) -> None:
+        self.dataset = _expand(self.dataset)
+
 
 @dataclass
 class FederatedArguments:
@@ -120,6 +127,9 @@ class FederatedArguments:
     seed: int = field(default=0, metadata={"help": "seed of the partition, client sampling, data order, augmentation and dropout"})
     output_dir: str = field(default="outputs/federated", metadata={"help": "where history, summary, plots, checkpoints and models are written"})
     resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in --output-dir"})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "start over in an --output-dir that holds a previous run (refused otherwise)"}
+    )
     save_every: int = field(default=1, metadata={"help": "write a checkpoint every N rounds (and after the last)"})
     eval_every: int = field(default=1, metadata={"help": "evaluate every N rounds (and after the last)"})
     metric_for_best_model: str = field(
@@ -145,12 +155,40 @@ class FederatedArguments:
         default=0,
         metadata={"help": "record each round how many of the model's own gates differ from the pretrained ones, on this many eval samples"},
     )
+    freeze_gates_at_round: int = field(
+        default=1,
+        metadata={"help": "gate warm-up (--model fedsq): rounds before this one train without fixed gates (plain "
+                          "updates, same strategy); at its start the structural copy is re-frozen from the global "
+                          "model and sent to the clients. 1: FedSQ as published (the backbone's gates throughout)"},
+    )
+    freeze_gates_when_drift_below: float | None = field(
+        default=None,
+        metadata={"help": "choose that round by gate drift: freeze after the first warm-up round (from round 2) in "
+                          "which the global model's own gates changed on less than this fraction of the probe set's "
+                          "gates, and on fewer than in the round before (e.g. 0.01)"},
+    )
+    max_warmup_rounds: int = field(
+        default=5, metadata={"help": "with --freeze-gates-when-drift-below: freeze after at most this many warm-up rounds"}
+    )
+    gate_probe_samples: int = field(
+        default=256,
+        metadata={"help": "probe set of the drift rule: the first N evaluation samples, run through the global model "
+                          "on the server (their labels are not used)"},
+    )
     push_to_hub: bool = field(default=False, metadata={"help": "push the final global model with its card to the Hub"})
     hub_model_id: str | None = field(default=None, metadata={"help": "Hub repo id (namespace/name) for --push-to-hub"})
     hub_strategy: str = field(default="end", metadata={"help": "end, or every_save: also push at each checkpoint (in the background)"})
     hub_revision: str | None = field(default=None, metadata={"help": "branch to push to (created if missing)"})
     hub_private_repo: bool | None = field(default=None, metadata={"help": "create the Hub repo private"})
     hub_license: str = field(default="apache-2.0", metadata={"help": "license id for the model card"})
+
+    def __post_init__(self) -> None:
+        self.output_dir = _expand(self.output_dir)
+
+
+def _expand(path: str | None) -> str | None:
+    """`~` expanded, as a shell would (a path given as `--flag=~/x` or quoted reaches us unexpanded)."""
+    return os.path.expanduser(path) if isinstance(path, str) and path.startswith("~") else path
 
 
 def with_example_defaults(data: DataArguments) -> DataArguments:

@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 
 import torch
 
 from ..errors import CheckpointError
-from ..serialization import atomic_write_bytes, load_weights, save_weights
+from ..serialization import atomic_write_bytes, check_finite, load_weights, save_weights
 from .state import FederatedState
 
 __all__ = ["save_checkpoint", "load_checkpoint", "RESUME_KEYS"]
@@ -24,7 +23,15 @@ RESUME_KEYS = (
     "min_partition_size", "clients_per_round", "local_epochs", "local_steps", "batch_size", "optim", "lr",
     "lr_scheduler", "warmup_rounds", "momentum", "weight_decay", "max_grad_norm", "label_smoothing", "strategy",
     "trim_beta", "mu", "server_lr", "server_momentum", "seed", "dropout_rate", "divergence_factor", "mixed_precision",
+    "freeze_gates_at_round", "freeze_gates_when_drift_below", "max_warmup_rounds", "gate_probe_samples",
+    "metric_for_best_model", "greater_is_better", "rounds",
 )
+
+
+def _differs(key: str, then: object, now: dict) -> bool:
+    if key == "rounds":  # more rounds continue a constant schedule; other schedules depend on the total
+        return now.get("lr_scheduler") != "constant" and then != now.get(key)
+    return then != now.get(key)
 
 
 def save_checkpoint(folder: str, state: FederatedState, tensors: dict[str, torch.Tensor]) -> str:
@@ -56,17 +63,23 @@ def load_checkpoint(folder: str, run: dict) -> tuple[FederatedState, dict[str, t
                               "folder was damaged. Run without --resume, or restore the folder.")
     try:
         state = FederatedState.load_from_json(os.path.join(path, "trainer_state.json"))
-    except (OSError, TypeError, json.JSONDecodeError) as err:
+    except (OSError, TypeError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise CheckpointError(f"--resume: cannot read {os.path.join(path, 'trainer_state.json')!r} ({err}).") from err
     rounds = [h.get("round") for h in state.history]
     if rounds != list(range(1, state.round + 1)):
         raise CheckpointError(f"--resume: {os.path.join(path, 'trainer_state.json')!r} is at round {state.round} but its "
                               f"history holds rounds {rounds[:3]}{'...' if len(rounds) > 3 else ''}; it was edited or damaged.")
-    differs = {k: (state.run.get(k), run.get(k)) for k in RESUME_KEYS if state.run.get(k) != run.get(k)}
+    if state.round > run.get("rounds", state.round):
+        raise CheckpointError(f"--resume: the checkpoint in {path!r} is at round {state.round}, past --rounds "
+                              f"{run['rounds']}; pass --rounds {state.round} or more.")
+    differs = {k: (state.run.get(k), run.get(k)) for k in RESUME_KEYS if _differs(k, state.run.get(k), run)}
     if differs:
         raise CheckpointError(
             f"--resume: the checkpoint in {path!r} is of another run: "
             + ", ".join(f"{k} {a!r} (checkpoint) vs {b!r} (now)" for k, (a, b) in differs.items())
             + ". A resumed run must train exactly as the interrupted one did: use the same settings, or another --output-dir."
         )
-    return state, load_weights(os.path.join(path, "state.safetensors"))
+    file = os.path.join(path, "state.safetensors")
+    tensors = load_weights(file)
+    check_finite(tensors, f"--resume's checkpoint {file!r}")
+    return state, tensors

@@ -13,6 +13,8 @@ from ..errors import FedSQError
 
 __all__ = ["OutputDirLock", "claim_output_dir"]
 
+PREVIOUS_RUN = ("history.jsonl", "summary.json", os.path.join("checkpoints", "latest"))  # what a run leaves behind
+
 
 class OutputDirLock:
     """An exclusive `flock` on the output folder itself (nothing is written for it). The kernel drops it
@@ -56,14 +58,24 @@ def _lock(path: str) -> int:
     return fd
 
 
-def claim_output_dir(path: str, accelerator: Accelerator) -> OutputDirLock:
-    """Make sure `path` can take the run's outputs and that no other run writes there (the main process
-    holds the lock); every process raises the same `FedSQError` if not, so none waits forever."""
+def _refuse_previous_run(path: str) -> None:
+    found = [name for name in PREVIOUS_RUN if os.path.exists(os.path.join(path, name))]
+    if found:
+        raise FedSQError(f"--output-dir {path!r} holds a previous run ({', '.join(found)}); pass --resume to continue "
+                         "it, --overwrite-output-dir to start over there, or pick another --output-dir.")
+
+
+def claim_output_dir(path: str, accelerator: Accelerator, resume: bool = False, overwrite: bool = False) -> OutputDirLock:
+    """Make sure `path` can take the run's outputs, that no other run writes there (the main process
+    holds the lock) and that no previous run there is overwritten unless `resume` or `overwrite`; every
+    process raises the same `FedSQError` if not, so none waits forever."""
     error, fd = None, None
     try:
         if accelerator.is_main_process:
             _check(path)
             fd = _lock(path)
+            if not (resume or overwrite):
+                _refuse_previous_run(path)
     except FedSQError as err:
         error = err
     if accelerator.num_processes > 1:

@@ -51,7 +51,7 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, fed_args
     strategy = make_strategy(fed_args.strategy, mu=fed_args.mu, server_lr=fed_args.server_lr,
                              server_momentum=fed_args.server_momentum, beta=fed_args.trim_beta)
     accelerator = make_accelerator(fed_args)
-    lock = claim_output_dir(fed_args.output_dir, accelerator)  # before anything loads
+    lock = claim_output_dir(fed_args.output_dir, accelerator, fed_args.resume, fed_args.overwrite_output_dir)  # before anything loads
     try:
         trainer = _build(model_args, data_args, fed_args, strategy, accelerator, example, callbacks, compute_metrics)
     except BaseException:

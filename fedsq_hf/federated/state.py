@@ -14,6 +14,11 @@ from ..serialization import atomic_write_json
 __all__ = ["FederatedState"]
 
 
+_FIELD_TYPES = {"round": (int,), "max_rounds": (int,), "history": (list,), "best_metric": (int, float, type(None)),
+                "best_round": (int, type(None)), "metric_for_best_model": (str,), "greater_is_better": (bool,),
+                "failed_streak": (int,), "run": (dict,)}
+
+
 @dataclass
 class FederatedState:
     """The state of a federated run, in the manner of transformers' `TrainerState`.
@@ -71,5 +76,14 @@ class FederatedState:
 
     @classmethod
     def load_from_json(cls, path: str | os.PathLike) -> FederatedState:
-        with open(path) as f:
-            return cls(**json.load(f))
+        """The state in `path`; `TypeError` if a field has the wrong type (a damaged or edited file)."""
+        with open(path, encoding="utf-8") as f:
+            state = cls(**json.load(f))
+        wrong = [name for name, kinds in _FIELD_TYPES.items() if not isinstance(getattr(state, name), kinds)
+                 or (isinstance(getattr(state, name), bool) and bool not in kinds)]
+        if not wrong and not all(isinstance(h, dict) and isinstance(h.get("round"), int)
+                                 and isinstance(h.get(state.best_key), (int, float, type(None))) for h in state.history):
+            wrong.append("history")
+        if wrong:
+            raise TypeError(f"wrong type of {', '.join(dict.fromkeys(wrong))}")
+        return state

@@ -101,7 +101,8 @@ class FederatedTrainer:
         """Run the rounds (from the last checkpoint with `args.resume`) until the last or until a callback
         stops the run; returns the summary."""
         if self.output_lock is None:
-            self.output_lock = claim_output_dir(self.args.output_dir, self.accelerator)
+            self.output_lock = claim_output_dir(self.args.output_dir, self.accelerator, self.args.resume,
+                                                self.args.overwrite_output_dir)
         try:
             return self._train()
         finally:
@@ -201,6 +202,9 @@ class FederatedTrainer:
             else:  # from the sum of weighted (local - global)
                 update = self.strategy.aggregate(packed[len(stats) + local.numel():].float().sub_(self.global_state, alpha=weight), weight)
             self.strategy.server_update(self.global_state, update)
+            if not bool(torch.isfinite(self.global_state).all()):  # not written: the last checkpoint stays good
+                raise FedSQError(f"Round {round_}: the server update made the global model non-finite; lower "
+                                 "--server-lr (or --lr), or try --strategy fedavg.")
             self.state.failed_streak = 0
         elif active:  # clients trained, none usable (a round where every client dropped out is no failure)
             self.state.failed_streak += 1
@@ -240,14 +244,21 @@ class FederatedTrainer:
         if not self.state.is_world_process_zero:
             return os.path.join(folder, f"round-{self.state.round:05d}")
         tensors = {**self.model_state.tensors(), **{f"strategy.{k}": v for k, v in self.strategy.state_dict().items()}}
+        if self.model.config.calibrated and self.model.structural is not None:  # re-frozen gates: not the backbone's
+            tensors.update({f"structural.{k}": v for k, v in self.model.structural.state_dict().items()})
         return save_checkpoint(folder, self.state, tensors)
 
     def load_checkpoint(self) -> None:
         folder = os.path.join(self.args.output_dir, "checkpoints")
         state, tensors = load_checkpoint(folder, self.state.run)
         if not self.model_state.load(tensors):
-            raise CheckpointError(f"--resume: the checkpoint in {folder!r} does not match this model's size.")
+            raise CheckpointError(f"--resume: the checkpoint in {folder!r} does not match this model (missing tensors "
+                                  "or another size); it was damaged or is of another model. Run without --resume.")
         self.strategy.load_state_dict({k[len("strategy."):]: v for k, v in tensors.items() if k.startswith("strategy.")})
+        structural = {k[len("structural."):]: v for k, v in tensors.items() if k.startswith("structural.")}
+        if structural:
+            self.model.structural.load_state_dict(structural)
+            self.model.config.calibrated = True
         current = self.state  # this run's settings; the checkpoint's progress, best recomputed under them
         current.round, current.history, current.failed_streak = state.round, state.history, state.failed_streak
         for record in current.history:

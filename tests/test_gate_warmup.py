@@ -1,0 +1,119 @@
+"""Gate warm-up inside the federation (--freeze-gates-at-round, --freeze-gates-when-drift-below)."""
+
+import json
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fedsq_hf import FedSQConfig, FedSQModel, model_card
+from fedsq_hf.federated import STRATEGIES, GateWarmupCallback, build_trainer, run_federated
+from helpers import assert_same_run, cli_args, run_example
+from test_federated import tiny_args
+from test_trainer_api import StopAfter
+
+
+def history(folder):
+    return [json.loads(line) for line in (folder / "history.jsonl").read_text().splitlines()]
+
+
+def test_warmup_rounds_train_as_a_plain_model_then_gates_freeze_from_the_global_model(backbone_dir, digits_dir, tmp_path):
+    backbone = backbone_dir("resnet10t")
+    model, data, fed = tiny_args(backbone, digits_dir, tmp_path / "plain", rounds=1)
+    model.model = "plain"
+    run_federated(model, data, fed)
+    trainer = build_trainer(*tiny_args(backbone, digits_dir, tmp_path / "warm", rounds=3, freeze_gates_at_round=2))
+    summary = trainer.train()
+
+    plain, warm = history(tmp_path / "plain"), history(tmp_path / "warm")
+    for key in ("clients", "train_loss", "eval_loss", "eval_accuracy"):  # round 1 is plain FedAvg, exactly
+        assert warm[0][key] == plain[0][key], key
+    assert [h["gates"] for h in warm] == ["own", "fixed", "fixed"]
+    assert [h.get("gates_frozen") for h in warm] == [None, True, False]
+    assert 0 < warm[0]["gate_step_drift"] < 1 and "gate_step_drift" not in warm[1]
+
+    # the structural copy is the global model after round 1 (its backbone, without the head)
+    structural = load_file(tmp_path / "warm" / "final" / "structural.safetensors")
+    after_round_1 = load_file(tmp_path / "plain" / "final" / "model.safetensors")
+    assert structural and all(torch.equal(v, after_round_1[f"dual_copy.quantitative.{k}"]) for k, v in structural.items())
+
+    # each client receives the structural copy once: the round's clients at the freeze, then newcomers only
+    size = sum(t.numel() * t.element_size() for t in trainer.model.structural.state_dict().values())
+    newcomers = len(set(warm[2]["clients"]) - set(warm[1]["clients"]))
+    assert [h.get("bytes_structural") for h in warm] == [None, 2 * size, newcomers * size]
+    assert summary["gate_warmup"] == {"rule": "fixed round 2", "frozen_at_round": 2, "probe_samples": 60,
+                                      "step_drift_at_freeze": warm[0]["gate_step_drift"],
+                                      "bytes_structural": (2 + newcomers) * size}
+    assert json.loads((tmp_path / "warm" / "summary.json").read_text())["gate_warmup"] == summary["gate_warmup"]
+
+    loaded = FedSQModel.from_pretrained(tmp_path / "warm" / "final")
+    assert loaded.config.gates_frozen_at_round == 2 and loaded.config.calibrated and loaded.dual_copy.gating
+    for k, v in loaded.structural.state_dict().items():
+        assert torch.equal(v, structural[k]), k
+    card = model_card(loaded.config, summary=summary, history=warm).content
+    assert "re-frozen from the global model at\n  the start of round 2, after a federated gate warm-up" in card
+    assert "| gate warm-up | rounds 1-1 without fixed gates, then gates frozen from the global model at round 2" in card
+
+
+def test_drift_rule_freezes_after_the_first_settled_round_or_the_bound():
+    rule = GateWarmupCallback(drift_below=0.05, max_warmup_rounds=3)
+    drifts = lambda *ds: [{"round": r, "gate_step_drift": d} for r, d in enumerate(ds, 1)]  # noqa: E731
+    assert rule.freeze_round([]) is None and rule.freeze_round(drifts(0.01)) is None  # round 1 alone never decides
+    assert rule.freeze_round(drifts(0.2, 0.04)) == 3
+    assert rule.freeze_round(drifts(0.01, 0.03)) is None  # below the threshold, but still rising
+    assert rule.freeze_round(drifts(0.01, 0.03, 0.02)) == 4
+    assert rule.freeze_round(drifts(0.2, 0.1, 0.09)) == 4  # the bound: at most 3 warm-up rounds
+    assert GateWarmupCallback(freeze_at_round=4).freeze_round([]) == 4
+
+
+@pytest.mark.parametrize("stop", [1, 3], ids=["in-warm-up", "after-freeze"])
+def test_resume_during_and_after_the_warm_up_is_exact(stop, backbone_dir, digits_dir, tmp_path):
+    backbone = backbone_dir("resnet10t")
+    settings = dict(rounds=4, strategy="fedprox", mu=0.1, freeze_gates_when_drift_below=1e-9, max_warmup_rounds=2)
+    run_federated(*tiny_args(backbone, digits_dir, tmp_path / "straight", **settings))
+    run_federated(*tiny_args(backbone, digits_dir, tmp_path / "resumed", **settings), callbacks=[StopAfter(stop)])
+    run_federated(*tiny_args(backbone, digits_dir, tmp_path / "resumed", resume=True, **settings))
+    runs = assert_same_run(tmp_path / "straight", tmp_path / "resumed")
+    assert [h["gates"] for h in runs] == ["own", "own", "fixed", "fixed"]  # the bound: 2 warm-up rounds
+    a, b = (load_file(tmp_path / run / "final" / "structural.safetensors") for run in ("straight", "resumed"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_every_strategy_warms_up_then_freezes(strategy, backbone_dir, digits_dir, tmp_path):
+    summary = run_federated(*tiny_args(backbone_dir("resnet10t"), digits_dir, tmp_path, rounds=2, strategy=strategy,
+                                       clients_per_round=3, freeze_gates_when_drift_below=0.999, max_warmup_rounds=1))
+    assert summary["gate_warmup"]["frozen_at_round"] == 2 and summary["gate_warmup"]["step_drift_at_freeze"] < 0.999
+    assert all(torch.isfinite(v).all() for v in load_file(tmp_path / "final" / "model.safetensors").values())
+
+
+def test_warm_up_after_calibration_gives_the_same_weights_on_1_and_2_processes(backbone_dir, digits_dir, tmp_path):
+    backbone = backbone_dir("resnet10t")
+    torchrun = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29551")
+    extra = dict(rounds=3, freeze_gates_when_drift_below=0.999, max_warmup_rounds=2, calibration_samples=40,
+                 gate_probe_samples=32)
+    for name, launcher in (("one", (sys.executable,)), ("two", torchrun)):
+        result = run_example(cli_args(backbone, digits_dir, tmp_path / name, **extra), launcher=launcher)
+        assert result.returncode == 0, result.stderr[-3000:]
+    for file in ("model.safetensors", "structural.safetensors"):
+        a, b = (load_file(tmp_path / name / "final" / file) for name in ("one", "two"))
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6, msg=k)
+    one, two = history(tmp_path / "one"), history(tmp_path / "two")
+    assert [(h["clients"], h["gates"]) for h in one] == [(h["clients"], h["gates"]) for h in two]
+    config = json.loads((tmp_path / "two" / "final" / "config.json").read_text())
+    assert config["calibrated"] and config["gates_frozen_at_round"] == 3  # round 1 never decides; the bound is 2
+
+
+def test_a_model_saved_during_the_warm_up_is_the_plain_model_it_is(backbone_dir, tmp_path):
+    model = FedSQModel(FedSQConfig(backbone=backbone_dir("resnet10t"), num_labels=3)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    model.dual_copy.disable_gates()
+    own = model(x).logits
+    model.save_pretrained(tmp_path)
+    loaded = FedSQModel.from_pretrained(tmp_path)
+    assert not loaded.config.fixed_gating and not (tmp_path / "structural.safetensors").exists()
+    torch.testing.assert_close(loaded(x).logits, own)
+    model.dual_copy.enable_gates()
+    assert model.dual_copy.gating and model.config.fixed_gating
