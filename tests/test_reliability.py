@@ -608,3 +608,18 @@ def test_resume_with_other_rounds(settings, match, backbone_dir, digits_dir, fin
             run_federated(*args)
     else:
         assert run_federated(*args)["rounds"] == 3
+
+
+def test_a_run_in_which_no_round_had_a_usable_update_fails(backbone_dir, digits_dir, tmp_path):
+    with pytest.raises(FedSQError, match="1 consecutive rounds had no usable client update"):
+        run_federated(*tiny_args(backbone_dir("resnet10t"), digits_dir, tmp_path, rounds=1, lr=1e12, local_steps=20,
+                                 local_epochs=0))
+    assert not (tmp_path / "final").exists()
+
+
+def test_a_backbone_that_cannot_take_the_images_is_refused_before_training(digits_dir, tmp_path):
+    from conftest import save_backbone
+
+    one_channel = save_backbone(tmp_path / "grey", "resnet10t", in_chans=1)
+    with pytest.raises(FedSQError, match="cannot take this dataset's images .*in_chans"):
+        run_federated(*tiny_args(one_channel, digits_dir, tmp_path / "run", rounds=1))

@@ -115,7 +115,11 @@ def _build(model_args: ModelArguments, data_args: DataArguments, fed_args: Feder
     if "calibration" in splits:
         calibrate(model, splits["calibration"], fed_args, model_args.calibration_epochs, accelerator)
     with torch.no_grad():  # an input the backbone cannot take fails here, not in round 1
-        model.eval()(model_inputs(splits["eval"], [0])[0])
+        try:
+            model.eval()(model_inputs(splits["eval"], [0])[0])
+        except RuntimeError as err:
+            raise FedSQError(f"The backbone {backbone!r} cannot take this dataset's images ({err}); check the backbone's "
+                             "input channels (in_chans) and --image-size.") from err
     size = eval_pipe.prefix_size[-1]
     return FederatedTrainer(
         model, strategy, splits["train"], splits["eval"], parts, fed_args,

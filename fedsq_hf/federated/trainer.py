@@ -209,9 +209,10 @@ class FederatedTrainer:
         elif active:  # clients trained, none usable (a round where every client dropped out is no failure)
             self.state.failed_streak += 1
         self.model_state.write()
-        if self.state.failed_streak >= self.args.max_failed_rounds:
+        streak = self.state.failed_streak
+        if streak >= self.args.max_failed_rounds or streak == round_ == self.state.max_rounds:  # never a usable round
             raise FedSQError(
-                f"{self.state.failed_streak} consecutive rounds had no usable client update (all clients failed); "
+                f"{streak} consecutive rounds had no usable client update (all clients failed); "
                 "the global model was kept unchanged. Lower --lr or check the data.")
         return stats, failed
 
