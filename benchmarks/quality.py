@@ -91,7 +91,7 @@ def finished_run(folder: str, config: dict) -> dict | None:
             summary = json.load(f)
     except (OSError, json.JSONDecodeError):
         return None
-    same = all(summary["config"].get(k) == config[k] for k in (*RESUME_KEYS, "rounds") if k in config and k != "backbone")
+    same = all(summary["config"].get(k) == config[k] for k in RESUME_KEYS if k in config and k != "backbone")
     return summary if same and summary["rounds"] == config["rounds"] else None
 
 

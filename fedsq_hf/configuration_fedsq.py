@@ -10,6 +10,7 @@ from transformers import PreTrainedConfig
 
 from .errors import FedSQError
 from .gating import GATE_KINDS
+from .serialization import is_of_type
 
 __all__ = ["FedSQConfig", "BN_MODES", "MAX_LABELS", "as_torch_dtype"]
 
@@ -97,7 +98,7 @@ class FedSQConfig(PreTrainedConfig):
             self.fedsq_version = __version__
         for name, kinds in _FIELD_TYPES.items():
             value = getattr(self, name)
-            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            if not is_of_type(value, kinds):
                 expected = " or ".join("None" if k is type(None) else k.__name__ for k in kinds)
                 raise FedSQError(f"FedSQConfig.{name} must be {expected}, got {type(value).__name__} {value!r}.")
         if self.gated_ops is not None and not all(isinstance(op, str) for op in self.gated_ops):

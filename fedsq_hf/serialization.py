@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save
 from .errors import CheckpointError
 
 __all__ = ["atomic_write_bytes", "atomic_write_json", "save_weights", "load_weights", "check_state_dict",
-           "check_finite", "umask"]
+           "check_finite", "is_of_type", "umask"]
 
 
 def umask() -> int:
@@ -112,3 +112,8 @@ def check_finite(state: dict[str, torch.Tensor], source: str, error: type[Except
             f"The weights in {source} hold NaN or Inf values in {', '.join(bad[:3])}{more}: they are corrupted, e.g. "
             "saved after training diverged. Use an earlier checkpoint, or export the weights again."
         )
+
+
+def is_of_type(value: object, kinds: tuple[type, ...]) -> bool:
+    """`isinstance` for a value read from JSON, where `true` is no int unless `bool` is among `kinds`."""
+    return isinstance(value, kinds) and (bool in kinds or not isinstance(value, bool))

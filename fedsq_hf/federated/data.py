@@ -73,8 +73,8 @@ def _checked_labels(train: Dataset, evaluation: Dataset | None, column: str, dat
     """Train's labels as a ClassLabel of 2+ classes, all in range; eval's labels in range and seen in train."""
     named = isinstance(train.features[column], ClassLabel)
     if not named:  # ints, strings or bools: indexed as train names them, numbers in numeric order
-        train = _plain_labels(train, column, "train", dataset)
-        names = [str(v) for v in sorted(_label_values(train, column, "train", dataset))]
+        train, values = _plain_labels(train, column, "train", dataset)
+        names = [str(v) for v in sorted(values)]
         train = _encode_like(train, column, ClassLabel(names=names), dataset, "train")
     feature = train.features[column]
     seen = _ids_in_range(train, column, feature.num_classes, "train", dataset)
@@ -92,7 +92,7 @@ def _checked_labels(train: Dataset, evaluation: Dataset | None, column: str, dat
                 f"({feature.names[:4]}... vs {eval_feature.names[:4]}...): label ids would not match. "
                 "Use splits of one dataset.")
     else:
-        evaluation = _plain_labels(evaluation, column, eval_split, dataset)
+        evaluation, _ = _plain_labels(evaluation, column, eval_split, dataset)
         if not named or eval_feature.dtype in ("string", "large_string"):  # integer ids of a named train stay ids
             evaluation = _encode_like(evaluation, column, feature, dataset, eval_split)
     unseen = _ids_in_range(evaluation, column, feature.num_classes, eval_split, dataset) - seen
@@ -109,8 +109,9 @@ def _label_values(ds: Dataset, column: str, split: str, dataset: str) -> list:
     return values
 
 
-def _plain_labels(ds: Dataset, column: str, split: str, dataset: str) -> Dataset:
-    """Float labels that are whole numbers become ints; NaN, fractions and negative numbers are refused."""
+def _plain_labels(ds: Dataset, column: str, split: str, dataset: str) -> tuple[Dataset, list]:
+    """(`ds`, its distinct labels): float labels that are whole numbers become ints; NaN, fractions and
+    negative numbers are refused."""
     dtype = ds.features[column].dtype
     values = _label_values(ds, column, split, dataset)
     if dtype.startswith("float"):
@@ -122,11 +123,11 @@ def _plain_labels(ds: Dataset, column: str, split: str, dataset: str) -> Dataset
         ds, values = ds.cast_column(column, Value("int64")), [int(v) for v in values]
     if dtype not in ("bool", "string", "large_string"):
         negative = sorted(v for v in values if v < 0)
-        if negative:  # as `samples._checked_labels` says of a ClassLabel's -1
+        if negative:  # as `_ids_in_range` says of a ClassLabel's -1
             raise FedSQError(f"Labels {negative[:5]} in column {column!r} are negative in the {split} split of "
                              f"{dataset!r} (-1 usually marks unlabelled rows); drop those rows, or check "
                              "--label-column.")
-    return ds
+    return ds, values
 
 
 def _ids_in_range(ds: Dataset, column: str, num_classes: int, split: str, dataset: str) -> set[int]:

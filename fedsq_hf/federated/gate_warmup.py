@@ -75,8 +75,6 @@ class GateWarmupCallback(FederatedCallback):
         model = trainer.model
         if model.dual_copy.structural is None:
             raise FedSQError("A gate warm-up needs a FedSQ model (fixed_gating=True): a plain model has no gates to freeze.")
-        self.probe = model_inputs(trainer.eval_set, range(min(self.probe_samples, len(trainer.eval_set))),
-                                  trainer.accelerator.device)[0]
         freeze = self.freeze_round(state.history)
         if freeze is not None and state.round >= freeze:  # resumed after the freeze
             if not model.config.calibrated:
@@ -85,6 +83,8 @@ class GateWarmupCallback(FederatedCallback):
             model.config.gates_frozen_at_round = freeze
             return
         model.dual_copy.disable_gates()
+        self.probe = model_inputs(trainer.eval_set, range(min(self.probe_samples, len(trainer.eval_set))),
+                                  trainer.accelerator.device)[0]
         self.reference = self._gates(trainer)
         if state.is_world_process_zero:
             rule = (f"until round {self.freeze_at_round}" if self.drift_below is None else
@@ -125,7 +125,7 @@ class GateWarmupCallback(FederatedCallback):
             "rule": (f"fixed round {self.freeze_at_round}" if self.drift_below is None else
                      f"gate step drift < {self.drift_below} (at most {self.max_warmup_rounds} warm-up rounds)"),
             "frozen_at_round": freeze, "step_drift_at_freeze": drifts.get(freeze - 1) if freeze else None,
-            "probe_samples": len(self.probe),
+            "probe_samples": min(self.probe_samples, len(trainer.eval_set)),
             "bytes_structural": sum(h.get("bytes_structural", 0) for h in state.history),
         }
 

@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..serialization import atomic_write_json
+from ..serialization import atomic_write_json, is_of_type
 
 __all__ = ["FederatedState"]
 
@@ -79,8 +79,7 @@ class FederatedState:
         """The state in `path`; `TypeError` if a field has the wrong type (a damaged or edited file)."""
         with open(path, encoding="utf-8") as f:
             state = cls(**json.load(f))
-        wrong = [name for name, kinds in _FIELD_TYPES.items() if not isinstance(getattr(state, name), kinds)
-                 or (isinstance(getattr(state, name), bool) and bool not in kinds)]
+        wrong = [name for name, kinds in _FIELD_TYPES.items() if not is_of_type(getattr(state, name), kinds)]
         if not wrong and not all(isinstance(h, dict) and isinstance(h.get("round"), int)
                                  and isinstance(h.get(state.best_key), (int, float, type(None))) for h in state.history):
             wrong.append("history")
