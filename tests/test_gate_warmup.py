@@ -32,6 +32,7 @@ def test_warmup_rounds_train_as_a_plain_model_then_gates_freeze_from_the_global_
     assert [h["gates"] for h in warm] == ["own", "fixed", "fixed"]
     assert [h.get("gates_frozen") for h in warm] == [None, True, False]
     assert 0 < warm[0]["gate_step_drift"] < 1 and "gate_step_drift" not in warm[1]
+    assert warm[0]["gate_probe_loss"] > 0 and "gate_probe_loss" not in warm[1]
 
     # the structural copy is the global model after round 1 (its backbone, without the head)
     structural = load_file(tmp_path / "warm" / "final" / "structural.safetensors")
@@ -58,12 +59,18 @@ def test_warmup_rounds_train_as_a_plain_model_then_gates_freeze_from_the_global_
 
 def test_drift_rule_freezes_after_the_first_settled_round_or_the_bound():
     rule = GateWarmupCallback(drift_below=0.05, max_warmup_rounds=3)
-    drifts = lambda *ds: [{"round": r, "gate_step_drift": d} for r, d in enumerate(ds, 1)]  # noqa: E731
+
+    def drifts(*ds, losses=(2.0, 1.5, 1.0)):
+        return [{"round": r, "gate_step_drift": d, "gate_probe_loss": l} for r, (d, l) in enumerate(zip(ds, losses), 1)]
+
     assert rule.freeze_round([]) is None and rule.freeze_round(drifts(0.01)) is None  # round 1 alone never decides
     assert rule.freeze_round(drifts(0.2, 0.04)) == 3
     assert rule.freeze_round(drifts(0.01, 0.03)) is None  # below the threshold, but still rising
     assert rule.freeze_round(drifts(0.01, 0.03, 0.02)) == 4
     assert rule.freeze_round(drifts(0.2, 0.1, 0.09)) == 4  # the bound: at most 3 warm-up rounds
+    # a model whose probe loss rose has stopped learning (e.g. collapsed to one class): its still gates are not settled
+    assert rule.freeze_round(drifts(0.2, 0.04, losses=(2.3, 3.1))) is None
+    assert rule.freeze_round(drifts(0.2, 0.04, 0.03, losses=(2.3, 3.1, 2.9))) == 4
     assert GateWarmupCallback(freeze_at_round=4).freeze_round([]) == 4
 
 

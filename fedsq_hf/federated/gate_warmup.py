@@ -4,8 +4,10 @@ strategy), then the structural copy is re-frozen from the global model and FedSQ
 The freeze round R is fixed (`--freeze-gates-at-round`) or chosen by drift (`--freeze-gates-when-drift-below`):
 after each warm-up round the server runs a probe set (the first `--gate-probe-samples` evaluation samples)
 through the global model and measures the fraction of its own gates that changed since the previous round
-(the step drift). The first round whose step drift is below the threshold and below the previous round's
-(the gates are settling), or `--max-warmup-rounds`, ends the warm-up. Round 1 alone never ends it: it starts
+(the step drift), and the probe loss of the global model. The first round whose step drift is below the
+threshold and below the previous round's (the gates are settling) while the probe loss fell (the model is
+still learning: a model that collapsed to a constant answer also stops moving its gates), or
+`--max-warmup-rounds`, ends the warm-up. Round 1 alone never ends it: it starts
 from a zero-initialised head, whose first steps send almost no gradient into the backbone, so its drift
 understates how far the gates will move. R is read from the history, so a resumed run decides as the
 interrupted one did.
@@ -42,7 +44,7 @@ class GateWarmupCallback(FederatedCallback):
                  probe_samples: int = 256) -> None:
         self.freeze_at_round, self.drift_below = freeze_at_round, drift_below
         self.max_warmup_rounds, self.probe_samples = max_warmup_rounds, probe_samples
-        self.probe: torch.Tensor | None = None
+        self.probe: tuple[torch.Tensor, torch.Tensor] | None = None  # (pixels, labels)
         self.reference: list | None = None  # the previous round's global gates on the probe set
 
     @classmethod
@@ -59,17 +61,24 @@ class GateWarmupCallback(FederatedCallback):
             return self.freeze_at_round
         previous = None
         for record in history:
-            drift = record.get("gate_step_drift")
-            if drift is None:
+            if "gate_step_drift" not in record:
                 continue
-            settling = previous is not None and drift < min(self.drift_below, previous)
+            drift, loss = record["gate_step_drift"], record["gate_probe_loss"]
+            settling = previous is not None and drift < min(self.drift_below, previous[0]) and loss < previous[1]
             if settling or record["round"] >= self.max_warmup_rounds:
                 return record["round"] + 1
-            previous = drift
+            previous = drift, loss
         return None
 
     def _gates(self, trainer) -> list:
-        return GateRecorder(trainer.model).gates(self.probe)
+        return GateRecorder(trainer.model).gates(self.probe[0])
+
+    @torch.no_grad()
+    def _probe_loss(self, trainer) -> torch.Tensor:
+        model, (pixels, labels) = trainer.model.eval(), self.probe
+        with trainer.accelerator.autocast():
+            logits = torch.cat([model(pixels[i : i + 64]).logits.float() for i in range(0, len(pixels), 64)])
+        return torch.nn.functional.cross_entropy(logits, labels)
 
     def on_train_begin(self, args, state, control, trainer=None, **kwargs):
         model = trainer.model
@@ -84,12 +93,12 @@ class GateWarmupCallback(FederatedCallback):
             return
         model.dual_copy.disable_gates()
         self.probe = model_inputs(trainer.eval_set, range(min(self.probe_samples, len(trainer.eval_set))),
-                                  trainer.accelerator.device)[0]
+                                  trainer.accelerator.device)
         self.reference = self._gates(trainer)
         if state.is_world_process_zero:
             rule = (f"until round {self.freeze_at_round}" if self.drift_below is None else
-                    f"until the gates change on less than {self.drift_below:.2%} of {len(self.probe)} probe samples' "
-                    f"gates in a round (at most {self.max_warmup_rounds} rounds)")
+                    f"until the gates change on less than {self.drift_below:.2%} of {len(self.probe[0])} probe samples' "
+                    f"gates in a round while their loss falls (at most {self.max_warmup_rounds} rounds)")
             logger.info("Gate warm-up: training without fixed gates %s.", rule)
 
     def on_round_begin(self, args, state, control, trainer=None, **kwargs):
@@ -109,8 +118,9 @@ class GateWarmupCallback(FederatedCallback):
         record["gates"] = "fixed" if dual.gates_enabled else "own"
         if not dual.gates_enabled:
             gates = self._gates(trainer)
-            drift = torch.tensor([gate_drift(self.reference, gates)["all"]], device=trainer.accelerator.device)
-            record["gate_step_drift"] = float(broadcast(drift))  # one decision on every process
+            measured = torch.stack([torch.tensor(gate_drift(self.reference, gates)["all"]), self._probe_loss(trainer).cpu()])
+            drift, loss = broadcast(measured.to(trainer.accelerator.device)).tolist()  # one decision on every process
+            record["gate_step_drift"], record["gate_probe_loss"] = drift, loss
             self.reference = gates
             return
         freeze = trainer.model.config.gates_frozen_at_round
@@ -123,7 +133,7 @@ class GateWarmupCallback(FederatedCallback):
         drifts = {h["round"]: h["gate_step_drift"] for h in state.history if "gate_step_drift" in h}
         summary["gate_warmup"] = {
             "rule": (f"fixed round {self.freeze_at_round}" if self.drift_below is None else
-                     f"gate step drift < {self.drift_below} (at most {self.max_warmup_rounds} warm-up rounds)"),
+                     f"gate step drift < {self.drift_below} with a falling probe loss (at most {self.max_warmup_rounds} warm-up rounds)"),
             "frozen_at_round": freeze, "step_drift_at_freeze": drifts.get(freeze - 1) if freeze else None,
             "probe_samples": min(self.probe_samples, len(trainer.eval_set)),
             "bytes_structural": sum(h.get("bytes_structural", 0) for h in state.history),
