@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import torch
+from timm.data.transforms import str_to_interp_mode
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
@@ -113,6 +115,8 @@ class FedSQConfig(PreTrainedConfig):
             raise FedSQError(f"Unknown bn_mode {self.bn_mode!r}; choose from {list(BN_MODES)}.")
         if self.num_labels < 1:
             raise FedSQError("FedSQConfig.id2label is empty: a classifier needs at least one label.")
+        if self.pretrained_cfg is not None:
+            _check_pretrained_cfg(self.pretrained_cfg)
 
     @property
     def num_labels(self) -> int | None:
@@ -134,6 +138,34 @@ def as_torch_dtype(value: Any, where: str) -> torch.dtype:
             f"{where} must be a floating-point torch dtype such as 'float32', 'float16' or 'bfloat16', got {value!r}."
         )
     return found
+
+
+def _check_pretrained_cfg(cfg: dict[str, Any]) -> None:
+    """The keys of timm's data config that the preprocessing reads, checked when config.json is read rather
+    than at the first image."""
+    numbers = lambda v, n: isinstance(v, list | tuple) and len(v) == n and all(  # noqa: E731
+        isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) for x in v)
+    checks = {
+        "input_size": ("[3, height, width] with sizes of at least 8 px",
+                       lambda v: numbers(v, 3) and all(isinstance(x, int) for x in v) and v[0] == 3 and min(v[1:]) >= 8),
+        "mean": ("3 finite numbers (one per RGB channel)", lambda v: numbers(v, 3)),
+        "std": ("3 positive finite numbers (one per RGB channel)", lambda v: numbers(v, 3) and min(v) > 0),
+        "crop_pct": ("a number in (0, 1]", lambda v: numbers([v], 1) and 0 < v <= 1),
+        "crop_mode": ("center, squash or border", lambda v: v in ("center", "squash", "border")),
+        "interpolation": ("one of timm's modes (bilinear, bicubic, nearest, ...)", _is_interpolation),
+    }
+    for key, (expected, ok) in checks.items():
+        if key in cfg and not ok(cfg[key]):
+            raise FedSQError(f"FedSQConfig.pretrained_cfg[{key!r}] must be {expected}, got {cfg[key]!r}: fix it in "
+                             "config.json, or remove the key to use timm's default.")
+
+
+def _is_interpolation(value: Any) -> bool:
+    try:
+        str_to_interp_mode(value)
+    except (KeyError, TypeError):
+        return False
+    return True
 
 
 def _check_num_labels(value: Any) -> None:

@@ -124,6 +124,25 @@ def test_bad_config_fields_name_the_file_and_field(fields, match, checkpoint):
         FedSQModel.from_pretrained(checkpoint)
 
 
+@pytest.mark.parametrize("key, value, match", [
+    ("input_size", [3, 32], r"\['input_size'\] must be \[3, height, width\].*got \[3, 32\]"),
+    ("input_size", [1, 32, 32], r"\['input_size'\] must be \[3, height, width\]"),
+    ("mean", [0.5, 0.5], r"\['mean'\] must be 3 finite numbers"),
+    ("std", [0.2, 0.0, 0.2], r"\['std'\] must be 3 positive finite numbers"),
+    ("std", "0.2", r"\['std'\] must be 3 positive"),
+    ("crop_pct", 0, r"\['crop_pct'\] must be a number in \(0, 1\], got 0"),
+    ("crop_mode", "middle", r"\['crop_mode'\] must be center, squash or border, got 'middle'"),
+    ("interpolation", "cubic", r"\['interpolation'\] must be one of timm's modes .*, got 'cubic'"),
+])
+def test_a_malformed_pretrained_cfg_is_refused_when_loading(key, value, match, checkpoint):
+    """The preprocessing config is checked where config.json is read, not at the first image."""
+    cfg = json.loads((checkpoint / "config.json").read_text())["pretrained_cfg"]
+    edit_config(checkpoint, pretrained_cfg={**cfg, key: value})
+    with pytest.raises(CheckpointError, match=r"config\.json' is not a valid FedSQ config: FedSQConfig\.pretrained_cfg"
+                                              + match + ".*: fix it in config.json"):
+        FedSQModel.from_pretrained(checkpoint)
+
+
 def test_config_json_that_is_not_utf8(checkpoint):
     (checkpoint / "config.json").write_bytes(b'\xff\xfe{"model_type": "fedsq"}')
     with pytest.raises(CheckpointError, match=r"config\.json' is not a readable JSON config \(UnicodeDecodeError"):

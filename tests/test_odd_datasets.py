@@ -1,6 +1,10 @@
 """Odd datasets: each one loads correctly or is refused with a FedSQError naming the problem, never a raw error."""
 
+import contextlib
 import os
+import pathlib
+import shutil
+import tempfile
 
 import numpy as np
 import pytest
@@ -173,11 +177,33 @@ def test_validation_is_preferred_to_test_and_the_other_is_still_reachable(tmp_pa
     assert _load(tmp_path, eval_split="test")[1]["label"] == [0, 0]
 
 
-@pytest.mark.parametrize("name", ["train_extra_old", "train-extra", "training", "mnist"])
+@pytest.mark.parametrize("name", ["train_extra_old", "train-extra", "trainings", "mnist"])
 def test_a_parquet_file_matching_no_split_is_refused(name, tmp_path):
     with pytest.raises(FedSQError, match=rf"Parquet files \['{name}.parquet'\] of .* match no split: name them "
                                          r"\{split\}.parquet or \{split\}-00000-of-00001.parquet"):
         _load(_parquet(tmp_path, {"train": [0, 1] * 5, "test": [0, 1], name: [0] * 3}))
+
+
+@pytest.mark.parametrize("train, evaluation, split", [("training", "dev", "validation"), ("train", "testing", "test"),
+                                                      ("training", "evaluation", "test")])
+def test_the_other_split_names_of_datasets_are_read_as_their_split(train, evaluation, split, tmp_path):
+    """`datasets` reads training/, dev/, testing/, eval/ as train, validation and test: so do parquet files and
+    imagefolders here."""
+    loaded = _load(_parquet(tmp_path / "pq", {train: [0, 1] * 5, evaluation: [1, 1, 0]}))
+    assert len(loaded[0]) == 10 and loaded[1]["label"] == [1, 1, 0]
+    folder = _imagefolder(tmp_path / "img", {f"{train}/cat": 4, f"{train}/dog": 4, f"{evaluation}/cat": 2})
+    assert load_image_dataset(folder, eval_split=split)[1]["label"] == [0, 0]
+    assert [len(x) for x in load_image_dataset(folder)[:2]] == [8, 2]
+
+
+@pytest.mark.parametrize("layout", ["parquet", "imagefolder"])
+def test_two_names_of_one_split_are_refused(layout, tmp_path):
+    if layout == "parquet":
+        folder = _parquet(tmp_path, {"train": [0, 1] * 5, "training": [0, 1], "test": [0, 1]})
+    else:
+        folder = _imagefolder(tmp_path, {"train/cat": 3, "train/dog": 3, "training/cat": 2, "training/dog": 2})
+    with pytest.raises(FedSQError, match=r"train and training of .* all name the 'train' split; merge them"):
+        _load(folder)
 
 
 # -- 7. imagefolders: split/class/image files -------------------------------------------------------------
@@ -239,3 +265,46 @@ def test_a_dataset_path_under_home_is_expanded(tmp_path, monkeypatch):
     assert (len(train), len(evaluation)) == (10, 2)
     with pytest.raises(FedSQError, match="Dataset path '~/nothing' does not exist"):
         load_image_dataset("~/nothing", "img")
+
+
+# -- 9. files this user cannot read ------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _as_another_user():
+    """Permission bits bind this process: as root, by taking the effective ids of `nobody` for the block."""
+    if os.geteuid() != 0:
+        yield
+        return
+    os.setegid(65534)
+    os.seteuid(65534)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+
+
+@pytest.fixture
+def shared_dir():
+    """A folder another user may enter (pytest's tmp_path is private to its owner)."""
+    folder = tempfile.mkdtemp()
+    os.chmod(folder, 0o755)
+    yield pathlib.Path(folder)
+    shutil.rmtree(folder)
+
+
+def test_an_unreadable_image_is_refused_naming_it(shared_dir):
+    folder = _imagefolder(shared_dir, {"train/cat": 3, "train/dog": 3})
+    os.chmod(shared_dir / "train" / "dog" / "1.png", 0)
+    with _as_another_user(), pytest.raises(FedSQError, match=r"\['.*train/dog/1.png'\] of the dataset .* cannot "
+                                                             r"be read by this user \(permission denied\); make the "
+                                                             r"dataset readable \(e.g. `chmod -R a\+rX "):
+        load_image_dataset(folder)
+
+
+def test_an_unreadable_parquet_file_is_refused_naming_it(shared_dir):
+    folder = _parquet(shared_dir, {"train": [0, 1] * 5, "test": [0, 1]})
+    os.chmod(shared_dir / "test.parquet", 0)
+    with _as_another_user(), pytest.raises(FedSQError, match=r"\['.*test.parquet'\] of the dataset .* cannot be read "
+                                                             r"by this user \(permission denied\)"):
+        _load(folder)

