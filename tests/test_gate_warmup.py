@@ -77,12 +77,14 @@ def test_drift_rule_freezes_after_the_first_settled_round_or_the_bound():
 @pytest.mark.parametrize("stop", [1, 3], ids=["in-warm-up", "after-freeze"])
 def test_resume_during_and_after_the_warm_up_is_exact(stop, backbone_dir, digits_dir, tmp_path):
     backbone = backbone_dir("resnet10t")
-    settings = dict(rounds=4, strategy="fedprox", mu=0.1, freeze_gates_when_drift_below=1e-9, max_warmup_rounds=2)
+    settings = dict(rounds=4, strategy="fedprox", mu=0.1, freeze_gates_when_drift_below=1e-9, max_warmup_rounds=2,
+                    gate_drift_samples=8)  # drift from the starting model: a resumed run measures from it too
     run_federated(*tiny_args(backbone, digits_dir, tmp_path / "straight", **settings))
     run_federated(*tiny_args(backbone, digits_dir, tmp_path / "resumed", **settings), callbacks=[StopAfter(stop)])
     run_federated(*tiny_args(backbone, digits_dir, tmp_path / "resumed", resume=True, **settings))
     runs = assert_same_run(tmp_path / "straight", tmp_path / "resumed")
     assert [h["gates"] for h in runs] == ["own", "own", "fixed", "fixed"]  # the bound: 2 warm-up rounds
+    assert all(0 < h["gate_drift"] < 1 for h in runs)
     a, b = (load_file(tmp_path / run / "final" / "structural.safetensors") for run in ("straight", "resumed"))
     assert all(torch.equal(a[k], b[k]) for k in a)
 

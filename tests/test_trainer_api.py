@@ -37,7 +37,8 @@ class Recorder(FederatedCallback):
                 control.should_training_stop = True
         return event
 
-    on_train_begin, on_round_begin, on_client_end = _record("train_begin"), _record("round_begin"), _record("client")
+    on_init_end, on_train_begin = _record("init_end"), _record("train_begin")
+    on_round_begin, on_client_end = _record("round_begin"), _record("client")
     on_evaluate, on_round_end, on_save, on_train_end = (_record("evaluate"), _record("round_end"), _record("save"),
                                                        _record("train_end"))
 
@@ -47,7 +48,7 @@ def test_callbacks_see_every_event_in_order_and_steer_the_run(backbone_dir, digi
     model, data, fed = tiny_args(backbone_dir("resnet10t"), digits_dir, tmp_path, rounds=4, eval_every=2, save_every=3)
     summary = run_federated(model, data, fed, callbacks=[recorder])
     round_ = ["round_begin", "client", "client"]
-    assert recorder.events == ["train_begin",
+    assert recorder.events == ["init_end", "train_begin",
                                *round_, "evaluate", "round_end",  # evaluation forced in round 1
                                *round_, "evaluate", "round_end", "save",  # round 2: eval_every; stop, so saved
                                "train_end"]

@@ -8,6 +8,7 @@ from .calibration import calibrate
 from .client import ClientResult, ClientTrainer, client_seed, diverged
 from .data import load_image_dataset
 from .evaluation import Evaluator
+from .gate_drift_callback import GateDriftCallback
 from .gate_warmup import GateWarmupCallback
 from .hub_push import HubPushCallback
 from .images import AUGMENTATIONS, ImagePipeline, build_pipelines

@@ -23,8 +23,8 @@ __all__ = ["FederatedControl", "FederatedCallback", "CallbackHandler", "DefaultF
 
 logger = logging.getLogger(__name__)
 
-EVENTS = ("on_train_begin", "on_round_begin", "on_client_end", "on_evaluate", "on_round_end", "on_save",
-          "on_train_end")
+EVENTS = ("on_init_end", "on_train_begin", "on_round_begin", "on_client_end", "on_evaluate", "on_round_end",
+          "on_save", "on_train_end")
 
 
 @dataclass
@@ -44,6 +44,9 @@ class FederatedControl:
 
 class FederatedCallback:
     """Base class: override the events you need; each may change `control` (and may return it)."""
+
+    def on_init_end(self, args: FederatedArguments, state: FederatedState, control: FederatedControl, **kwargs):
+        """At the end of the trainer's `__init__`: the model as built, before a resume loads a checkpoint."""
 
     def on_train_begin(self, args: FederatedArguments, state: FederatedState, control: FederatedControl, **kwargs):
         """Before the first round (also when resuming)."""

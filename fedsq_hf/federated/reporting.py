@@ -12,6 +12,7 @@ from ..gate_drift import plot_drift
 from ..serialization import atomic_write_bytes, atomic_write_json
 from .arguments import FederatedArguments
 from .callbacks import DefaultFlowCallback, FederatedCallback
+from .gate_drift_callback import GateDriftCallback
 from .gate_warmup import GateWarmupCallback
 from .hub_push import HubPushCallback
 from .partition import plot_partition
@@ -97,10 +98,11 @@ class TrackerCallback(FederatedCallback):
 
 
 def default_callbacks(args: FederatedArguments) -> list[FederatedCallback]:
-    """What every run reports with: intervals, the gate warm-up (when asked), progress, history and summary,
+    """What every run reports with: intervals, the gate warm-up and gate drift (when asked), progress, history and summary,
     best/final models, plots, and (when asked) trackers and the Hub."""
-    warmup = GateWarmupCallback.from_args(args)  # before the reporting ones: it adds to each round's record
-    callbacks = [DefaultFlowCallback(), *([warmup] if warmup else []), ProgressCallback(), HistoryCallback(),
+    warmup = GateWarmupCallback.from_args(args)  # these two before the reporting ones: they add to each round's record
+    drift = [GateDriftCallback(args.gate_drift_samples)] if args.gate_drift_samples else []
+    callbacks = [DefaultFlowCallback(), *([warmup] if warmup else []), *drift, ProgressCallback(), HistoryCallback(),
                  BestModelCallback(), PlotCallback()]
     return callbacks + ([TrackerCallback()] if args.report_to != "none" else []) \
         + ([HubPushCallback()] if args.push_to_hub else [])

@@ -19,7 +19,6 @@ from accelerate import Accelerator
 from accelerate.utils import reduce
 
 from ..errors import CheckpointError, FedSQError
-from ..gate_drift import GateRecorder, gate_drift
 from ..modeling_fedsq import FedSQModel
 from .aggregation import GlobalState, gather_client_updates
 from .arguments import FederatedArguments, make_accelerator
@@ -31,7 +30,7 @@ from .metrics import MetricsFn, classification_metric_names, greater_is_better
 from .optim import round_learning_rates
 from .output_dir import OutputDirLock, claim_output_dir
 from .reporting import default_callbacks
-from .samples import as_samples, model_inputs
+from .samples import as_samples
 from .sampling import assign_clients, dropped_clients, sample_clients
 from .state import FederatedState
 from .strategies import ClientUpdate, Strategy
@@ -86,12 +85,7 @@ class FederatedTrainer:
         self.control = FederatedControl()
         self.output_lock: OutputDirLock | None = None  # held while training (build_trainer takes it earlier)
         self.callback_handler = CallbackHandler(default_callbacks(args) + list(callbacks or []))
-        # Gates of the pretrained (starting) model on a fixed eval subset: the reference of gate drift.
-        self._drift_pixels, self._drift_reference = None, None
-        if args.gate_drift_samples:
-            self._drift_pixels = model_inputs(self.eval_set, range(min(args.gate_drift_samples, len(self.eval_set))),
-                                              acc.device)[0]
-            self._drift_reference = GateRecorder(model).gates(self._drift_pixels)
+        self._event("on_init_end")
 
     def _event(self, event: str, **kwargs: Any) -> None:
         self.control = self.callback_handler.call_event(event, self.args, self.state, self.control, trainer=self, **kwargs)
@@ -149,9 +143,6 @@ class FederatedTrainer:
         record = {"round": round_, "clients": clients, "dropped_clients": dropped, "failed_clients": failed,
                   "lr": self.learning_rates[round_ - 1], "train_loss": float(stats[1]) / weight if weight else None,
                   "bytes_aggregated": int(stats[2]) * self.global_state.numel() * 4}
-        if self._drift_reference is not None:
-            drift = gate_drift(self._drift_reference, self.model, self._drift_pixels)
-            record["gate_drift"], record["gate_drift_units"] = drift.pop("all"), drift
         end = time.perf_counter()
         record.update(wall_time=end - start, train_time=trained - start, aggregate_time=end - trained, evaluation_time=0.0)
         return record

@@ -1,0 +1,29 @@
+"""`--gate-drift-samples N`: how far the global model's own gates move from those of the model the run started
+from, after each round, on the first N evaluation samples."""
+
+from __future__ import annotations
+
+from ..gate_drift import GateRecorder, gate_drift
+from .callbacks import FederatedCallback
+from .samples import model_inputs
+
+__all__ = ["GateDriftCallback"]
+
+
+class GateDriftCallback(FederatedCallback):
+    """Adds `gate_drift` (the fraction of gates that differ from the starting model's) and `gate_drift_units`
+    (per gated unit) to each round's record; `PlotCallback` draws them into `gate_drift.png`."""
+
+    def __init__(self, samples: int) -> None:
+        self.samples = samples
+        self.pixels, self.reference = None, None
+
+    def on_init_end(self, args, state, control, trainer=None, **kwargs):
+        # the reference is the model as built, before a resume loads a checkpoint's weights into it
+        count = min(self.samples, len(trainer.eval_set))
+        self.pixels = model_inputs(trainer.eval_set, range(count), trainer.accelerator.device)[0]
+        self.reference = GateRecorder(trainer.model).gates(self.pixels)
+
+    def on_round_end(self, args, state, control, record=None, trainer=None, **kwargs):
+        drift = gate_drift(self.reference, trainer.model, self.pixels)
+        record["gate_drift"], record["gate_drift_units"] = drift.pop("all"), drift
