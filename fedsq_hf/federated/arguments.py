@@ -165,7 +165,8 @@ class FederatedArguments:
         default=None,
         metadata={"help": "choose that round by gate drift: freeze after the first warm-up round (from round 2) in "
                           "which the global model's own gates changed on less than this fraction of the probe set's "
-                          "gates, and on fewer than in the round before (e.g. 0.01)"},
+                          "gates, and on fewer than in the round before, while the model's loss on the probe set "
+                          "fell (e.g. 0.01)"},
     )
     max_warmup_rounds: int = field(
         default=5, metadata={"help": "with --freeze-gates-when-drift-below: freeze after at most this many warm-up rounds"}
