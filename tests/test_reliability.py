@@ -599,6 +599,16 @@ def test_a_non_finite_server_update_stops_before_writing(backbone_dir, tmp_path)
     assert not (tmp_path / "final").exists() and not (tmp_path / "best").exists()  # no NaN model written
 
 
+def test_a_finite_but_exploded_global_model_stops_before_writing(backbone_dir, tmp_path):
+    from fedsq_hf.federated import FedAvgM
+
+    trainer = _random_task(backbone_dir, 1.0, tmp_path)
+    trainer.strategy = FedAvgM(server_lr=1e30)  # finite weights of 1e30: the outputs are NaN
+    with pytest.raises(FedSQError, match=r"Round 1: the global model's evaluation loss is nan .*lower --server-lr"):
+        trainer.train()
+    assert not (tmp_path / "final").exists() and not (tmp_path / "best").exists()
+
+
 @pytest.mark.parametrize("settings, match", [
     (dict(rounds=1, lr_scheduler="cosine"), "another run: lr_scheduler 'constant' \\(checkpoint\\) vs 'cosine'"),
     (dict(rounds=3), None),  # a constant schedule may be extended

@@ -9,6 +9,7 @@ a checkpoint holds the global state, the server optimizer state and the `Federat
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from typing import Any
@@ -204,12 +205,15 @@ class FederatedTrainer:
         if streak >= self.args.max_failed_rounds or streak == round_ == self.state.max_rounds:  # never a usable round
             raise FedSQError(
                 f"{streak} consecutive rounds had no usable client update (all clients failed); "
-                "the global model was kept unchanged. Lower --lr or check the data.")
+                "the global model was kept unchanged. Lower --lr (or a raised --weight-decay or --mu), or check the data.")
         return stats, failed
 
     def _evaluate_into(self, record: dict[str, Any]) -> None:
         start = time.perf_counter()
         metrics = self.evaluator.evaluate()
+        if not math.isfinite(metrics["loss"]):  # finite but huge weights (e.g. --server-lr 1e30): not written either
+            raise FedSQError(f"Round {record['round']}: the global model's evaluation loss is {metrics['loss']} (its "
+                             "outputs are non-finite); lower --server-lr, --lr, --mu or --weight-decay.")
         if self.state.metric_for_best_model not in metrics:
             raise FedSQError(f"--metric-for-best-model {self.state.metric_for_best_model!r} is not among the "
                              f"evaluation's metrics {sorted(metrics)}; pick one of them.")
