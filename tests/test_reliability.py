@@ -535,18 +535,27 @@ def test_a_misspelled_flag_is_a_usage_error_naming_the_closest_flag(tmp_path):
 
 @pytest.mark.parametrize("damage, match", [
     ("latest points nowhere", r"'.*latest' points to '.*round-00009', which does not exist"),
+    ("latest is empty", r"'.*latest' should name a checkpoint folder such as 'round-00003' but holds ''.*Write the newest"),
+    ("latest leaves the folder", r"'.*latest' should name a checkpoint folder .* but holds '../../elsewhere/round-00001'"),
+    ("latest is not text", "'.*latest' should name a checkpoint folder .* but holds '\ufffdround'"),
     ("state file missing", r"'.*round-00001/state.safetensors' is not a readable safetensors file"),
     ("round disagrees with history", r"trainer_state.json' is at round 2 but its history holds rounds \[1\]"),
     ("round of the wrong type", r"cannot read '.*trainer_state.json' \(wrong type of round\)"),
     ("history of the wrong type", r"cannot read '.*trainer_state.json' \(wrong type of history\)"),
+    ("state is a list", r"cannot read '.*trainer_state.json' \(it holds a JSON list, not an object of state fields\); "
+     r"it was edited or damaged: restore it, or run without --resume"),
+    ("state has an unknown field", r"cannot read '.*trainer_state.json' \(unknown fields 'new_field', not written by "
+     r"this version of fedsq-hf\)"),
     ("tensors missing", r"does not match this model \(missing tensors or another size\)"),
     ("tensors not finite", r"checkpoint '.*state.safetensors' hold NaN or Inf values in global_state"),
 ])
 def test_a_damaged_checkpoint_is_refused_naming_the_file(damage, match, backbone_dir, digits_dir, finished_run, tmp_path):
     out = shutil.copytree(finished_run, tmp_path / "run")
     checkpoint = out / "checkpoints" / "round-00001"
-    if damage == "latest points nowhere":
-        (out / "checkpoints" / "latest").write_text("round-00009")
+    pointer = {"latest points nowhere": b"round-00009", "latest is empty": b"",
+               "latest leaves the folder": b"../../elsewhere/round-00001", "latest is not text": b"\xffround"}
+    if damage in pointer:
+        (out / "checkpoints" / "latest").write_bytes(pointer[damage])
     elif damage == "state file missing":
         (checkpoint / "state.safetensors").unlink()
     elif damage.startswith("tensors"):
@@ -557,8 +566,9 @@ def test_a_damaged_checkpoint_is_refused_naming_the_file(damage, match, backbone
     else:
         state = json.loads((checkpoint / "trainer_state.json").read_text())
         edit = {"round disagrees with history": {"round": 2}, "round of the wrong type": {"round": "1"},
-                "history of the wrong type": {"history": ["round 1"]}}[damage]
-        (checkpoint / "trainer_state.json").write_text(json.dumps({**state, **edit}))
+                "history of the wrong type": {"history": ["round 1"]}, "state has an unknown field": {"new_field": 1}}
+        state = [state] if damage == "state is a list" else {**state, **edit[damage]}
+        (checkpoint / "trainer_state.json").write_text(json.dumps(state))
     with pytest.raises(CheckpointError, match=match):
         run_federated(*tiny_args(backbone_dir("resnet10t"), digits_dir, out, rounds=2, resume=True))
 

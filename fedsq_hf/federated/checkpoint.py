@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 
 import torch
@@ -56,19 +57,26 @@ def load_checkpoint(folder: str, run: dict) -> tuple[FederatedState, dict[str, t
     pointer = os.path.join(folder, "latest")
     if not os.path.isfile(pointer):
         raise CheckpointError(f"--resume: {folder!r} holds no checkpoint (no 'latest' file); run without --resume.")
-    with open(pointer) as f:
-        path = os.path.join(folder, f.read().strip())
+    with open(pointer, "rb") as f:
+        name = f.read().decode("utf-8", errors="replace").strip()
+    if not re.fullmatch(r"round-\d{5,}", name):  # also keeps the pointer inside `folder`
+        raise CheckpointError(f"--resume: {pointer!r} should name a checkpoint folder such as 'round-00003' but "
+                              f"holds {name[:40]!r}; the checkpoint folder was damaged. Write the newest round-N "
+                              "folder's name into it, or run without --resume.")
+    path = os.path.join(folder, name)
     if not os.path.isdir(path):
         raise CheckpointError(f"--resume: {pointer!r} points to {path!r}, which does not exist; the checkpoint "
                               "folder was damaged. Run without --resume, or restore the folder.")
+    state_file = os.path.join(path, "trainer_state.json")
+    damaged = "it was edited or damaged: restore it, or run without --resume (or with another --output-dir)."
     try:
-        state = FederatedState.load_from_json(os.path.join(path, "trainer_state.json"))
+        state = FederatedState.load_from_json(state_file)
     except (OSError, TypeError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise CheckpointError(f"--resume: cannot read {os.path.join(path, 'trainer_state.json')!r} ({err}).") from err
+        raise CheckpointError(f"--resume: cannot read {state_file!r} ({err}); {damaged}") from err
     rounds = [h.get("round") for h in state.history]
     if rounds != list(range(1, state.round + 1)):
-        raise CheckpointError(f"--resume: {os.path.join(path, 'trainer_state.json')!r} is at round {state.round} but its "
-                              f"history holds rounds {rounds[:3]}{'...' if len(rounds) > 3 else ''}; it was edited or damaged.")
+        raise CheckpointError(f"--resume: {state_file!r} is at round {state.round} but its history holds rounds "
+                              f"{rounds[:3]}{'...' if len(rounds) > 3 else ''}; {damaged}")
     if state.round > run.get("rounds", state.round):
         raise CheckpointError(f"--resume: the checkpoint in {path!r} is at round {state.round}, past --rounds "
                               f"{run['rounds']}; pass --rounds {state.round} or more.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..gate_drift import GateRecorder, gate_drift
 from .callbacks import FederatedCallback
-from .samples import model_inputs
+from .samples import first_model_inputs
 
 __all__ = ["GateDriftCallback"]
 
@@ -20,8 +20,7 @@ class GateDriftCallback(FederatedCallback):
 
     def on_init_end(self, args, state, control, trainer=None, **kwargs):
         # the reference is the model as built, before a resume loads a checkpoint's weights into it
-        count = min(self.samples, len(trainer.eval_set))
-        self.pixels = model_inputs(trainer.eval_set, range(count), trainer.accelerator.device)[0]
+        self.pixels = first_model_inputs(trainer.eval_set, self.samples, trainer.accelerator.device)[0]
         self.reference = GateRecorder(trainer.model).gates(self.pixels)
 
     def on_round_end(self, args, state, control, record=None, trainer=None, **kwargs):

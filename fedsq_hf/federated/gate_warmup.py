@@ -25,7 +25,7 @@ from ..errors import CheckpointError, FedSQError
 from ..gate_drift import GateRecorder, gate_drift
 from .arguments import FederatedArguments
 from .callbacks import FederatedCallback
-from .samples import model_inputs
+from .samples import first_model_inputs
 
 __all__ = ["GateWarmupCallback"]
 
@@ -92,8 +92,7 @@ class GateWarmupCallback(FederatedCallback):
             model.config.gates_frozen_at_round = freeze
             return
         model.dual_copy.disable_gates()
-        self.probe = model_inputs(trainer.eval_set, range(min(self.probe_samples, len(trainer.eval_set))),
-                                  trainer.accelerator.device)
+        self.probe = first_model_inputs(trainer.eval_set, self.probe_samples, trainer.accelerator.device)
         self.reference = self._gates(trainer)
         if state.is_world_process_zero:
             rule = (f"until round {self.freeze_at_round}" if self.drift_below is None else

@@ -205,3 +205,9 @@ def model_inputs(samples: torch.utils.data.Dataset, indices: Sequence[int],
     pipeline = getattr(samples, "pipeline", None)
     x = x.to(device)
     return (pipeline.finish(x) if pipeline is not None else x), y.to(device)
+
+
+def first_model_inputs(samples: torch.utils.data.Dataset, count: int,
+                       device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """`model_inputs` of the first `count` samples (all of them if there are fewer): a fixed probe set."""
+    return model_inputs(samples, range(min(count, len(samples))), device)

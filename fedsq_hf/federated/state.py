@@ -76,9 +76,15 @@ class FederatedState:
 
     @classmethod
     def load_from_json(cls, path: str | os.PathLike) -> FederatedState:
-        """The state in `path`; `TypeError` if a field has the wrong type (a damaged or edited file)."""
+        """The state in `path`; `TypeError` if it is not one (a damaged or edited file, or another version's)."""
         with open(path, encoding="utf-8") as f:
-            state = cls(**json.load(f))
+            data = json.load(f)
+        if not isinstance(data, dict):
+            raise TypeError(f"it holds a JSON {type(data).__name__}, not an object of state fields")
+        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise TypeError(f"unknown fields {', '.join(map(repr, unknown))}, not written by this version of fedsq-hf")
+        state = cls(**data)
         wrong = [name for name, kinds in _FIELD_TYPES.items() if not is_of_type(getattr(state, name), kinds)]
         if not wrong and not all(isinstance(h, dict) and isinstance(h.get("round"), int)
                                  and isinstance(h.get(state.best_key), (int, float, type(None))) for h in state.history):
