@@ -543,7 +543,7 @@ def test_a_misspelled_flag_is_a_usage_error_naming_the_closest_flag(tmp_path):
     ("round of the wrong type", r"cannot read '.*trainer_state.json' \(wrong type of round\)"),
     ("history of the wrong type", r"cannot read '.*trainer_state.json' \(wrong type of history\)"),
     ("state is a list", r"cannot read '.*trainer_state.json' \(it holds a JSON list, not an object of state fields\); "
-     r"it was edited or damaged: restore it, or run without --resume"),
+     r"it was edited or damaged: restore it, or start over with --overwrite-output-dir"),
     ("state has an unknown field", r"cannot read '.*trainer_state.json' \(unknown fields 'new_field', not written by "
      r"this version of fedsq-hf\)"),
     ("tensors missing", r"does not match this model \(missing tensors or another size\)"),

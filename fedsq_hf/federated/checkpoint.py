@@ -13,7 +13,10 @@ from ..errors import CheckpointError
 from ..serialization import atomic_write_bytes, check_finite, load_weights, save_weights
 from .state import FederatedState
 
-__all__ = ["save_checkpoint", "load_checkpoint", "RESUME_KEYS"]
+__all__ = ["save_checkpoint", "load_checkpoint", "RESUME_KEYS", "START_OVER"]
+
+# the fix for a damaged checkpoint: a run without --resume would be refused, the folder holding a previous run
+START_OVER = "start over with --overwrite-output-dir (or another --output-dir)"
 
 # The settings a checkpoint must share with the run that resumes it: everything that changes the weights
 # (data, image size, sample limits, partition, local training, optimizer, strategy), not outputs or speed.
@@ -62,13 +65,13 @@ def load_checkpoint(folder: str, run: dict) -> tuple[FederatedState, dict[str, t
     if not re.fullmatch(r"round-\d{5,}", name):  # also keeps the pointer inside `folder`
         raise CheckpointError(f"--resume: {pointer!r} should name a checkpoint folder such as 'round-00003' but "
                               f"holds {name[:40]!r}; the checkpoint folder was damaged. Write the newest round-N "
-                              "folder's name into it, or run without --resume.")
+                              f"folder's name into it, or {START_OVER}.")
     path = os.path.join(folder, name)
     if not os.path.isdir(path):
         raise CheckpointError(f"--resume: {pointer!r} points to {path!r}, which does not exist; the checkpoint "
-                              "folder was damaged. Run without --resume, or restore the folder.")
+                              f"folder was damaged. Restore the folder, or {START_OVER}.")
     state_file = os.path.join(path, "trainer_state.json")
-    damaged = "it was edited or damaged: restore it, or run without --resume (or with another --output-dir)."
+    damaged = f"it was edited or damaged: restore it, or {START_OVER}."
     try:
         state = FederatedState.load_from_json(state_file)
     except (OSError, TypeError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors

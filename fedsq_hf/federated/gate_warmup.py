@@ -25,6 +25,7 @@ from ..errors import CheckpointError, FedSQError
 from ..gate_drift import GateRecorder, gate_drift
 from .arguments import FederatedArguments
 from .callbacks import FederatedCallback
+from .checkpoint import START_OVER
 from .samples import first_model_inputs
 
 __all__ = ["GateWarmupCallback"]
@@ -88,7 +89,7 @@ class GateWarmupCallback(FederatedCallback):
         if freeze is not None and state.round >= freeze:  # resumed after the freeze
             if not model.config.calibrated:
                 raise CheckpointError(f"--resume: the checkpoint of round {state.round} lacks the structural copy "
-                                      f"frozen at round {freeze}; it was damaged. Run without --resume.")
+                                      f"frozen at round {freeze}; it was damaged: {START_OVER}.")
             model.config.gates_frozen_at_round = freeze
             return
         model.dual_copy.disable_gates()

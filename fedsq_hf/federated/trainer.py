@@ -24,7 +24,7 @@ from ..modeling_fedsq import FedSQModel
 from .aggregation import GlobalState, gather_client_updates
 from .arguments import FederatedArguments, make_accelerator
 from .callbacks import CallbackHandler, FederatedCallback, FederatedControl
-from .checkpoint import RESUME_KEYS, load_checkpoint, save_checkpoint
+from .checkpoint import RESUME_KEYS, START_OVER, load_checkpoint, save_checkpoint
 from .client import ClientTrainer, client_seed, diverged
 from .evaluation import Evaluator
 from .metrics import MetricsFn, classification_metric_names, greater_is_better
@@ -249,7 +249,7 @@ class FederatedTrainer:
         state, tensors = load_checkpoint(folder, self.state.run)
         if not self.model_state.load(tensors):
             raise CheckpointError(f"--resume: the checkpoint in {folder!r} does not match this model (missing tensors "
-                                  "or another size); it was damaged or is of another model. Run without --resume.")
+                                  f"or another size); it was damaged or is of another model: {START_OVER}.")
         self.strategy.load_state_dict({k[len("strategy."):]: v for k, v in tensors.items() if k.startswith("strategy.")})
         structural = {k[len("structural."):]: v for k, v in tensors.items() if k.startswith("structural.")}
         if structural:
