@@ -9,6 +9,7 @@
 """
 
 import logging
+import os
 import sys
 
 from fedsq_hf import FedSQError
@@ -27,11 +28,12 @@ def main() -> int:
         return 2
     out = fed_args.output_dir
     best = f"{summary['best_metric']:.4f}" if summary["best_metric"] is not None else "n/a"
+    models = ", ".join(f"{out}/{name}/" for name in ("best", "final") if os.path.isdir(os.path.join(out, name)))
     print(
         f"best {summary['metric_for_best_model']} {best} at round {summary['best_round']} of {summary['rounds']}\n"
         f"results: {out}/summary.json, {out}/history.jsonl\n"
         f"plots:   {out}/metrics.png, {out}/partition.png\n"
-        f"models:  {out}/best/, {out}/final/ (FedSQModel.from_pretrained)"
+        f"models:  {models or 'none written'} (FedSQModel.from_pretrained)"
     )
     return 0
 

@@ -36,8 +36,9 @@ def timm_model_name(backbone: str) -> str:
     if os.path.isdir(os.path.expanduser(backbone)):
         return "local-dir:" + os.path.abspath(os.path.expanduser(backbone))
     if looks_like_path(backbone):
+        found = "is a file, not a folder" if os.path.exists(os.path.expanduser(backbone)) else "does not exist"
         raise BackboneLoadError(
-            f"Backbone folder {backbone!r} does not exist. Point `backbone` at a folder holding a timm "
+            f"Backbone folder {backbone!r} {found}. Point `backbone` at a folder holding a timm "
             "checkpoint in Hub layout (config.json + model.safetensors), or use a Hub id like 'timm/resnet18.a1_in1k'."
         )
     return "hf-hub:" + backbone

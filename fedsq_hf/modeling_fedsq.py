@@ -258,7 +258,8 @@ def _resolve_file(source: str, filename: str, hub: dict[str, Any]) -> str:
             raise CheckpointError(f"{source!r} has no {filename}: it is not a saved FedSQ model (save_pretrained writes one).")
         return path
     if looks_like_path(source):
-        raise CheckpointError(f"Checkpoint folder {source!r} does not exist.")
+        found = "is a file, not a folder: pass the folder holding it" if os.path.exists(source) else "does not exist"
+        raise CheckpointError(f"Checkpoint folder {source!r} {found}.")
     try:
         return hf_hub_download(source, filename, **hub)
     except (EntryNotFoundError, LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as err:

@@ -4,6 +4,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import pathlib
 import pickle
 import re
 import shutil
@@ -80,6 +81,15 @@ def _snapshot(folder):
 
 # -- 1. bad input: each raises a named error before any training --------------------------------
 
+def _holding(folder, name, kind):
+    """`folder` with `name` in it as a file, a folder or a broken link."""
+    folder.mkdir(exist_ok=True)
+    entry = folder / name
+    {"file": lambda: entry.write_text("x"), "folder": entry.mkdir,
+     "link": lambda: entry.symlink_to(folder / "nowhere")}[kind]()
+    return entry if kind == "link" else folder
+
+
 def _case(tmp, backbone_dir, digits_dir, finished, name):
     """(model/data/fed overrides, output dir) of one bad-input case."""
     resume = dict(resume=True, rounds=2)
@@ -147,6 +157,12 @@ def _case(tmp, backbone_dir, digits_dir, finished, name):
         "gate cache with a plain model": lambda: ({"model": "plain", "gate_cache_mb": 8}, {}, {}),
         "output dir inside the dataset": lambda: ({}, {}, {"output_dir": os.path.join(digits_dir, "runs", "a")}),
         "output dir holding a previous run": lambda: ({}, {}, {"output_dir": shutil.copytree(finished, tmp / "old")}),
+        "output dir with a file for a folder": lambda: ({}, {}, {"output_dir": _holding(tmp / "odd", "checkpoints", "file")}),
+        "output dir with a folder for a file": lambda: ({}, {}, {"output_dir": _holding(tmp / "odd", "metrics.png", "folder")}),
+        "output dir a broken link": lambda: ({}, {}, {"output_dir": _holding(tmp, "gone", "link")}),
+        "resume and overwrite": lambda: ({}, {}, {**resume, "overwrite_output_dir": True}),
+        "empty dataset name": lambda: ({}, {"dataset": ""}, {}),
+        "backbone a file": lambda: ({"backbone": os.path.join(backbone_dir("resnet10t"), "config.json")}, {}, {}),
         "resume: other best-model metric": lambda: ({}, {}, {**resume, "metric_for_best_model": "loss"}),
         "resume without checkpoint": lambda: ({}, {}, resume),
         "resume: other backbone": lambda: ({"backbone": shutil.copytree(backbone_dir("resnet10t"), tmp / "bb2")}, {}, resume),
@@ -234,7 +250,14 @@ BAD_INPUT = [
     ("output dir holding a previous run", FedSQError, r"holds a previous run \(history.jsonl, summary.json, "
      r"checkpoints/latest\); pass --resume to continue it, --overwrite-output-dir to start over"),
     ("resume: other best-model metric", CheckpointError, "another run: metric_for_best_model 'accuracy' \\(checkpoint\\) vs 'loss'"),
-    ("resume without checkpoint", CheckpointError, "holds no checkpoint.*run without --resume"),
+    ("output dir with a file for a folder", FedSQError,
+     "--output-dir '.*odd': 'checkpoints' is not a folder but the run writes one there; move it away"),
+    ("output dir with a folder for a file", FedSQError, "'metrics.png' is a folder but the run writes a file there"),
+    ("output dir a broken link", FedSQError, "--output-dir '.*gone' is a broken link \\(to '.*nowhere'\\)"),
+    ("resume and overwrite", FedSQError, "--resume continues the run .* give one of them"),
+    ("empty dataset name", FedSQError, "--dataset is empty"),
+    ("backbone a file", BackboneLoadError, "Backbone folder '.*config.json' is a file, not a folder"),
+    ("resume without checkpoint", CheckpointError, "holds no checkpoint.*nothing to resume; start over with --overwrite-output-dir"),
     ("resume: other backbone", CheckpointError, "another run: backbone"),
     ("resume: other num_labels", CheckpointError, "another run: .*num_labels 10 \\(checkpoint\\) vs 3"),
     ("resume: other num_clients", CheckpointError, "another run: num_clients 4 \\(checkpoint\\) vs 5"),
@@ -538,6 +561,9 @@ def test_a_misspelled_flag_is_a_usage_error_naming_the_closest_flag(tmp_path):
     ("latest is empty", r"'.*latest' should name a checkpoint folder such as 'round-00003' but holds ''.*Write the newest"),
     ("latest leaves the folder", r"'.*latest' should name a checkpoint folder .* but holds '../../elsewhere/round-00001'"),
     ("latest is not text", "'.*latest' should name a checkpoint folder .* but holds '\ufffdround'"),
+    ("latest is a folder", r"'.*latest' is not a file \(a folder or a broken link\)"),
+    ("round folder is a file", r"points to '.*round-00001', which is not a folder"),
+    ("state of another round", r"trainer_state.json' is at round 0, not at that of its folder"),
     ("state file missing", r"'.*round-00001/state.safetensors' is not a readable safetensors file"),
     ("round disagrees with history", r"trainer_state.json' is at round 2 but its history holds rounds \[1\]"),
     ("round of the wrong type", r"cannot read '.*trainer_state.json' \(wrong type of round\)"),
@@ -556,6 +582,12 @@ def test_a_damaged_checkpoint_is_refused_naming_the_file(damage, match, backbone
                "latest leaves the folder": b"../../elsewhere/round-00001", "latest is not text": b"\xffround"}
     if damage in pointer:
         (out / "checkpoints" / "latest").write_bytes(pointer[damage])
+    elif damage == "latest is a folder":
+        (out / "checkpoints" / "latest").unlink()
+        (out / "checkpoints" / "latest").mkdir()
+    elif damage == "round folder is a file":
+        shutil.rmtree(checkpoint)
+        checkpoint.write_text("x")
     elif damage == "state file missing":
         (checkpoint / "state.safetensors").unlink()
     elif damage.startswith("tensors"):
@@ -566,7 +598,8 @@ def test_a_damaged_checkpoint_is_refused_naming_the_file(damage, match, backbone
     else:
         state = json.loads((checkpoint / "trainer_state.json").read_text())
         edit = {"round disagrees with history": {"round": 2}, "round of the wrong type": {"round": "1"},
-                "history of the wrong type": {"history": ["round 1"]}, "state has an unknown field": {"new_field": 1}}
+                "history of the wrong type": {"history": ["round 1"]}, "state has an unknown field": {"new_field": 1},
+                "state of another round": {"round": 0, "history": []}}
         state = [state] if damage == "state is a list" else {**state, **edit[damage]}
         (checkpoint / "trainer_state.json").write_text(json.dumps(state))
     with pytest.raises(CheckpointError, match=match):
@@ -597,6 +630,9 @@ def test_paths_starting_with_a_tilde_are_expanded():
     assert FederatedArguments(output_dir="~/runs/a").output_dir == os.path.join(home, "runs/a")
     assert DataArguments(dataset="~/data").dataset == os.path.join(home, "data")
     assert ModelArguments(backbone_weights="~/w.pth").backbone_weights == os.path.join(home, "w.pth")
+    # a pathlib.Path from the API is taken as its str (it goes into summary.json and every checkpoint)
+    assert FederatedArguments(output_dir=pathlib.Path("~/runs/b")).output_dir == os.path.join(home, "runs/b")
+    assert DataArguments(dataset=pathlib.Path("data")).dataset == "data"
 
 
 def test_a_non_finite_server_update_stops_before_writing(backbone_dir, tmp_path):

@@ -187,8 +187,9 @@ class FederatedArguments:
         self.output_dir = _expand(self.output_dir)
 
 
-def _expand(path: str | None) -> str | None:
-    """`~` expanded, as a shell would (a path given as `--flag=~/x` or quoted reaches us unexpanded)."""
+def _expand(path: str | os.PathLike | None) -> str | None:
+    """A str with `~` expanded, as a shell would (a path given as `--flag=~/x` or quoted reaches us unexpanded)."""
+    path = os.fspath(path) if isinstance(path, os.PathLike) else path  # a pathlib.Path, as the API may get
     return os.path.expanduser(path) if isinstance(path, str) and path.startswith("~") else path
 
 

@@ -58,8 +58,12 @@ def save_checkpoint(folder: str, state: FederatedState, tensors: dict[str, torch
 def load_checkpoint(folder: str, run: dict) -> tuple[FederatedState, dict[str, torch.Tensor]]:
     """The state and tensors of the newest checkpoint in `folder`, refused if it is of another run."""
     pointer = os.path.join(folder, "latest")
-    if not os.path.isfile(pointer):
-        raise CheckpointError(f"--resume: {folder!r} holds no checkpoint (no 'latest' file); run without --resume.")
+    if os.path.lexists(pointer) and not os.path.isfile(pointer):
+        raise CheckpointError(f"--resume: {pointer!r} is not a file (a folder or a broken link); the checkpoint folder "
+                              f"was damaged. Restore it, or {START_OVER}.")
+    if not os.path.isfile(pointer):  # also a run killed before its first checkpoint was complete
+        raise CheckpointError(f"--resume: {folder!r} holds no checkpoint (no 'latest' file), so there is nothing to "
+                              f"resume; {START_OVER}.")
     with open(pointer, "rb") as f:
         name = f.read().decode("utf-8", errors="replace").strip()
     if not re.fullmatch(r"round-\d{5,}", name):  # also keeps the pointer inside `folder`
@@ -68,8 +72,9 @@ def load_checkpoint(folder: str, run: dict) -> tuple[FederatedState, dict[str, t
                               f"folder's name into it, or {START_OVER}.")
     path = os.path.join(folder, name)
     if not os.path.isdir(path):
-        raise CheckpointError(f"--resume: {pointer!r} points to {path!r}, which does not exist; the checkpoint "
-                              f"folder was damaged. Restore the folder, or {START_OVER}.")
+        found = "is not a folder" if os.path.lexists(path) else "does not exist"
+        raise CheckpointError(f"--resume: {pointer!r} points to {path!r}, which {found}; the checkpoint folder was "
+                              f"damaged. Restore it, or {START_OVER}.")
     state_file = os.path.join(path, "trainer_state.json")
     damaged = f"it was edited or damaged: restore it, or {START_OVER}."
     try:
@@ -80,6 +85,8 @@ def load_checkpoint(folder: str, run: dict) -> tuple[FederatedState, dict[str, t
     if rounds != list(range(1, state.round + 1)):
         raise CheckpointError(f"--resume: {state_file!r} is at round {state.round} but its history holds rounds "
                               f"{rounds[:3]}{'...' if len(rounds) > 3 else ''}; {damaged}")
+    if name != f"round-{state.round:05d}":
+        raise CheckpointError(f"--resume: {state_file!r} is at round {state.round}, not at that of its folder; {damaged}")
     if state.round > run.get("rounds", state.round):
         raise CheckpointError(f"--resume: the checkpoint in {path!r} is at round {state.round}, past --rounds "
                               f"{run['rounds']}; pass --rounds {state.round} or more.")

@@ -14,6 +14,9 @@ from ..errors import FedSQError
 __all__ = ["OutputDirLock", "claim_output_dir"]
 
 PREVIOUS_RUN = ("history.jsonl", "summary.json", os.path.join("checkpoints", "latest"))  # what a run leaves behind
+# what a run writes there, by kind ("fedsq-hf": the --report-to trackers' logs)
+OUTPUT_FOLDERS = ("checkpoints", "best", "final", "fedsq-hf")
+OUTPUT_FILES = ("history.jsonl", "summary.json", "partition.json", "partition.png", "metrics.png", "gate_drift.png")
 
 
 class OutputDirLock:
@@ -32,6 +35,9 @@ class OutputDirLock:
 
 
 def _check(path: str) -> None:
+    if os.path.islink(path) and not os.path.exists(path):
+        raise FedSQError(f"--output-dir {path!r} is a broken link (to {os.readlink(path)!r}); create its target, or "
+                         "pick another --output-dir.")
     if os.path.exists(path) and not os.path.isdir(path):
         raise FedSQError(f"--output-dir {path!r} is an existing file, not a folder; pick another --output-dir.")
     try:
@@ -45,6 +51,12 @@ def _check(path: str) -> None:
         os.unlink(probe)
     except OSError as err:
         raise FedSQError(f"--output-dir {path!r} is not writable ({err.strerror}); pick a folder you can write to.") from err
+    wrong = [f"{name!r} is not a folder but the run writes one there" for name in OUTPUT_FOLDERS
+             if os.path.lexists(os.path.join(path, name)) and not os.path.isdir(os.path.join(path, name))]
+    wrong += [f"{name!r} is a folder but the run writes a file there" for name in OUTPUT_FILES
+              if os.path.isdir(os.path.join(path, name))]
+    if wrong:  # else the run would fail when it first writes there, perhaps after hours of training
+        raise FedSQError(f"--output-dir {path!r}: {'; '.join(wrong)}; move it away, or pick another --output-dir.")
 
 
 def _lock(path: str) -> int:

@@ -55,12 +55,15 @@ class StreamedSamples(torch.utils.data.Dataset):
 
     def source_size(self) -> tuple[int, int]:
         """(W, H) of the first image: what a preload of decoded images estimates from."""
-        return self.ds[0][self.image_column].size if len(self) else (0, 0)
+        return self._images([0])[0].size if len(self) else (0, 0)
 
     def prefixed(self, indices: list[int]) -> list[torch.Tensor]:
         """The deterministic part of the pipeline, for these samples (one Arrow read)."""
+        return [self.pipeline.prefix(image) for image in self._images(indices)]
+
+    def _images(self, indices: list[int]) -> list:
         try:
-            images = self.ds[indices][self.image_column]
+            return self.ds[indices][self.image_column]
         except Exception as err:  # PIL and datasets raise many types for a broken image: find the row
             row = next((i for i in indices if not self._decodes(i)), indices[0])
             raise FedSQError(
@@ -68,7 +71,6 @@ class StreamedSamples(torch.utils.data.Dataset):
                 f"in column {self.image_column!r} that cannot be decoded ({type(err).__name__}: {err}). Remove or "
                 "re-encode that row."
             ) from err
-        return [self.pipeline.prefix(image) for image in images]
 
     def _decodes(self, index: int) -> bool:
         try:
