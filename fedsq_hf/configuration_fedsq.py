@@ -31,6 +31,7 @@ _FIELD_TYPES = {
     "calibrated": (bool,),
     "gates_frozen_at_round": (int, type(None)),
     "fedsq_version": (str, type(None)),
+    "backbone_sha256": (str, type(None)),
     "num_labels": (int,),
 }
 
@@ -70,6 +71,10 @@ class FedSQConfig(PreTrainedConfig):
         gates_frozen_at_round: with a federated gate warm-up, the round at whose start the structural copy
             was re-frozen from the global model (rounds before it trained without fixed gates).
         fedsq_version: the fedsq-hf version that wrote the config.
+        backbone_sha256: SHA-256 of the pretrained backbone's weights (its head aside), set when the model is
+            first built. The structural copy is rebuilt from the backbone on load, so a load whose backbone
+            weights differ (an updated Hub repo, another file at the same path) is refused: its gates would
+            differ.
     """
 
     model_type = "fedsq"
@@ -85,6 +90,7 @@ class FedSQConfig(PreTrainedConfig):
     calibrated: bool = False
     gates_frozen_at_round: int | None = None
     fedsq_version: str | None = None
+    backbone_sha256: str | None = None
 
     def __post_init__(self, **kwargs: Any) -> None:
         _check_labels(self.id2label, self.label2id)

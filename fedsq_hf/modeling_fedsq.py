@@ -21,12 +21,12 @@ from transformers.models.timm_wrapper import TimmWrapperImageProcessor
 
 from .backbones import classifier_of, load_backbone, looks_like_path
 from .configuration_fedsq import FedSQConfig, as_torch_dtype
-from .errors import CheckpointError, FedSQError
+from .errors import BackboneLoadError, CheckpointError, FedSQError
 from .gate_cache import GateCache
 from .gating import DualCopy
 from .hub import model_card as make_model_card
 from .hub import upload_model
-from .serialization import atomic_write_json, check_finite, check_state_dict, load_weights, save_weights
+from .serialization import atomic_write_json, check_finite, check_state_dict, load_weights, save_weights, tensors_sha256
 
 __all__ = ["FedSQModel", "CONFIG_NAME", "WEIGHTS_NAME"]
 
@@ -61,6 +61,7 @@ class FedSQModel(PreTrainedModel):
         backbone = load_backbone(config.backbone, config.num_labels, config.backbone_weights,
                                  **(config.backbone_kwargs or {}))
         head = classifier_of(backbone)
+        _check_backbone_weights(config, backbone, head)
         if isinstance(head, nn.Linear):  # zero-init the new head, as in BiT: fine-tuning starts at uniform logits
             nn.init.zeros_(head.weight)
             nn.init.zeros_(head.bias)
@@ -249,6 +250,20 @@ class FedSQModel(PreTrainedModel):
             model.to(device_map)
         model.eval()
         return model
+
+
+def _check_backbone_weights(config: FedSQConfig, backbone: nn.Module, head: nn.Module) -> None:
+    """Record the backbone's weights (head aside) in a new config; refuse other weights where they give the gates."""
+    head_tensors = {id(t) for t in head.state_dict(keep_vars=True).values()}
+    digest = tensors_sha256({k: t for k, t in backbone.state_dict(keep_vars=True).items() if id(t) not in head_tensors})
+    if config.backbone_sha256 is None:
+        config.backbone_sha256 = digest
+    elif digest != config.backbone_sha256 and config.fixed_gating and not config.calibrated:
+        raise BackboneLoadError(
+            f"The backbone {config.backbone!r} holds other weights than the one this model was built from (SHA-256 "
+            f"{digest[:12]}... vs {config.backbone_sha256[:12]}... in its config.json): the structural copy, rebuilt "
+            "from it, would give other gates. Point `backbone` at the weights the model was built from."
+        )
 
 
 def _resolve_file(source: str, filename: str, hub: dict[str, Any]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -117,3 +118,13 @@ def check_finite(state: dict[str, torch.Tensor], source: str, error: type[Except
 def is_of_type(value: object, kinds: tuple[type, ...]) -> bool:
     """`isinstance` for a value read from JSON, where `true` is no int unless `bool` is among `kinds`."""
     return isinstance(value, kinds) and (bool in kinds or not isinstance(value, bool))
+
+
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of named tensors (names, dtypes, shapes and values): whether two models hold the same weights."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()

@@ -121,6 +121,20 @@ def test_load_with_local_backbone_override(model, tmp_path, backbone_dir):
                        model.state_dict()["dual_copy.quantitative.conv1.0.weight"])
 
 
+def test_a_backbone_with_other_weights_is_refused_where_it_gives_the_gates(model, tmp_path, backbone_dir):
+    model.save_pretrained(tmp_path / "model")
+    assert json.loads((tmp_path / "model" / "config.json").read_text())["backbone_sha256"] == model.config.backbone_sha256
+    torch.manual_seed(1)  # the same architecture with other weights: an updated Hub repo, say
+    other = str(tmp_path / "updated")
+    timm.models.save_for_hf(timm.create_model("resnet10t", pretrained=False), other, safe_serialization=True)
+    with pytest.raises(BackboneLoadError, match="holds other weights than the one this model was built from .* other gates"):
+        FedSQModel.from_pretrained(tmp_path / "model", backbone=other)
+    plain = FedSQModel(FedSQConfig(backbone=backbone_dir("resnet10t"), num_labels=4, fixed_gating=False))
+    plain.save_pretrained(tmp_path / "plain")  # all its weights are in model.safetensors: the backbone gives the layout
+    loaded = FedSQModel.from_pretrained(tmp_path / "plain", backbone=other)
+    assert loaded.config.backbone_sha256 == plain.config.backbone_sha256  # what it was built from, kept
+
+
 def test_mismatched_or_corrupted_weights_are_reported(model, tmp_path, backbone_dir):
     model.save_pretrained(tmp_path)
     with pytest.raises(CheckpointError, match=r"shape mismatch.*fc\.weight: checkpoint \(4, 512\) vs model \(6, 512\)"):

@@ -162,6 +162,7 @@ def _case(tmp, backbone_dir, digits_dir, finished, name):
         "output dir a broken link": lambda: ({}, {}, {"output_dir": _holding(tmp, "gone", "link")}),
         "resume and overwrite": lambda: ({}, {}, {**resume, "overwrite_output_dir": True}),
         "empty dataset name": lambda: ({}, {"dataset": ""}, {}),
+        "evaluation on the training split": lambda: ({}, {"eval_split": "train"}, {}),
         "backbone a file": lambda: ({"backbone": os.path.join(backbone_dir("resnet10t"), "config.json")}, {}, {}),
         "resume: other best-model metric": lambda: ({}, {}, {**resume, "metric_for_best_model": "loss"}),
         "resume without checkpoint": lambda: ({}, {}, resume),
@@ -256,6 +257,7 @@ BAD_INPUT = [
     ("output dir a broken link", FedSQError, "--output-dir '.*gone' is a broken link \\(to '.*nowhere'\\)"),
     ("resume and overwrite", FedSQError, "--resume continues the run .* give one of them"),
     ("empty dataset name", FedSQError, "--dataset is empty"),
+    ("evaluation on the training split", FedSQError, "--eval-split train would evaluate on the clients' own training images"),
     ("backbone a file", BackboneLoadError, "Backbone folder '.*config.json' is a file, not a folder"),
     ("resume without checkpoint", CheckpointError, "holds no checkpoint.*nothing to resume; start over with --overwrite-output-dir"),
     ("resume: other backbone", CheckpointError, "another run: backbone"),
@@ -603,6 +605,17 @@ def test_a_damaged_checkpoint_is_refused_naming_the_file(damage, match, backbone
         state = [state] if damage == "state is a list" else {**state, **edit[damage]}
         (checkpoint / "trainer_state.json").write_text(json.dumps(state))
     with pytest.raises(CheckpointError, match=match):
+        run_federated(*tiny_args(backbone_dir("resnet10t"), digits_dir, out, rounds=2, resume=True))
+
+
+def test_a_checkpoint_of_other_backbone_weights_is_refused(backbone_dir, digits_dir, finished_run, tmp_path):
+    out = shutil.copytree(finished_run, tmp_path / "run")
+    file = out / "checkpoints" / "round-00001" / "trainer_state.json"
+    state = json.loads(file.read_text())
+    assert len(state["run"]["backbone_sha256"]) == 64
+    state["run"]["backbone_sha256"] = "0" * 64  # as if the backbone folder was re-saved with other weights since
+    file.write_text(json.dumps(state))
+    with pytest.raises(CheckpointError, match="another run: backbone_sha256 '0000.*' \\(checkpoint\\) vs '"):
         run_federated(*tiny_args(backbone_dir("resnet10t"), digits_dir, out, rounds=2, resume=True))
 
 

@@ -21,8 +21,8 @@ START_OVER = "start over with --overwrite-output-dir (or another --output-dir)"
 # The settings a checkpoint must share with the run that resumes it: everything that changes the weights
 # (data, image size, sample limits, partition, local training, optimizer, strategy), not outputs or speed.
 RESUME_KEYS = (
-    "backbone", "backbone_weights", "num_labels", "model", "bn_mode", "calibration_epochs", "dataset", "image_column",
-    "label_column", "eval_split", "max_train_samples", "max_eval_samples", "image_size", "calibration_samples",
+    "backbone", "backbone_sha256", "backbone_weights", "num_labels", "model", "bn_mode", "calibration_epochs", "dataset",
+    "image_column", "label_column", "eval_split", "max_train_samples", "max_eval_samples", "image_size", "calibration_samples",
     "augment", "auto_augment", "re_prob", "crop_scale", "num_clients", "partition", "alpha", "shards_per_client",
     "min_partition_size", "clients_per_round", "local_epochs", "local_steps", "batch_size", "optim", "lr",
     "lr_scheduler", "warmup_rounds", "momentum", "weight_decay", "max_grad_norm", "label_smoothing", "strategy",
@@ -33,6 +33,8 @@ RESUME_KEYS = (
 
 
 def _differs(key: str, then: object, now: dict) -> bool:
+    if key == "backbone_sha256" and then is None:  # written before checkpoints recorded it
+        return False
     if key == "rounds":  # more rounds continue a constant schedule; other schedules depend on the total
         return now.get("lr_scheduler") != "constant" and then != now.get(key)
     return then != now.get(key)

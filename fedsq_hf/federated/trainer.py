@@ -72,8 +72,8 @@ class FederatedTrainer:
             raise FedSQError(f"--metric-for-best-model {args.metric_for_best_model!r} is not among the evaluation's "
                              f"metrics {sorted(known)}; pick one of them, or pass a compute_metrics that returns it.")
         self.sizes = torch.tensor([float(len(p)) for p in partitions])
-        self.run_config = {**(run_config or {}), "num_labels": model.config.num_labels,
-                           "backbone": model.config.backbone, "strategy_config": strategy.describe()}
+        self.run_config = {**(run_config or {}), "num_labels": model.config.num_labels, "backbone": model.config.backbone,
+                           "backbone_sha256": model.config.backbone_sha256, "strategy_config": strategy.describe()}
         self.partition_summary = partition_summary
         self.model_state = GlobalState(self.model, self.sizes)
         self.flat, self.fedbn = self.model_state.flat, self.model_state.fedbn

@@ -41,6 +41,8 @@ def validate_arguments(model: ModelArguments, data: DataArguments, fed: Federate
         (not model.gate_cache_mb or model.model == "fedsq", "--gate-cache-mb needs --model fedsq (a plain model has no gates)"),
         (fed.num_clients >= 1, f"--num-clients must be >= 1, got {fed.num_clients}"),
         (data.dataset is None or data.dataset.strip(), "--dataset is empty: pass a Hub dataset id or a local folder"),
+        (data.eval_split != "train", "--eval-split train would evaluate on the clients' own training images; leave "
+         "--eval-split out to hold out 10% of train when the dataset has no validation or test split"),
         (not (fed.resume and fed.overwrite_output_dir),
          "--resume continues the run in --output-dir and --overwrite-output-dir starts over there: give one of them"),
         (0 <= fed.seed < 2**32, f"--seed must be in [0, 2**32), got {fed.seed}"),
