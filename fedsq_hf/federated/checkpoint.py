@@ -13,7 +13,7 @@ from ..errors import CheckpointError
 from ..serialization import atomic_write_bytes, check_finite, load_weights, save_weights
 from .state import FederatedState
 
-__all__ = ["save_checkpoint", "load_checkpoint", "RESUME_KEYS", "START_OVER"]
+__all__ = ["save_checkpoint", "load_checkpoint", "checkpoint_name", "RESUME_KEYS", "START_OVER"]
 
 # the fix for a damaged checkpoint: a run without --resume would be refused, the folder holding a previous run
 START_OVER = "start over with --overwrite-output-dir (or another --output-dir)"
@@ -40,9 +40,14 @@ def _differs(key: str, then: object, now: dict) -> bool:
     return then != now.get(key)
 
 
+def checkpoint_name(round_: int) -> str:
+    """The folder name of round `round_`'s checkpoint: `round-00003`."""
+    return f"round-{round_:05d}"
+
+
 def save_checkpoint(folder: str, state: FederatedState, tensors: dict[str, torch.Tensor]) -> str:
     """Write `round-N/` (N = `state.round`) whole, point `latest` at it, drop older rounds; returns its path."""
-    name = f"round-{state.round:05d}"
+    name = checkpoint_name(state.round)
     final, tmp = os.path.join(folder, name), os.path.join(folder, f".tmp-{name}")
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
@@ -87,7 +92,7 @@ def load_checkpoint(folder: str, run: dict) -> tuple[FederatedState, dict[str, t
     if rounds != list(range(1, state.round + 1)):
         raise CheckpointError(f"--resume: {state_file!r} is at round {state.round} but its history holds rounds "
                               f"{rounds[:3]}{'...' if len(rounds) > 3 else ''}; {damaged}")
-    if name != f"round-{state.round:05d}":
+    if name != checkpoint_name(state.round):
         raise CheckpointError(f"--resume: {state_file!r} is at round {state.round}, not at that of its folder; {damaged}")
     if state.round > run.get("rounds", state.round):
         raise CheckpointError(f"--resume: the checkpoint in {path!r} is at round {state.round}, past --rounds "

@@ -24,7 +24,7 @@ from ..modeling_fedsq import FedSQModel
 from .aggregation import GlobalState, gather_client_updates
 from .arguments import FederatedArguments, make_accelerator
 from .callbacks import CallbackHandler, FederatedCallback, FederatedControl
-from .checkpoint import RESUME_KEYS, START_OVER, load_checkpoint, save_checkpoint
+from .checkpoint import RESUME_KEYS, START_OVER, checkpoint_name, load_checkpoint, save_checkpoint
 from .client import ClientTrainer, client_seed, diverged
 from .evaluation import Evaluator
 from .metrics import MetricsFn, classification_metric_names, greater_is_better
@@ -238,7 +238,7 @@ class FederatedTrainer:
         """`checkpoints/round-N/` of the current state (written by the main process); returns its path."""
         folder = os.path.join(self.args.output_dir, "checkpoints")
         if not self.state.is_world_process_zero:
-            return os.path.join(folder, f"round-{self.state.round:05d}")
+            return os.path.join(folder, checkpoint_name(self.state.round))
         tensors = {**self.model_state.tensors(), **{f"strategy.{k}": v for k, v in self.strategy.state_dict().items()}}
         if self.model.config.calibrated and self.model.structural is not None:  # re-frozen gates: not the backbone's
             tensors.update({f"structural.{k}": v for k, v in self.model.structural.state_dict().items()})
