@@ -254,11 +254,14 @@ class FedSQModel(PreTrainedModel):
 
 def _check_backbone_weights(config: FedSQConfig, backbone: nn.Module, head: nn.Module) -> None:
     """Record the backbone's weights (head aside) in a new config; refuse other weights where they give the gates."""
+    gates_from_backbone = config.fixed_gating and not config.calibrated
+    if config.backbone_sha256 is not None and not gates_from_backbone:
+        return  # every weight comes from the model's own files: nothing to compare, no need to hash
     head_tensors = {id(t) for t in head.state_dict(keep_vars=True).values()}
     digest = tensors_sha256({k: t for k, t in backbone.state_dict(keep_vars=True).items() if id(t) not in head_tensors})
     if config.backbone_sha256 is None:
         config.backbone_sha256 = digest
-    elif digest != config.backbone_sha256 and config.fixed_gating and not config.calibrated:
+    elif digest != config.backbone_sha256:
         raise BackboneLoadError(
             f"The backbone {config.backbone!r} holds other weights than the one this model was built from (SHA-256 "
             f"{digest[:12]}... vs {config.backbone_sha256[:12]}... in its config.json): the structural copy, rebuilt "
