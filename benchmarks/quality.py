@@ -22,8 +22,7 @@ import datasets
 
 from fedsq_hf import FedSQError
 from fedsq_hf.federated import DataArguments, FederatedArguments, ModelArguments, run_federated
-from fedsq_hf.federated.arguments import run_config
-from fedsq_hf.federated.checkpoint import RESUME_KEYS
+from fedsq_hf.federated.cli import resume_marks, run_config
 from fedsq_hf.plotting import pyplot, save_figure
 from report import write_json
 
@@ -64,12 +63,13 @@ def run_one(args: argparse.Namespace, method: str, split: str, seed: int) -> tup
                       image_size=args.image_size, augment=args.augment,
                       calibration_samples=args.calibration_samples if calibrate else 0),
         FederatedArguments(num_clients=args.num_clients, clients_per_round=args.clients_per_round, rounds=args.rounds,
-                           partition=partition, alpha=alpha, strategy=spec.get("strategy", "fedavg"), mu=args.mu,
-                           lr=args.lr, batch_size=args.batch_size, seed=seed, save_every=args.rounds, disable_tqdm=True,
+                           partition=partition, alpha=alpha, strategy=spec.get("strategy", "fedavg"),
+                           **({"mu": args.mu} if spec.get("strategy") == "fedprox" else {}), lr=args.lr, batch_size=args.batch_size, seed=seed, save_every=args.rounds, disable_tqdm=True,
                            num_workers=args.num_workers, output_dir=out, overwrite_output_dir=True, **drift),
     )
     try:
-        summary = (args.reuse_runs and finished_run(out, run_config(*run_args))) or run_federated(*run_args)
+        config = {**run_config(*run_args), "strategy_config": run_args[2].make_strategy().describe()}
+        summary = (args.reuse_runs and finished_run(out, config)) or run_federated(*run_args)
     except FedSQError as err:  # every client failed --max-failed-rounds rounds in a row: the run stopped there
         print(f"{method} {split} seed {seed}: {err}", flush=True)
         summary = {"stopped": True}
@@ -91,7 +91,7 @@ def finished_run(folder: str, config: dict) -> dict | None:
             summary = json.load(f)
     except (OSError, json.JSONDecodeError):
         return None
-    same = all(summary["config"].get(k) == config[k] for k in RESUME_KEYS if k in config and k != "backbone")
+    same = all(summary["config"].get(k) == config[k] for k in resume_marks() if k in config and k != "backbone")
     return summary if same and summary["rounds"] == config["rounds"] else None
 
 

@@ -60,7 +60,7 @@ def _pair(model: str, args: argparse.Namespace, folder: str) -> dict:
     federated_s = time.perf_counter() - start
     history = trainer.state.history
     return {
-        "n": n, "central_s": central_s, "federated_s": federated_s, "model_bytes": trainer.global_state.numel() * 4,
+        "n": n, "central_s": central_s, "federated_s": federated_s, "model_bytes": trainer.global_model.vector.numel() * 4,
         # optimizer steps: every client ends its epoch with a partial batch
         "steps": (args.rounds * sum(math.ceil(len(p) / args.batch_size) for p in trainer.partitions),
                   args.rounds * math.ceil(n / args.batch_size)),

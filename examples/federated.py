@@ -5,38 +5,13 @@
     accelerate launch examples/federated.py --model fedsq --strategy fedavg --partition dirichlet --alpha 0.1
     python examples/federated.py --backbone timm/resnet18.a1_in1k --dataset uoft-cs/cifar10 --image-column img
 
-`python examples/federated.py --help` lists every argument.
+`python examples/federated.py --help` lists every argument. The same command is installed as
+`fedsq-federated`.
 """
 
-import logging
-import os
 import sys
 
-from fedsq_hf import FedSQError
-from fedsq_hf.federated import parse_arguments, run_federated, validate_arguments
-
-
-def main() -> int:
-    logging.basicConfig(format="%(message)s")
-    logging.getLogger("fedsq_hf").setLevel(logging.INFO)
-    model_args, data_args, fed_args = parse_arguments()
-    try:
-        validate_arguments(model_args, data_args, fed_args)
-        summary = run_federated(model_args, data_args, fed_args)
-    except FedSQError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    out = fed_args.output_dir
-    best = f"{summary['best_metric']:.4f}" if summary["best_metric"] is not None else "n/a"
-    models = ", ".join(f"{out}/{name}/" for name in ("best", "final") if os.path.isdir(os.path.join(out, name)))
-    print(
-        f"best {summary['metric_for_best_model']} {best} at round {summary['best_round']} of {summary['rounds']}\n"
-        f"results: {out}/summary.json, {out}/history.jsonl\n"
-        f"plots:   {out}/metrics.png, {out}/partition.png\n"
-        f"models:  {models or 'none written'} (FedSQModel.from_pretrained)"
-    )
-    return 0
-
+from fedsq_hf.federated.cli.federated import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -14,7 +14,6 @@ from torch import nn
 
 from .errors import GatingError
 from .gating import Gate, GateTape, find_gateable_modules, install_gates, record_gates, remove_gates
-from .plotting import pyplot, save_figure
 
 __all__ = ["GateRecorder", "gate_drift"]
 
@@ -74,20 +73,3 @@ def gate_drift(
     result = {site: differing[site] / total[site] for site in total}
     result["all"] = sum(differing.values()) / max(1, sum(total.values()))
     return result
-
-
-def plot_drift(history: list[dict], path: str, title: str = "") -> None:
-    """Gate drift (all units) per round, from a run's history."""
-    from matplotlib.ticker import MaxNLocator
-
-    plt = pyplot()
-
-    points = [(h["round"], 100 * h["gate_drift"]) for h in history if h.get("gate_drift") is not None]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(*zip(*points), marker="o")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("round")
-    ax.set_ylabel("gates differing from the pretrained model (%)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    save_figure(fig, path)

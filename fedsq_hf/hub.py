@@ -125,7 +125,7 @@ def model_card(
     plot: str | None = None,
     license: str = "apache-2.0",
 ) -> ModelCard:
-    """The README.md of a FedSQ model, from `model_cards/fedsq_model_card.md`.
+    """The README.md of a FedSQ model, from `fedsq_hf/model_cards/fedsq_model_card.md`.
 
     `summary` and `history` are a federated run's (`FederatedTrainer.train()` and `history.jsonl`);
     with them the card gets the federation setup, the accuracy table and a `model-index` entry.

@@ -1,4 +1,5 @@
-"""Shared test helpers: the example's command line, running it in a fresh process, comparing two runs."""
+"""Shared test helpers: a tiny run's arguments, the example's command line, running it in a fresh process,
+comparing two runs, a callback that stops a run."""
 
 import json
 import os
@@ -8,7 +9,29 @@ import sys
 import torch
 from safetensors.torch import load_file
 
+from fedsq_hf.federated import DataArguments, FederatedArguments, FederatedCallback, ModelArguments
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_args(backbone, dataset, output_dir, **fed):
+    """(model, data, federated) arguments of a run small enough for a test: 240 digits at 32 px, 4 clients."""
+    model = ModelArguments(backbone=backbone)
+    data = DataArguments(dataset=dataset, image_column="img", max_train_samples=240, max_eval_samples=60, image_size=32)
+    defaults = dict(num_clients=4, clients_per_round=2, rounds=2, batch_size=16, partition="dirichlet", alpha=1.0,
+                    min_partition_size=5, output_dir=str(output_dir), lr=0.01)
+    return model, data, FederatedArguments(**{**defaults, **fed})
+
+
+class StopAfter(FederatedCallback):
+    """Stops a run after round `round_` (its checkpoint is still written)."""
+
+    def __init__(self, round_):
+        self.round = round_
+
+    def on_round_end(self, args, state, control, **kwargs):
+        if state.round == self.round:
+            control.should_training_stop = True
 
 
 def cli_args(backbone, dataset, output_dir, **extra):
@@ -19,6 +42,16 @@ def cli_args(backbone, dataset, output_dir, **extra):
     for k, v in extra.items():
         args += [f"--{k}", str(v)]
     return args
+
+
+TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533")
+
+
+def eval_transform(data_config):
+    """timm's eval preprocessing of a data config, as `TimmWrapperImageProcessor` applies it."""
+    import timm
+
+    return timm.data.create_transform(**timm.data.resolve_data_config(data_config), is_training=False)
 
 
 def run_example(args, launcher=(sys.executable,), timeout=300, env=None):

@@ -10,7 +10,7 @@ import torch
 from fedsq_hf import FedSQConfig, FedSQError, FedSQModel
 from fedsq_hf.federated import (ClientTrainer, FederatedArguments, PreloadedSamples, calibrate, client_seed,
                                 make_accelerator, run_federated)
-from test_federated import tiny_args
+from helpers import tiny_args
 
 
 def test_calibration_refreezes_the_structural_copy_and_is_saved(backbone_dir, tmp_path):

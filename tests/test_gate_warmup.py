@@ -8,10 +8,8 @@ import torch
 from safetensors.torch import load_file
 
 from fedsq_hf import FedSQConfig, FedSQModel, model_card
-from fedsq_hf.federated import STRATEGIES, GateWarmupCallback, build_trainer, run_federated
-from helpers import assert_same_run, cli_args, run_example
-from test_federated import tiny_args
-from test_trainer_api import StopAfter
+from fedsq_hf.federated import STRATEGIES, GateWarmup, build_trainer, run_federated
+from helpers import StopAfter, assert_same_run, cli_args, run_example, tiny_args
 
 
 def history(folder):
@@ -58,7 +56,7 @@ def test_warmup_rounds_train_as_a_plain_model_then_gates_freeze_from_the_global_
 
 
 def test_drift_rule_freezes_after_the_first_settled_round_or_the_bound():
-    rule = GateWarmupCallback(drift_below=0.05, max_warmup_rounds=3)
+    rule = GateWarmup(drift_below=0.05, max_warmup_rounds=3)
 
     def drifts(*ds, losses=(2.0, 1.5, 1.0)):
         return [{"round": r, "gate_step_drift": d, "gate_probe_loss": l} for r, (d, l) in enumerate(zip(ds, losses), 1)]
@@ -71,7 +69,7 @@ def test_drift_rule_freezes_after_the_first_settled_round_or_the_bound():
     # a model whose probe loss rose has stopped learning (e.g. collapsed to one class): its still gates are not settled
     assert rule.freeze_round(drifts(0.2, 0.04, losses=(2.3, 3.1))) is None
     assert rule.freeze_round(drifts(0.2, 0.04, 0.03, losses=(2.3, 3.1, 2.9))) == 4
-    assert GateWarmupCallback(freeze_at_round=4).freeze_round([]) == 4
+    assert GateWarmup(freeze_at_round=4).freeze_round([]) == 4
 
 
 @pytest.mark.parametrize("stop", [1, 3], ids=["in-warm-up", "after-freeze"])

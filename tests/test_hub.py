@@ -20,9 +20,8 @@ from safetensors.torch import load, load_file
 from transformers import AutoModelForImageClassification, pipeline
 
 from fedsq_hf import FedSQConfig, FedSQModel, model_card
-from fedsq_hf.federated.data import make_transform
 from fedsq_hf.hub import TAGS
-from helpers import cli_args, run_example
+from helpers import cli_args, eval_transform, run_example
 from hub_server import LocalHub, validate_metadata
 
 TOKEN, USER = "hf_test_token", "alice"
@@ -178,7 +177,7 @@ def test_pipeline_and_auto_model_load_a_saved_model(backbone_dir, tmp_path):
     image = _image()
     pixels = classify.image_processor(image)["pixel_values"]
     assert pixels.shape == (1, 3, 40, 40)
-    torch.testing.assert_close(pixels[0], make_transform(model.config.pretrained_cfg)(image))  # = training preprocessing
+    torch.testing.assert_close(pixels[0], eval_transform(model.config.pretrained_cfg)(image))  # = training preprocessing
     with torch.no_grad():
         probs = model.eval()(pixels).logits.softmax(-1)[0]
     top = classify(image, top_k=3)

@@ -6,8 +6,7 @@ import re
 import pytest
 
 from fedsq_hf.federated import CLIENT_OPTIMIZERS, STRATEGIES
-from helpers import ROOT
-from test_federated import tiny_args
+from helpers import ROOT, tiny_args
 
 
 def _snippets():

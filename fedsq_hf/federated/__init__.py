@@ -1,28 +1,49 @@
-"""Federated simulation: data, partitions, the client trainer, strategies, callbacks, the Accelerate trainer."""
+"""Federated learning with FedSQ, in layers: `protocol` (what client and server exchange), `data`, `client`
+(a silo's local training), `server` (strategies, selection, the gate warm-up, evaluation), `io`
+(state, checkpoints, the output folder), `callbacks`, `simulation` (the Accelerate runtime) and `cli`.
+data, client and server import neither simulation nor cli."""
 
-from .arguments import (DataArguments, FederatedArguments, ModelArguments, make_accelerator, parse_arguments,
-                        with_example_defaults)
-from .callbacks import (CallbackHandler, DefaultFlowCallback, EarlyStoppingCallback, FederatedCallback,
-                        FederatedControl)
-from .calibration import calibrate
-from .client import ClientResult, ClientTrainer, client_seed, diverged
-from .data import load_image_dataset
-from .evaluation import Evaluator
-from .gate_drift_callback import GateDriftCallback
-from .gate_warmup import GateWarmupCallback
-from .hub_push import HubPushCallback
-from .images import AUGMENTATIONS, ImagePipeline, build_pipelines
-from .metrics import compute_classification_metrics
-from .optim import CLIENT_OPTIMIZERS, LR_SCHEDULERS, create_optimizer, register_optimizer, round_learning_rates
-from .partition import PARTITIONS, partition_labels, partition_summary, plot_partition
-from .reporting import (BestModelCallback, HistoryCallback, PlotCallback, ProgressCallback, TrackerCallback,
-                        default_callbacks)
-from .run import build_trainer, choose_preload, run_federated
-from .samples import (PRELOAD_MODES, ClientBatches, OrderedBatches, PreloadedSamples, StreamedSamples, as_samples,
-                      make_loader, model_inputs, preload)
-from .sampling import assign_clients, dropped_clients, sample_clients
-from .state import FederatedState
-from .strategies import (STRATEGIES, ClientUpdate, FedAdam, FedAvg, FedAvgM, FedMedian, FedProx, FedTrimmedAvg,
-                         ServerOptimizer, Strategy, make_strategy, register_strategy)
-from .trainer import FederatedTrainer
-from .validation import validate_arguments
+from .callbacks import (BestModelCallback, CallbackHandler, DefaultFlowCallback, EarlyStoppingCallback,
+                        FederatedCallback, FederatedControl, GateDriftCallback, HistoryCallback, HubPushCallback,
+                        PlotCallback, ProgressCallback, TrackerCallback, default_callbacks)
+from .cli import DataArguments, FederatedArguments, ModelArguments, check_run, parse_arguments, with_example_defaults
+from .client import (CLIENT_OPTIMIZERS, ClientArguments, ClientState, ClientTrainer, TrainResult, calibrate,
+                     create_optimizer, diverged, make_accelerator, register_optimizer)
+from .data import (AUGMENTATIONS, PARTITIONS, ClientBatches, ImagePipeline, OrderedBatches, PreloadedSamples,
+                   StreamedSamples, as_samples, build_pipelines, load_image_dataset, make_loader, model_inputs,
+                   partition_labels, partition_summary, preload)
+from .io import FederatedState
+from .protocol import (CODECS, ClientUpdate, FitConfig, Float16Codec, IdentityCodec, UpdateCodec, client_seed,
+                       register_codec)
+from .server import (LR_SCHEDULERS, STRATEGIES, Evaluator, FedAdam, FedAvg, FedAvgM, FedMedian, FedProx,
+                     FedTrimmedAvg, FlatUpdate, GateWarmup, GlobalModel, LocalStates, ServerOptimizer, Strategy,
+                     compute_classification_metrics, dropped_clients, make_strategy, register_strategy,
+                     round_learning_rates, sample_clients)
+from .simulation import FederatedTrainer, assign_clients, build_trainer, choose_preload, run_federated
+
+__all__ = [
+    # arguments and the command line
+    "ModelArguments", "DataArguments", "FederatedArguments", "ClientArguments", "parse_arguments", "check_run",
+    "with_example_defaults",
+    # the simulation runtime
+    "run_federated", "build_trainer", "FederatedTrainer", "FederatedState", "choose_preload", "assign_clients",
+    # client
+    "ClientTrainer", "ClientState", "TrainResult", "make_accelerator", "calibrate", "diverged", "create_optimizer",
+    "register_optimizer", "CLIENT_OPTIMIZERS",
+    # protocol
+    "ClientUpdate", "FitConfig", "client_seed", "UpdateCodec", "IdentityCodec", "Float16Codec", "CODECS",
+    "register_codec",
+    # server
+    "Strategy", "ServerOptimizer", "FlatUpdate", "FedAvg", "FedProx", "FedAvgM", "FedAdam", "FedMedian",
+    "FedTrimmedAvg", "STRATEGIES", "register_strategy", "make_strategy", "GateWarmup", "GlobalModel", "LocalStates",
+    "Evaluator", "compute_classification_metrics", "sample_clients", "dropped_clients", "round_learning_rates",
+    "LR_SCHEDULERS",
+    # callbacks
+    "FederatedCallback", "FederatedControl", "CallbackHandler", "DefaultFlowCallback", "EarlyStoppingCallback",
+    "GateDriftCallback", "HubPushCallback", "BestModelCallback", "HistoryCallback", "PlotCallback", "ProgressCallback",
+    "TrackerCallback", "default_callbacks",
+    # data
+    "load_image_dataset", "partition_labels", "partition_summary", "PARTITIONS", "AUGMENTATIONS", "ImagePipeline",
+    "build_pipelines", "StreamedSamples", "PreloadedSamples", "ClientBatches", "OrderedBatches", "make_loader",
+    "model_inputs", "as_samples", "preload",
+]

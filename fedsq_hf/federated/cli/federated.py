@@ -1,0 +1,40 @@
+"""`fedsq-federated` (also `python examples/federated.py`, `accelerate launch -m fedsq_hf.federated.cli.federated`):
+federated fine-tuning with FedSQ or a plain baseline, on 1 or N processes."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from ...errors import FedSQError
+from ..simulation import run_federated
+from .arguments import parse_arguments
+
+__all__ = ["main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the federation the command line describes; a bad argument is one `error:` line and exit status 2."""
+    logging.basicConfig(format="%(message)s")
+    logging.getLogger("fedsq_hf").setLevel(logging.INFO)
+    try:
+        model_args, data_args, fed_args = parse_arguments(argv)
+        summary = run_federated(model_args, data_args, fed_args)
+    except FedSQError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out = fed_args.output_dir
+    best = f"{summary['best_metric']:.4f}" if summary["best_metric"] is not None else "n/a"
+    models = ", ".join(f"{out}/{name}/" for name in ("best", "final") if os.path.isdir(os.path.join(out, name)))
+    print(
+        f"best {summary['metric_for_best_model']} {best} at round {summary['best_round']} of {summary['rounds']}\n"
+        f"results: {out}/summary.json, {out}/history.jsonl\n"
+        f"plots:   {out}/metrics.png, {out}/partition.png\n"
+        f"models:  {models or 'none written'} (FedSQModel.from_pretrained)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

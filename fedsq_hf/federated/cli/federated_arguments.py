@@ -1,0 +1,150 @@
+"""`FederatedArguments`: the federation (clients, partition, rounds, strategy, gate schedule), the run's
+outputs and the Hub, on top of the clients' own `ClientArguments`. Each field checks itself."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ..client import ClientArguments
+from ...errors import FedSQError
+from ..fields import argument, expand_path, flag, require
+from ..protocol import CODECS
+from ..server import STRATEGIES, Strategy, make_strategy, strategy_parameters
+
+__all__ = ["FederatedArguments", "STRATEGY_FLAGS"]
+
+# the strategy parameters the command line sets: flag name -> parameter name of the strategies that take it
+STRATEGY_FLAGS = {"mu": "mu", "server_lr": "server_lr", "server_momentum": "server_momentum", "trim_beta": "beta"}
+
+
+@dataclass
+class FederatedArguments(ClientArguments):
+    num_clients: int = argument(10, help="number of simulated clients (silos)", resume="same")
+    partition: Literal["iid", "dirichlet", "shards"] = argument(
+        "dirichlet", help="how training samples are split over clients: iid, dirichlet (label skew) or shards",
+        resume="same")
+    alpha: float = argument(0.5, help="Dirichlet concentration: smaller is more skewed", resume="same")
+    shards_per_client: int = argument(2, help="label shards per client with --partition shards", resume="same")
+    min_partition_size: int = argument(
+        10, help="redraw a Dirichlet partition until every client has at least this many samples", resume="same")
+    rounds: int = argument(5, help="federated rounds", resume="grow")
+    clients_per_round: int | None = argument(None, help="clients sampled per round (default: all)", resume="same")
+    lr_scheduler: Literal["constant", "linear", "cosine"] = argument(
+        "constant", resume="same",
+        help="client learning rate across rounds: constant, linear or cosine (to 0 after the last round)")
+    warmup_rounds: int = argument(0, help="rounds of linear warm-up to --lr (round k of W: k/W x lr)", resume="same")
+    strategy: str = argument("fedavg", resume="same",
+                             help="server strategy: fedavg, fedprox, fedavgm, fedadam, fedmedian, fedtrimmedavg, or "
+                                  "one added with register_strategy")
+    trim_beta: float | None = argument(None, help="fraction cut at each end per coordinate (fedtrimmedavg; default 0.2)",
+                                       resume="any")
+    mu: float | None = argument(None, help="FedProx proximal weight (fedprox; default 0.01)", resume="any")
+    server_lr: float | None = argument(None, help="server learning rate (fedavgm: default 1.0; fedadam: default 0.01)",
+                                       resume="any")
+    server_momentum: float | None = argument(None, help="server momentum (fedavgm; default 0.9)", resume="any")
+    update_codec: str = argument("identity", resume="same",
+                                 help="how client updates travel: identity (fp32), fp16 (half the bytes), or one "
+                                      "added with register_codec")
+    seed: int = argument(0, help="seed of the partition, client sampling, data order, augmentation and dropout",
+                         resume="same")
+    output_dir: str = argument("outputs/federated", resume="any",
+                               help="where history, summary, plots, checkpoints and models are written")
+    resume: bool = argument(False, help="continue from the last checkpoint in --output-dir", resume="any")
+    overwrite_output_dir: bool = argument(
+        False, help="start over in an --output-dir that holds a previous run (refused otherwise)", resume="any")
+    save_every: int = argument(1, help="write a checkpoint every N rounds (and after the last)", resume="any")
+    eval_every: int = argument(1, help="evaluate every N rounds (and after the last)", resume="any")
+    metric_for_best_model: str = argument(
+        "accuracy", resume="same", help="eval metric that picks best/ (and early stopping): loss, accuracy, "
+                                        "top5_accuracy, macro_f1, or one your compute_metrics returns")
+    greater_is_better: bool | None = argument(
+        None, help="whether a larger --metric-for-best-model is better (default: unless it is a loss)", resume="same")
+    max_failed_rounds: int = argument(
+        3, help="stop after this many rounds in a row without a usable client update", resume="any")
+    dropout_rate: float = argument(0.0, help="probability that a sampled client drops out of a round", resume="same")
+    report_to: str = argument("none", help="Accelerate tracker to log to: none, tensorboard, wandb, ...", resume="any")
+    disable_tqdm: bool = argument(False, help="no progress bar", resume="any")
+    gate_drift_samples: int = argument(
+        0, resume="any",
+        help="record each round how many of the model's own gates differ from the pretrained ones, on this many "
+             "eval samples")
+    freeze_gates_at_round: int = argument(
+        1, resume="same",
+        help="gate warm-up (--model fedsq): rounds before this one train without fixed gates (plain updates, same "
+             "strategy); at its start the structural copy is re-frozen from the global model and sent to the "
+             "clients. 1: FedSQ as published (the backbone's gates throughout)")
+    freeze_gates_when_drift_below: float | None = argument(
+        None, resume="same",
+        help="choose that round by gate drift: freeze after the first warm-up round (from round 2) in which the "
+             "global model's own gates changed on less than this fraction of the probe set's gates, and on fewer "
+             "than in the round before, while the model's loss on the probe set fell (e.g. 0.01)")
+    max_warmup_rounds: int = argument(
+        5, help="with --freeze-gates-when-drift-below: freeze after at most this many warm-up rounds", resume="same")
+    gate_probe_samples: int = argument(
+        256, resume="same", help="probe set of the drift rule: the first N evaluation samples, run through the global "
+                                 "model on the server (their labels are not used)")
+    push_to_hub: bool = argument(False, help="push the final global model with its card to the Hub", resume="any")
+    hub_model_id: str | None = argument(None, help="Hub repo id (namespace/name) for --push-to-hub", resume="any")
+    hub_strategy: Literal["end", "every_save"] = argument(
+        "end", help="end, or every_save: also push at each checkpoint (in the background)", resume="any")
+    hub_revision: str | None = argument(None, help="branch to push to (created if missing)", resume="any")
+    hub_private_repo: bool | None = argument(None, help="create the Hub repo private", resume="any")
+    hub_license: str = argument("apache-2.0", help="license id for the model card", resume="any")
+
+    def __post_init__(self) -> None:
+        self.output_dir = expand_path(self.output_dir)
+        self.check()
+
+    def check(self) -> None:
+        """`FedSQError` naming the first bad field of the group."""
+        super().check()
+        drift = self.freeze_gates_when_drift_below
+        require([
+            (self.num_clients >= 1, f"--num-clients must be >= 1, got {self.num_clients}"),
+            (self.alpha > 0, f"--alpha must be > 0, got {self.alpha}"),
+            (self.shards_per_client >= 1, f"--shards-per-client must be >= 1, got {self.shards_per_client}"),
+            (self.min_partition_size >= 1,
+             f"--min-partition-size must be >= 1 (every client needs data), got {self.min_partition_size}"),
+            (self.rounds >= 1, f"--rounds must be >= 1, got {self.rounds}"),
+            (self.clients_per_round is None or 1 <= self.clients_per_round <= self.num_clients,
+             f"--clients-per-round must be between 1 and --num-clients ({self.num_clients}), got {self.clients_per_round}"),
+            (0 <= self.warmup_rounds < self.rounds, f"--warmup-rounds must be in [0, --rounds), got {self.warmup_rounds}"),
+            (self.strategy in STRATEGIES, f"--strategy must be one of {sorted(STRATEGIES)}, got {self.strategy!r}"),
+            (self.update_codec in CODECS, f"--update-codec must be one of {sorted(CODECS)}, got {self.update_codec!r}"),
+            (0 <= self.seed < 2**32, f"--seed must be in [0, 2**32), got {self.seed}"),
+            (self.save_every >= 1 and self.eval_every >= 1, "--save-every and --eval-every must be >= 1"),
+            (0 <= self.dropout_rate < 1, f"--dropout-rate must be in [0, 1), got {self.dropout_rate}"),
+            (self.max_failed_rounds >= 1, f"--max-failed-rounds must be >= 1, got {self.max_failed_rounds}"),
+            (self.gate_drift_samples >= 0, f"--gate-drift-samples must be >= 0, got {self.gate_drift_samples}"),
+            (self.freeze_gates_at_round >= 1, f"--freeze-gates-at-round must be >= 1, got {self.freeze_gates_at_round}"),
+            (self.freeze_gates_at_round == 1 or drift is None,
+             "give --freeze-gates-at-round or --freeze-gates-when-drift-below, not both"),
+            (self.freeze_gates_at_round <= self.rounds,
+             f"--freeze-gates-at-round {self.freeze_gates_at_round} is after the last round ({self.rounds}): the gates "
+             "would never be fixed; that is --model plain"),
+            (drift is None or 0 < drift < 1, f"--freeze-gates-when-drift-below must be a fraction in (0, 1), got {drift}"),
+            (drift is None or 1 <= self.max_warmup_rounds < self.rounds,
+             f"--max-warmup-rounds must be in [1, --rounds), got {self.max_warmup_rounds}"),
+            (self.gate_probe_samples >= 1, f"--gate-probe-samples must be >= 1, got {self.gate_probe_samples}"),
+            (not self.push_to_hub or self.hub_model_id, "--push-to-hub needs --hub-model-id"),
+            (not (self.resume and self.overwrite_output_dir),
+             "--resume continues the run in --output-dir and --overwrite-output-dir starts over there: give one of them"),
+        ])
+        self.make_strategy()
+
+    def strategy_kwargs(self) -> dict[str, Any]:
+        """The strategy parameters given on the command line (those left unset take the strategy's defaults);
+        one the chosen strategy does not take is refused, naming the flag."""
+        accepted = strategy_parameters(self.strategy)
+        given = {name: getattr(self, name) for name in STRATEGY_FLAGS if getattr(self, name) is not None}
+        unused = [flag(name) for name in given if STRATEGY_FLAGS[name] not in accepted]
+        if unused:
+            takes = [flag(n) for n, p in STRATEGY_FLAGS.items() if p in accepted] or ["none of these flags"]
+            raise FedSQError(f"--strategy {self.strategy} does not use {', '.join(unused)} (it takes {', '.join(takes)}); "
+                             "leave it out, or pick the strategy it belongs to.")
+        return {STRATEGY_FLAGS[name]: value for name, value in given.items()}
+
+    def make_strategy(self) -> Strategy:
+        """The strategy these arguments ask for, its parameters checked."""
+        return make_strategy(self.strategy, **self.strategy_kwargs())

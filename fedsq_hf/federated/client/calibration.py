@@ -1,0 +1,46 @@
+"""Calibration warm-up: a short centralized fine-tuning before the structural copy is frozen.
+
+An extra assumption plain FedSQ does not make: a calibration set shared with the server. The gates
+then come from a model already adapted to the target domain instead of the ImageNet one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+
+from ...errors import FedSQError
+from ...modeling_fedsq import FedSQModel
+from ..data import as_samples
+from ..protocol import client_seed
+from .arguments import ClientArguments
+from .trainer import ClientTrainer
+
+__all__ = ["calibrate"]
+
+
+def calibrate(
+    model: FedSQModel,
+    data: torch.utils.data.Dataset | tuple[torch.Tensor, torch.Tensor],
+    args: ClientArguments,
+    epochs: int,
+    accelerator: Accelerator | None = None,
+    seed: int = 0,
+) -> list[float]:
+    """Fine-tune `model` on `data` (samples, or model-ready (pixels, labels)) for `epochs` without fixed
+    gates (the client loop of `args`: optimizer, batch size, BatchNorm mode; every draw from `seed`), then
+    re-freeze its structural copy from the result. In place; returns the step losses."""
+    if not model.dual_copy.gating:
+        raise FedSQError("calibrate needs a FedSQ model with fixed gating (fixed_gating=True): a plain model "
+                         "has no structural copy to re-freeze.")
+    run = dataclasses.replace(ClientArguments.from_arguments(args), local_epochs=epochs, local_steps=0)
+    data = as_samples(data)
+    client = ClientTrainer(model, data, run, accelerator)
+    with model.dual_copy.ungated():
+        losses = client.train(np.arange(len(data)), client_seed(seed, 0, 0)).losses
+    model.dual_copy.sync_structural()
+    model.config.calibrated = True
+    return losses

@@ -1,0 +1,143 @@
+"""One client's local training, as a unit of its own. `fit` is what a round asks of a client: take the
+global weights and the round config, train, return the update. It knows nothing of rounds, servers or
+processes: the simulator calls it for every client of a round, a Flower `ClientApp` for its site, the
+calibration warm-up and the benchmarks call `train` directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.optimizer import AcceleratedOptimizer
+
+from ...errors import FedSQError
+from ...modeling_fedsq import FedSQModel
+from ..data import ClientBatches, make_loader
+from ..protocol import ClientUpdate, FitConfig, IdentityCodec, ModelTensors, Scalar, UpdateCodec, client_seed
+from .accelerator import make_accelerator
+from .arguments import ClientArguments
+from .objectives import diverged, proximal_term
+from .optim import create_optimizer
+from .state import ClientState
+
+__all__ = ["ClientTrainer", "TrainResult"]
+
+
+@dataclass
+class TrainResult:
+    """What a stretch of local training produced (its weights are the model's, in place)."""
+
+    num_samples: int
+    losses: list[float]
+
+    @property
+    def train_loss(self) -> float:
+        return float(np.mean(self.losses)) if self.losses else float("nan")
+
+
+class ClientTrainer:
+    """Local training of `model` on `samples` (a `StreamedSamples`, `PreloadedSamples`, or any dataset
+    indexed by a batch of (index, seed) pairs). One loader, whose workers serve every call.
+
+    Args:
+        codec: how `fit`'s update is encoded for the wire (default: fp32 as it is).
+        state: what this client keeps between rounds (`fit` updates it); a simulator that plays many
+            clients on one trainer passes each one's own to `fit` instead.
+    """
+
+    def __init__(self, model: FedSQModel, samples: torch.utils.data.Dataset, args: ClientArguments,
+                 accelerator: Accelerator | None = None, codec: UpdateCodec | None = None,
+                 state: ClientState | None = None) -> None:
+        self.args, self.samples = args, samples
+        self.accelerator = accelerator or make_accelerator(args)
+        self.model = model.to(self.accelerator.device)
+        self.codec, self.state = codec or IdentityCodec(), state or ClientState()
+        self.batches = ClientBatches(args.batch_size, drop_single=model.config.bn_mode in ("train", "local"))
+        self.loader = make_loader(samples, self.batches, args.num_workers, self.accelerator.device)
+        self.pipeline = getattr(samples, "pipeline", None)
+        scaler = self.accelerator.scaler
+        self._initial_scale = scaler.state_dict() if scaler is not None else None
+        self.tensors = ModelTensors.of(self.model)
+        # every client starts its first round from these, and every round from these counters
+        self._initial_local = {k: t.clone() for k, t in self.tensors.local.items()}
+        self._initial_counters = {k: t.clone() for k, t in self.tensors.counters.items()}
+
+    def steps(self, num_samples: int) -> int:
+        return self.args.local_steps or self.args.local_epochs * self.batches.steps_per_epoch(num_samples)
+
+    def fit(self, global_params: Mapping[str, torch.Tensor], config: Mapping[str, Scalar], *,
+            indices: np.ndarray | None = None, state: ClientState | None = None) -> ClientUpdate:
+        """Load `global_params` (the shared tensors, by state-dict key), train on `indices` (default: every
+        sample) as `config` says (a `FitConfig` as a dict), and return the update `local - global`."""
+        fit, state = FitConfig.from_dict(config), self.state if state is None else state
+        self._check(global_params)
+        with torch.no_grad():
+            for k, t in self.tensors.shared.items():
+                t.copy_(global_params[k])
+            for k, t in self.tensors.local.items():
+                t.copy_(state.local_batchnorm.get(k, self._initial_local[k]))
+            for k, t in self.tensors.counters.items():
+                t.copy_(self._initial_counters[k])
+        indices = np.arange(len(self.samples)) if indices is None else indices
+        result = self.train(indices, fit.seed, fit.lr, fit.proximal_mu)
+        metrics = {"train_loss": result.train_loss, "steps": len(result.losses)}
+        tensors = {**self.tensors.shared, **self.tensors.local}
+        if diverged(result.losses, self.args.divergence_factor, self.model.config.num_labels) \
+                or not all(bool(torch.isfinite(t).all()) for t in tensors.values()):
+            return ClientUpdate({}, result.num_samples, metrics, diverged=True)
+        update = {k: t.detach().float() - global_params[k].to(t.device, torch.float32)
+                  for k, t in self.tensors.shared.items()}
+        state.local_batchnorm = {k: t.detach().clone() for k, t in self.tensors.local.items()}
+        payload = self.codec.encode(update)
+        return ClientUpdate(payload, result.num_samples, metrics, local_state=state.local_batchnorm,
+                            num_bytes=self.codec.num_bytes(payload))
+
+    def _check(self, global_params: Mapping[str, torch.Tensor]) -> None:
+        shared = self.tensors.shared
+        missing, unexpected = sorted(set(shared) - set(global_params)), sorted(set(global_params) - set(shared))
+        shapes = [k for k in shared if k in global_params and global_params[k].shape != shared[k].shape]
+        if missing or unexpected or shapes:
+            raise FedSQError(f"The global parameters do not fit this client's model (missing {missing[:3]}, unexpected "
+                             f"{unexpected[:3]}, other shapes {shapes[:3]}): the server trains another model; build "
+                             "the client's model from the same backbone, labels and --bn-mode.")
+
+    def train(self, indices: np.ndarray, seed: int, lr: float | None = None, proximal_mu: float = 0.0) -> TrainResult:
+        """Train in place on the samples `indices` for `--local-epochs` (or `--local-steps`); every random
+        draw (data order, augmentation, dropout) derives from `seed`. `proximal_mu` > 0 adds FedProx's
+        proximal term towards the weights the model had when called."""
+        args, model, device = self.args, self.model, self.accelerator.device
+        torch.manual_seed(seed)
+        self.batches.start(indices, seed, self.steps(len(indices)))
+        params = [p for p in model.parameters() if p.requires_grad]
+        anchor = [p.detach().clone() for p in params] if proximal_mu > 0 else None
+        scaler = self.accelerator.scaler  # fp16 on a GPU: loss scaling, through accelerator.backward
+        if scaler is not None:  # every client starts from the initial scale: results do not depend on client order
+            scaler.load_state_dict(self._initial_scale)
+        opt = AcceleratedOptimizer(create_optimizer(params, args, args.lr if lr is None else lr),
+                                   device_placement=False, scaler=scaler)
+        use_keys = getattr(model.dual_copy, "gate_cache", None) is not None
+        model.train()
+        losses = []
+        for step, (x, y, keys) in enumerate(self.loader):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if self.pipeline is not None:
+                x = self.pipeline.finish(x, seed=client_seed(seed, step))
+            with self.accelerator.autocast():
+                logits = model(x, gate_keys=keys if use_keys else None).logits
+                loss = torch.nn.functional.cross_entropy(logits.float(), y, label_smoothing=args.label_smoothing)
+                total = loss if anchor is None else loss + proximal_term(params, anchor, proximal_mu)
+            opt.zero_grad(set_to_none=True)
+            self.accelerator.backward(total)
+            if args.max_grad_norm:
+                if scaler is not None:
+                    scaler.unscale_(opt.optimizer)
+                torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
+            opt.step()
+            losses.append(loss.item())
+            if not np.isfinite(losses[-1]):
+                break
+        return TrainResult(num_samples=len(indices), losses=losses)

@@ -1,0 +1,60 @@
+"""The server's global model: its shared tensors as one flat fp32 vector (what strategies update), FedBN's
+local states, and both written into the model for evaluation and saving."""
+
+from __future__ import annotations
+
+import torch
+
+from ...errors import FedSQError
+from ...modeling_fedsq import FedSQModel
+from ..protocol import ModelTensors, ParamLayout
+from .local_states import LocalStates
+from .strategies import Strategy
+
+__all__ = ["GlobalModel"]
+
+
+class GlobalModel:
+    """The global state of `model` (its tensors as built: the pretrained or calibrated start). `sizes`: the
+    sample count of every client (the weights of FedBN's mean before a client reports its own)."""
+
+    def __init__(self, model: FedSQModel, sizes: torch.Tensor) -> None:
+        self.tensors = ModelTensors.of(model)
+        self.layout, self.local_layout = ParamLayout(self.tensors.shared), ParamLayout(self.tensors.local)
+        self.vector = self.layout.flatten(self.tensors.shared)
+        self.local_states = LocalStates(self.local_layout, self.local_layout.flatten(self.tensors.local), sizes) \
+            if len(self.local_layout) else None
+
+    def params(self) -> dict[str, torch.Tensor]:
+        """The shared tensors by state-dict key (views into `vector`): what clients start a round from."""
+        return self.layout.unflatten(self.vector)
+
+    def step(self, strategy: Strategy, update: torch.Tensor, round_: int) -> None:
+        """Apply the round's aggregated update with the strategy's server update; refuse a non-finite result."""
+        strategy.server_update(self.vector, update)
+        if not bool(torch.isfinite(self.vector).all()):  # not written: the last checkpoint stays good
+            raise FedSQError(f"Round {round_}: the server update made the global model non-finite; lower "
+                             "--server-lr (or --lr), or try --strategy fedavg.")
+
+    def write(self) -> None:
+        """The global model into the model (under FedBN, with the clients' mean BatchNorm)."""
+        with torch.no_grad():
+            for k, view in self.params().items():
+                self.tensors.shared[k].copy_(view)
+            if self.local_states:
+                for k, view in self.local_layout.unflatten(self.local_states.mean()).items():
+                    self.tensors.local[k].copy_(view)
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """What a checkpoint keeps of it."""
+        return {"global_state": self.vector, **(self.local_states.tensors() if self.local_states else {})}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> bool:
+        """Take a checkpoint's tensors and write the global model; False if they do not fit this model."""
+        vector = tensors.get("global_state")
+        if vector is None or vector.shape != self.vector.shape \
+                or (self.local_states is not None and not self.local_states.load(tensors)):
+            return False
+        self.vector = vector.to(self.vector.device)
+        self.write()
+        return True

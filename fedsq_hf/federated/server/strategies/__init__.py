@@ -1,0 +1,12 @@
+"""Server strategies, one file each; `register_strategy` adds a user's own."""
+
+from .base import STRATEGIES, FlatUpdate, ServerOptimizer, Strategy, make_strategy, register_strategy, strategy_parameters
+from .fedadam import FedAdam
+from .fedavg import FedAvg
+from .fedavgm import FedAvgM
+from .fedmedian import FedMedian
+from .fedprox import FedProx
+from .fedtrimmedavg import FedTrimmedAvg
+
+__all__ = ["Strategy", "ServerOptimizer", "FlatUpdate", "FedAvg", "FedProx", "FedAvgM", "FedAdam", "FedMedian",
+           "FedTrimmedAvg", "STRATEGIES", "register_strategy", "make_strategy", "strategy_parameters"]

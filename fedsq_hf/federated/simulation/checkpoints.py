@@ -1,0 +1,56 @@
+"""The simulator's checkpoints: what of a run a checkpoint holds, and how a resume takes it back."""
+
+from __future__ import annotations
+
+import os
+
+from ...errors import CheckpointError
+from ..io import START_OVER, checkpoint_name, load_checkpoint, save_checkpoint
+
+__all__ = ["TrainerCheckpoints"]
+
+
+class TrainerCheckpoints:
+    """`FederatedTrainer`'s checkpoint methods: `checkpoints/round-N/` holds the global state
+    (`global_state`), FedBN's local states, the server optimizer's buffers (`strategy.*`) and, once the
+    gates were re-frozen (calibration or gate warm-up), the structural copy (`structural.*`)."""
+
+    def resume_marks(self) -> dict[str, str]:
+        """What a resume must share with the interrupted run (run-config key -> resume mark)."""
+        from ..cli.arguments import DataArguments, ModelArguments, resume_marks
+
+        return resume_marks(ModelArguments, DataArguments, type(self.args))
+
+    def save_checkpoint(self) -> str:
+        """`checkpoints/round-N/` of the current state (written by the main process); returns its path."""
+        folder = os.path.join(self.args.output_dir, "checkpoints")
+        if not self.state.is_world_process_zero:
+            return os.path.join(folder, checkpoint_name(self.state.round))
+        tensors = {**self.global_model.state_tensors(), **{f"strategy.{k}": v for k, v in self.strategy.state_dict().items()}}
+        if self.model.config.calibrated and self.model.structural is not None:  # re-frozen gates: not the backbone's
+            tensors.update({f"structural.{k}": v for k, v in self.model.structural.state_dict().items()})
+        return save_checkpoint(folder, self.state, tensors)
+
+    def load_checkpoint(self) -> None:
+        """Continue from the newest checkpoint in `output_dir`, refused if it is of another run."""
+        folder = os.path.join(self.args.output_dir, "checkpoints")
+        state, tensors = load_checkpoint(folder, self.state.run, self.resume_marks())
+        if not self.global_model.load_state_tensors(tensors):
+            raise CheckpointError(f"--resume: the checkpoint in {folder!r} does not match this model (missing tensors "
+                                  f"or another size); it was damaged or is of another model: {START_OVER}.")
+        self.strategy.load_state_dict({k[len("strategy."):]: v for k, v in tensors.items() if k.startswith("strategy.")})
+        structural = {k[len("structural."):]: v for k, v in tensors.items() if k.startswith("structural.")}
+        if structural:
+            self.model.structural.load_state_dict(structural)
+            self.model.config.calibrated = True
+        current = self.state  # this run's settings; the checkpoint's progress, best recomputed under them
+        current.round, current.history, current.failed_streak = state.round, state.history, state.failed_streak
+        for record in current.history:
+            current.update_best(record)
+
+    def check_frozen_structural(self) -> None:
+        """A run resumed after its gate warm-up froze the gates must have its re-frozen structural copy back."""
+        if not self.model.config.calibrated:
+            raise CheckpointError(f"--resume: the checkpoint of round {self.state.round} lacks the structural copy "
+                                  f"frozen at round {self.model.config.gates_frozen_at_round}; it was damaged: "
+                                  f"{START_OVER}.")

@@ -1,0 +1,258 @@
+"""Federated simulation on Accelerate: each process plays its share of a round's clients one after another
+on one model instance, through the client API (`ClientTrainer.fit`); one all-reduce per round aggregates
+across processes; the server side (strategy, gate warm-up, FedBN's local states, evaluation) runs on
+every process alike.
+
+Every random choice is seeded from (seed, round[, client]), so a run gives the same global weights
+on 1 or N processes and after an interrupt + resume. There is therefore no RNG stream to save:
+a checkpoint holds the global state, the server optimizer state and the `FederatedState`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import broadcast
+
+from ...errors import FedSQError
+from ...modeling_fedsq import FedSQModel
+from ..callbacks import CallbackHandler, FederatedCallback, FederatedControl, default_callbacks
+from ..client import ClientArguments, ClientState, ClientTrainer, make_accelerator
+from ..data import as_samples
+from ..io import FederatedState, OutputDirLock, claim_output_dir
+from ..protocol import UpdateCodec, client_seed, make_codec
+from ..server import (Evaluator, FlatUpdate, GateWarmup, GlobalModel, MetricsFn, Strategy, classification_metric_names,
+                      dropped_clients, greater_is_better, round_learning_rates, sample_clients)
+from .collectives import RoundShare, gather_updates, reduce_share
+from .checkpoints import TrainerCheckpoints
+from .placement import assign_clients
+
+if TYPE_CHECKING:
+    from ..cli.arguments import FederatedArguments
+
+__all__ = ["FederatedTrainer", "run_accelerator"]
+
+logger = logging.getLogger(__name__)
+
+
+def run_accelerator(args: FederatedArguments) -> Accelerator:
+    """The Accelerator of a run: the clients' device and precision, and the trackers of `--report-to`."""
+    return make_accelerator(args, log_with=None if args.report_to == "none" else args.report_to,
+                            project_dir=args.output_dir)
+
+
+class FederatedTrainer(TrainerCheckpoints):
+    """Simulate a federation of `len(partitions)` clients training `model` with `strategy`.
+
+    Args:
+        model: the global model (FedSQ or plain); its shared floating state is what gets aggregated.
+        strategy: server-side algorithm (see `fedsq_hf.federated.server.strategies`).
+        train_data / eval_data: `StreamedSamples` or `PreloadedSamples`, or (pixels, labels) tensors
+            taken as model-ready.
+        partitions: sample indices of each client into `train_data`.
+        args: run arguments; `run_config` (everything, JSON-ready) goes into summary and checkpoints.
+        callbacks: added after `default_callbacks(args)`.
+        compute_metrics: `EvalPrediction -> dict` (default: accuracy, top-5 accuracy, macro-F1).
+        codec: how client updates travel (default: `args.update_codec`).
+    """
+
+    def __init__(self, model: FedSQModel, strategy: Strategy,
+                 train_data: torch.utils.data.Dataset | tuple[torch.Tensor, torch.Tensor],
+                 eval_data: torch.utils.data.Dataset | tuple[torch.Tensor, torch.Tensor],
+                 partitions: list[np.ndarray], args: FederatedArguments, run_config: dict[str, Any] | None = None,
+                 partition_summary: dict[str, Any] | None = None, accelerator: Accelerator | None = None,
+                 callbacks: list[FederatedCallback] | None = None, compute_metrics: MetricsFn | None = None,
+                 codec: UpdateCodec | None = None) -> None:
+        self.args, self.strategy, self.partitions = args, strategy, partitions
+        self.accelerator = acc = accelerator or run_accelerator(args)
+        self.model = model.to(acc.device)
+        self.train_set, self.eval_set = as_samples(train_data), as_samples(eval_data)
+        self.codec = codec or make_codec(args.update_codec)
+        self.client = ClientTrainer(self.model, self.train_set, ClientArguments.from_arguments(args), acc, self.codec)
+        self.evaluator = Evaluator(self.model, self.eval_set, 2 * args.batch_size, args.num_workers, acc, compute_metrics)
+        known = classification_metric_names(model.config.num_labels)
+        if compute_metrics is None and args.metric_for_best_model not in known:  # else checked at the first evaluation
+            raise FedSQError(f"--metric-for-best-model {args.metric_for_best_model!r} is not among the evaluation's "
+                             f"metrics {sorted(known)}; pick one of them, or pass a compute_metrics that returns it.")
+        self.sizes = torch.tensor([float(len(p)) for p in partitions])
+        self.run_config = {**(run_config or {}), "num_labels": model.config.num_labels, "backbone": model.config.backbone,
+                           "backbone_sha256": model.config.backbone_sha256, "strategy_config": strategy.describe()}
+        self.partition_summary = partition_summary
+        self.global_model = GlobalModel(self.model, self.sizes)
+        self.learning_rates = round_learning_rates(args.lr, args.rounds, args.lr_scheduler, args.warmup_rounds)
+        self.gate_warmup = None if args.freeze_gates_at_round == 1 and args.freeze_gates_when_drift_below is None else \
+            GateWarmup(args.freeze_gates_at_round, args.freeze_gates_when_drift_below, args.max_warmup_rounds,
+                       args.gate_probe_samples)
+        self.state = FederatedState(
+            max_rounds=args.rounds, metric_for_best_model=args.metric_for_best_model,
+            greater_is_better=greater_is_better(args.metric_for_best_model, args.greater_is_better),
+            run={k: self.run_config.get(k) for k in self.resume_marks()},
+            is_world_process_zero=acc.is_main_process, is_local_process_zero=acc.is_local_main_process)
+        self.control = FederatedControl()
+        self.output_lock: OutputDirLock | None = None  # held while training (build_trainer takes it earlier)
+        self.callback_handler = CallbackHandler(default_callbacks(args) + list(callbacks or []))
+        self._event("on_init_end")
+
+    def _event(self, event: str, **kwargs: Any) -> None:
+        self.control = self.callback_handler.call_event(
+            event, self.args, self.state, self.control, model=self.model, accelerator=self.accelerator,
+            eval_dataset=self.eval_set, run_config=self.run_config, **kwargs)
+
+    # -- the run -------------------------------------------------------------------------
+    def train(self) -> dict[str, Any]:
+        """Run the rounds (from the last checkpoint with `args.resume`) until the last or until a callback
+        stops the run; returns the summary."""
+        if self.output_lock is None:
+            self.output_lock = claim_output_dir(self.args.output_dir, self.accelerator, self.args.resume,
+                                                self.args.overwrite_output_dir)
+        try:
+            return self._train()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Free the output folder of a trainer that will not train (training frees it when it ends)."""
+        if self.output_lock is not None:
+            self.output_lock.release()
+            self.output_lock = None
+
+    def _train(self) -> dict[str, Any]:
+        state, acc = self.state, self.accelerator
+        if self.args.resume:
+            self.load_checkpoint()
+        if self.gate_warmup is not None:
+            self._start_gate_warmup()
+        self._event("on_train_begin", partition_summary=self.partition_summary)
+        while state.round < state.max_rounds and not self.control.should_training_stop:
+            self._event("on_round_begin")
+            round_ = state.round + 1
+            if self.gate_warmup is not None and self.gate_warmup.begin_round(self.model, round_, state.history) \
+                    and acc.is_main_process:
+                logger.info("Round %d: gates frozen from the global model after %d warm-up round(s).", round_, round_ - 1)
+            record = self.run_round(round_)
+            if self.control.should_evaluate:
+                self._evaluate_into(record)
+            if self.gate_warmup is not None:
+                measured = self.gate_warmup.measure(self.model, acc.autocast)
+                measured = None if measured is None else broadcast(measured.to(acc.device)).cpu()  # one decision everywhere
+                self.gate_warmup.end_round(self.model, record, state.history, measured)
+            state.round = round_
+            state.history.append(record)
+            self._event("on_round_end", record=record, is_best=state.update_best(record))
+            if self.control.should_save or self.control.should_training_stop:
+                self._event("on_save", checkpoint=self.save_checkpoint())
+            acc.wait_for_everyone()
+        summary = self.summary()
+        self._event("on_train_end", summary=summary)
+        acc.wait_for_everyone()
+        return summary
+
+    def _start_gate_warmup(self) -> None:
+        if self.gate_warmup.start(self.model, self.state.history, self.eval_set, self.accelerator.device):
+            self.check_frozen_structural()
+        elif self.accelerator.is_main_process:
+            logger.info("Gate warm-up: training without fixed gates %s.", self.gate_warmup.plan)
+
+    def run_round(self, round_: int) -> dict[str, Any]:
+        """Sample clients, train this process's share, aggregate across processes, update the global model."""
+        args, acc, start = self.args, self.accelerator, time.perf_counter()
+        clients = sample_clients(args.seed, round_, len(self.partitions), args.clients_per_round or len(self.partitions))
+        dropped = dropped_clients(args.seed, round_, clients, args.dropout_rate)
+        active = [c for c in clients if c not in dropped]
+        assignment = assign_clients(active, self.sizes.int().tolist(), acc.num_processes)
+        share = self._train_share(round_, assignment[acc.process_index], active)
+        trained = time.perf_counter()
+        share = self._aggregate(round_, active, max(len(a) for a in assignment), share)
+        record = {"round": round_, "clients": clients, "dropped_clients": dropped, "failed_clients": share.failed,
+                  "lr": self.learning_rates[round_ - 1], "train_loss": share.train_loss,
+                  "bytes_aggregated": share.num_bytes}
+        end = time.perf_counter()
+        record.update(wall_time=end - start, train_time=trained - start, aggregate_time=end - trained, evaluation_time=0.0)
+        return record
+
+    def _train_share(self, round_: int, mine: list[int], active: list[int]) -> RoundShare:
+        """Fit this process's clients one after another, each from the global model and its own state."""
+        per_client = self.strategy.needs_client_updates
+        server = self.global_model
+        share = RoundShare(len(self.partitions), torch.zeros(len(active), server.local_layout.numel, dtype=torch.float64),
+                           None if per_client else torch.zeros_like(server.vector))
+        config = {"lr": self.learning_rates[round_ - 1], **self.strategy.configure_fit(round_)}
+        global_params = server.params()
+        for client in mine:
+            state = ClientState(server.local_states.of(client) if server.local_states else {})
+            update = self.client.fit(global_params, {**config, "seed": client_seed(self.args.seed, round_, client)},
+                                     indices=self.partitions[client], state=state)
+            self._event("on_client_end", client=client, update=update)
+            if update.diverged:
+                share.failed.append(client)
+                continue
+            tensors = self.codec.decode(update.tensors)
+            if per_client:
+                share.updates.append(FlatUpdate(client, server.layout.flatten(tensors), update.num_samples, update.metrics))
+            else:
+                server.layout.add_to(share.summed, tensors, update.num_samples)
+            share.num_samples += update.num_samples
+            share.loss_sum += update.metrics["train_loss"] * update.num_samples
+            share.num_updates += 1
+            share.num_bytes += update.num_bytes
+            if server.local_states:
+                share.local[active.index(client)] = server.local_layout.flatten(update.local_state).double()
+        return share
+
+    def _aggregate(self, round_: int, active: list[int], rows: int, share: RoundShare) -> RoundShare:
+        """One all-reduce, the strategy's aggregate and server update, FedBN's local states; the global model
+        written into the model. Returns the round's totals."""
+        acc, mine, server = self.accelerator, share.updates, self.global_model
+        share = reduce_share(acc, share)
+        if server.local_states:
+            for i, client in enumerate(active):
+                if client not in share.failed:
+                    server.local_states.update(client, share.local[i], int(self.sizes[client]))
+        if share.failed and acc.is_main_process:
+            logger.warning("round %d: excluded clients %s (diverging or non-finite loss, or non-finite update)",
+                           round_, share.failed)
+        if share.num_samples > 0:
+            if share.summed is None:
+                update = self.strategy.aggregate_clients(gather_updates(acc, mine, rows, server.layout.numel))
+            else:
+                update = self.strategy.aggregate(share.summed.float(), share.num_samples)
+            server.step(self.strategy, update, round_)
+            self.state.failed_streak = 0
+        elif active:  # clients trained, none usable (a round where every client dropped out is no failure)
+            self.state.failed_streak += 1
+        server.write()
+        streak = self.state.failed_streak
+        if streak >= self.args.max_failed_rounds or streak == round_ == self.state.max_rounds:  # never a usable round
+            raise FedSQError(
+                f"{streak} consecutive rounds had no usable client update (all clients failed); "
+                "the global model was kept unchanged. Lower --lr (or a raised --weight-decay or --mu), or check the data.")
+        return share
+
+    def _evaluate_into(self, record: dict[str, Any]) -> None:
+        start = time.perf_counter()
+        metrics = self.evaluator.evaluate()
+        if not math.isfinite(metrics["loss"]):  # finite but huge weights (e.g. --server-lr 1e30): not written either
+            raise FedSQError(f"Round {record['round']}: the global model's evaluation loss is {metrics['loss']} (its "
+                             "outputs are non-finite); lower --server-lr, --lr, --mu or --weight-decay.")
+        if self.state.metric_for_best_model not in metrics:
+            raise FedSQError(f"--metric-for-best-model {self.state.metric_for_best_model!r} is not among the "
+                             f"evaluation's metrics {sorted(metrics)}; pick one of them.")
+        record.update({f"eval_{k}": v for k, v in metrics.items()})
+        if self.global_model.local_states:  # say which BatchNorm the global model was evaluated with
+            record["eval_bn"] = self.global_model.local_states.describe()
+        record["evaluation_time"] = time.perf_counter() - start
+        record["wall_time"] += record["evaluation_time"]
+        self._event("on_evaluate", metrics=metrics)
+
+    def summary(self) -> dict[str, Any]:
+        """What `train()` returns and `summary.json` holds."""
+        summary = {**self.state.summary(), "num_processes": self.accelerator.num_processes, "config": self.run_config}
+        if self.gate_warmup is not None:
+            summary["gate_warmup"] = self.gate_warmup.summary(self.model, self.state.history, len(self.eval_set))
+        return summary

@@ -1,0 +1,51 @@
+"""The server's own pieces: the learning-rate schedule it sends, the built-in metrics, FedBN's local states
+and the global model."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from transformers import EvalPrediction
+
+from fedsq_hf.federated import LocalStates, compute_classification_metrics, round_learning_rates
+from fedsq_hf.federated.protocol import ParamLayout
+
+
+def test_round_learning_rates_follow_the_schedule():
+    def rates(scheduler="constant", warmup=0):
+        return round_learning_rates(1.0, 4, scheduler, warmup)
+
+    assert rates() == [1.0, 1.0, 1.0, 1.0]
+    assert rates("linear") == pytest.approx([1.0, 0.75, 0.5, 0.25])
+    assert rates("cosine") == pytest.approx([0.5 * (1 + math.cos(math.pi * r / 4)) for r in range(4)])
+    assert rates(warmup=2) == pytest.approx([0.5, 1.0, 1.0, 1.0])  # no round at lr 0
+    assert rates("linear", 2) == pytest.approx([0.5, 1.0, 2 / 3, 1 / 3])
+
+
+def test_built_in_metrics():
+    ranks = [[0, 1, 2, 3, 4, 5, 6], [2, 0, 1, 3, 4, 5, 6], [1, 2, 6, 0, 3, 4, 5], [3, 4, 5, 0, 1, 2, 6]]
+    logits = 10.0 - np.array(ranks, float)  # no ties; ranks[i][c]: where class c stands in row i
+    labels = np.array([0, 0, 2, 3])  # ranks 0, 2 (top-5, not top-1), 6 (neither), 0
+    metrics = compute_classification_metrics(EvalPrediction(predictions=logits, label_ids=labels))
+    assert metrics["accuracy"] == 0.5 and metrics["top5_accuracy"] == 0.75
+    from sklearn.metrics import f1_score
+
+    assert metrics["macro_f1"] == pytest.approx(f1_score(labels, logits.argmax(-1), average="macro", zero_division=0))
+    few = compute_classification_metrics(EvalPrediction(predictions=logits[:, :3], label_ids=np.array([0, 1, 0, 2])))
+    assert "top5_accuracy" not in few
+
+
+def test_fedbn_local_states_are_each_clients_own_and_their_mean_is_sample_weighted():
+    layout = ParamLayout({"bn.weight": torch.zeros(2), "bn.running_mean": torch.zeros(2)})
+    initial = torch.tensor([1.0, 1.0, 0.0, 0.0])
+    states = LocalStates(layout, initial, sizes=torch.tensor([10.0, 30.0, 50.0]))
+    assert states.of(0) == {} and torch.equal(states.mean(), initial) and states.describe() == "pretrained"
+    states.update(0, torch.tensor([2.0, 2.0, 2.0, 2.0]), 10)
+    states.update(2, torch.tensor([6.0, 6.0, 6.0, 6.0]), 30)  # reported sample count replaces the planned one
+    torch.testing.assert_close(states.mean(), torch.full((4,), (2 * 10 + 6 * 30) / 40))
+    assert torch.equal(states.of(2)["bn.running_mean"], torch.tensor([6.0, 6.0]))
+    assert states.describe() == "sample-weighted mean of 2 clients' BatchNorms"
+    restored = LocalStates(layout, initial, sizes=torch.tensor([10.0, 30.0, 50.0]))
+    assert restored.load(states.tensors()) and torch.equal(restored.mean(), states.mean())
+    assert not restored.load({"client_local": torch.zeros(2, 4)})  # another federation's table
