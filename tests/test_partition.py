@@ -42,9 +42,11 @@ def test_shards_give_few_labels_per_client():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(num_clients=0), "num_clients"), (dict(num_clients=11), "larger than"),
-    (dict(num_clients=2, method="dirichlet", alpha=0.0), "alpha"), (dict(num_clients=2, method="bogus"), "Unknown partition"),
-    (dict(num_clients=2, method="dirichlet", min_partition_size=0), "min_partition_size"),
+    (dict(num_clients=0), "--num-clients must be >= 1"), (dict(num_clients=11), "larger than"),
+    (dict(num_clients=2, method="dirichlet", alpha=0.0), "--alpha must be > 0"),
+    (dict(num_clients=2, method="bogus"), r"--partition must be one of \['iid', 'dirichlet', 'shards'\]"),
+    (dict(num_clients=2, method="dirichlet", min_partition_size=0), "--min-partition-size must be >= 1"),
+    (dict(num_clients=2, method="shards", shards_per_client=6), "2 clients x 6 shards exceed the 10 samples"),
 ])
 def test_partition_bad_input(kwargs, match):
     with pytest.raises(FedSQError, match=match):

@@ -122,6 +122,9 @@ def _case(tmp, backbone_dir, digits_dir, finished, name):
         "unknown lr scheduler": lambda: ({}, {}, {"lr_scheduler": "step"}),
         "warm-up as long as the run": lambda: ({}, {}, {"warmup_rounds": 2}),
         "trim beta of one half": lambda: ({}, {}, {"strategy": "fedtrimmedavg", "trim_beta": 0.5}),
+        "a strategy flag the strategy does not take": lambda: ({}, {}, {"mu": 0.5}),
+        "unknown update codec": lambda: ({}, {}, {"update_codec": "zip"}),
+        "resume: other update codec": lambda: ({}, {}, {**resume, "update_codec": "fp16"}),
         "unknown best-model metric": lambda: ({}, {}, {"metric_for_best_model": "f1"}),
         "output dir is a file": lambda: ({}, {}, {"output_dir": _file(tmp / "a-file")}),
         "output dir under a file": lambda: ({}, {}, {"output_dir": os.path.join(_file(tmp / "a-file"), "run")}),
@@ -210,6 +213,9 @@ BAD_INPUT = [
     ("unknown lr scheduler", FedSQError, r"--lr-scheduler must be one of \['constant', 'linear', 'cosine'\]"),
     ("warm-up as long as the run", FedSQError, r"--warmup-rounds must be in \[0, --rounds\), got 2"),
     ("trim beta of one half", FedSQError, r"--trim-beta must be in \[0, 0.5\), got 0.5"),
+    ("a strategy flag the strategy does not take", FedSQError, r"--strategy fedavg does not use --mu \(it takes none"),
+    ("unknown update codec", FedSQError, r"--update-codec must be one of \['fp16', 'identity'\], got 'zip'"),
+    ("resume: other update codec", CheckpointError, "another run: update_codec 'identity' \\(checkpoint\\) vs 'fp16'"),
     ("unknown best-model metric", FedSQError, "--metric-for-best-model 'f1' is not among the evaluation's metrics"),
     ("output dir is a file", FedSQError, "--output-dir '.*a-file' is an existing file, not a folder"),
     ("output dir under a file", FedSQError, "--output-dir '.*a-file/run' cannot be created"),
@@ -362,6 +368,7 @@ def straight_run(backbone_dir, digits_dir, tmp_path_factory):
     os.path.join(".tmp-round-00002", "state.safetensors"),  # round 2's checkpoint: its state file
     os.path.join("checkpoints", "round-00002"),  # round 2's checkpoint: its folder
 ], ids=["state-file", "checkpoint-folder"])
+@pytest.mark.slow
 def test_killed_mid_checkpoint_then_resume_finishes_the_same_run(target, straight_run, backbone_dir, digits_dir,
                                                                  tmp_path):
     backbone = backbone_dir("resnet10t")
@@ -489,6 +496,7 @@ def _wait_for_lock(folder, process):
     raise AssertionError("the first run never took the output folder")
 
 
+@pytest.mark.slow
 def test_a_second_run_into_the_same_output_dir_is_refused_until_the_first_ends(backbone_dir, digits_dir, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     example = os.path.join(ROOT, "examples", "federated.py")
@@ -527,6 +535,7 @@ def test_an_unwritable_output_dir_is_refused_before_loading(backbone_dir, digits
         subprocess.run(undo, check=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700)])
 def test_everything_written_honours_the_umask(mask, file_mode, dir_mode, backbone_dir, digits_dir, tmp_path):
     out = tmp_path / "run"
@@ -545,6 +554,7 @@ def test_everything_written_honours_the_umask(mask, file_mode, dir_mode, backbon
     assert seen >= 10  # history, summary, plots, partition, best/, final/, the checkpoint
 
 
+@pytest.mark.slow
 def test_a_misspelled_flag_is_a_usage_error_naming_the_closest_flag(tmp_path):
     result = run_example(["--trim-betta", "0.3", "--output_dir", str(tmp_path)])
     assert result.returncode == 2 and "Traceback" not in result.stderr
@@ -609,6 +619,18 @@ def test_a_checkpoint_of_other_backbone_weights_is_refused(backbone_dir, digits_
     state["run"]["backbone_sha256"] = "0" * 64  # as if the backbone folder was re-saved with other weights since
     file.write_text(json.dumps(state))
     with pytest.raises(CheckpointError, match="another run: backbone_sha256 '0000.*' \\(checkpoint\\) vs '"):
+        run_federated(*tiny_args(backbone_dir("resnet10t"), digits_dir, out, rounds=2, resume=True))
+
+
+def test_a_checkpoint_of_an_older_version_is_refused_naming_what_it_lacks(backbone_dir, digits_dir, finished_run,
+                                                                         tmp_path):
+    out = shutil.copytree(finished_run, tmp_path / "run")
+    file = out / "checkpoints" / "round-00001" / "trainer_state.json"
+    state = json.loads(file.read_text())
+    del state["run"]["strategy_config"], state["run"]["update_codec"]  # as fedsq-hf 0.1's checkpoints were
+    file.write_text(json.dumps(state))
+    with pytest.raises(CheckpointError, match="records no update_codec, strategy_config: an older version of "
+                                              "fedsq-hf wrote it. Resume it with that version, or start over"):
         run_federated(*tiny_args(backbone_dir("resnet10t"), digits_dir, out, rounds=2, resume=True))
 
 

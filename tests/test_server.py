@@ -39,13 +39,13 @@ def test_built_in_metrics():
 def test_fedbn_local_states_are_each_clients_own_and_their_mean_is_sample_weighted():
     layout = ParamLayout({"bn.weight": torch.zeros(2), "bn.running_mean": torch.zeros(2)})
     initial = torch.tensor([1.0, 1.0, 0.0, 0.0])
-    states = LocalStates(layout, initial, sizes=torch.tensor([10.0, 30.0, 50.0]))
+    states = LocalStates(layout, initial, num_clients=3)
     assert states.of(0) == {} and torch.equal(states.mean(), initial) and states.describe() == "pretrained"
     states.update(0, torch.tensor([2.0, 2.0, 2.0, 2.0]), 10)
-    states.update(2, torch.tensor([6.0, 6.0, 6.0, 6.0]), 30)  # reported sample count replaces the planned one
+    states.update(2, torch.tensor([6.0, 6.0, 6.0, 6.0]), 30)  # weighted by the samples each reported
     torch.testing.assert_close(states.mean(), torch.full((4,), (2 * 10 + 6 * 30) / 40))
     assert torch.equal(states.of(2)["bn.running_mean"], torch.tensor([6.0, 6.0]))
     assert states.describe() == "sample-weighted mean of 2 clients' BatchNorms"
-    restored = LocalStates(layout, initial, sizes=torch.tensor([10.0, 30.0, 50.0]))
+    restored = LocalStates(layout, initial, num_clients=3)
     assert restored.load(states.tensors()) and torch.equal(restored.mean(), states.mean())
     assert not restored.load({"client_local": torch.zeros(2, 4)})  # another federation's table

@@ -177,9 +177,9 @@ def test_fedbn_traffic_scales_with_the_rounds_clients(backbone_dir, digits_dir, 
     reduce = collectives.reduce
     monkeypatch.setattr(collectives, "reduce", lambda t, **kw: sizes.append(t.numel()) or reduce(t, **kw))
     trainer.run_round(1)
-    # one all-reduce: round statistics (4 + one flag per client), each *trained* client's BatchNorm, the summed update
+    # one all-reduce: round statistics (3 + one flag per client), each *trained* client's BatchNorm, the summed update
     server = trainer.global_model
-    assert sizes == [4 + 4 + 2 * server.local_layout.numel + server.vector.numel()]
+    assert sizes == [3 + 4 + 2 * server.local_layout.numel + server.vector.numel()]
 
 
 @pytest.mark.slow
@@ -195,3 +195,19 @@ def test_bf16_autocast_trains(backbone_dir, digits_dir, tmp_path):
     bf16 = load_file(tmp_path / "bf16" / "final" / "model.safetensors")
     fp32 = load_file(tmp_path / "no" / "final" / "model.safetensors")
     assert any(not torch.equal(bf16[k], fp32[k]) for k in bf16)  # autocast was applied
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "fedmedian"])
+def test_the_fp16_codec_halves_the_traffic_and_stays_close(strategy, backbone_dir, digits_dir, tmp_path):
+    runs = {}
+    for codec in ("identity", "fp16"):
+        summary = run_federated(*tiny_args(backbone_dir("resnet10t"), digits_dir, tmp_path / codec, rounds=1,
+                                           strategy=strategy, clients_per_round=3, update_codec=codec))
+        assert summary["config"]["update_codec"] == codec
+        (record,) = [json.loads(line) for line in (tmp_path / codec / "history.jsonl").read_text().splitlines()]
+        runs[codec] = record, load_file(tmp_path / codec / "final" / "model.safetensors")
+    (exact, a), (half, b) = runs["identity"], runs["fp16"]
+    assert half["bytes_aggregated"] * 2 == exact["bytes_aggregated"] > 0
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # the updates did travel in fp16
+    for k in a:  # fp16 keeps 11 bits of each update, which is small next to the weights it is added to
+        torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-4, msg=k)

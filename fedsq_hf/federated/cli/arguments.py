@@ -13,8 +13,9 @@ from typing import Literal
 import timm
 from transformers import HfArgumentParser
 
+from ...configuration_fedsq import BN_MODES
 from ...errors import FedSQError
-from ..data import MNIST_PACKAGE
+from ..data import AUGMENTATIONS, MNIST_PACKAGE
 from ..fields import argument, check_fields, expand_path, require
 from .federated_arguments import FederatedArguments
 
@@ -38,7 +39,7 @@ class ModelArguments:
         None, help="local weights file of a torchvision: backbone (when it cannot download)", resume="same")
     model: Literal["fedsq", "plain"] = argument("fedsq", help="fedsq (fixed gating) or plain (usual fine-tuning)",
                                                 resume="same")
-    bn_mode: Literal["frozen", "train", "local"] = argument(
+    bn_mode: Literal[BN_MODES] = argument(
         "frozen", help="BatchNorm of the trained copy: frozen, train or local (FedBN)", resume="same")
     calibration_epochs: int = argument(1, help="epochs of the calibration warm-up (with --calibration-samples)",
                                        resume="same")
@@ -81,7 +82,7 @@ class DataArguments:
     calibration_samples: int = argument(
         0, resume="same", help="hold out this many training samples as a shared calibration set: fine-tune on it "
                                "centrally before the structural copy is frozen (an extra assumption; 0: off)")
-    augment: Literal["none", "flip", "timm"] = argument(
+    augment: Literal[AUGMENTATIONS] = argument(
         "none", resume="same",
         help="training augmentation: none, flip (horizontal flips), or timm (the backbone's own timm training "
              "transform: random resized crop, flip, colour jitter); seeded per sample")

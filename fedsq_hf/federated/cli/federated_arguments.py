@@ -9,8 +9,9 @@ from typing import Any, Literal
 from ..client import ClientArguments
 from ...errors import FedSQError
 from ..fields import argument, expand_path, flag, require
+from ..data import PARTITIONS, check_partition
 from ..protocol import CODECS
-from ..server import STRATEGIES, Strategy, make_strategy, strategy_parameters
+from ..server import LR_SCHEDULERS, STRATEGIES, Strategy, make_strategy, strategy_parameters
 
 __all__ = ["FederatedArguments", "STRATEGY_FLAGS"]
 
@@ -21,7 +22,7 @@ STRATEGY_FLAGS = {"mu": "mu", "server_lr": "server_lr", "server_momentum": "serv
 @dataclass
 class FederatedArguments(ClientArguments):
     num_clients: int = argument(10, help="number of simulated clients (silos)", resume="same")
-    partition: Literal["iid", "dirichlet", "shards"] = argument(
+    partition: Literal[PARTITIONS] = argument(
         "dirichlet", help="how training samples are split over clients: iid, dirichlet (label skew) or shards",
         resume="same")
     alpha: float = argument(0.5, help="Dirichlet concentration: smaller is more skewed", resume="same")
@@ -30,7 +31,7 @@ class FederatedArguments(ClientArguments):
         10, help="redraw a Dirichlet partition until every client has at least this many samples", resume="same")
     rounds: int = argument(5, help="federated rounds", resume="grow")
     clients_per_round: int | None = argument(None, help="clients sampled per round (default: all)", resume="same")
-    lr_scheduler: Literal["constant", "linear", "cosine"] = argument(
+    lr_scheduler: Literal[LR_SCHEDULERS] = argument(
         "constant", resume="same",
         help="client learning rate across rounds: constant, linear or cosine (to 0 after the last round)")
     warmup_rounds: int = argument(0, help="rounds of linear warm-up to --lr (round k of W: k/W x lr)", resume="same")
@@ -100,12 +101,8 @@ class FederatedArguments(ClientArguments):
         """`FedSQError` naming the first bad field of the group."""
         super().check()
         drift = self.freeze_gates_when_drift_below
+        check_partition(self.partition, self.num_clients, self.alpha, self.shards_per_client, self.min_partition_size)
         require([
-            (self.num_clients >= 1, f"--num-clients must be >= 1, got {self.num_clients}"),
-            (self.alpha > 0, f"--alpha must be > 0, got {self.alpha}"),
-            (self.shards_per_client >= 1, f"--shards-per-client must be >= 1, got {self.shards_per_client}"),
-            (self.min_partition_size >= 1,
-             f"--min-partition-size must be >= 1 (every client needs data), got {self.min_partition_size}"),
             (self.rounds >= 1, f"--rounds must be >= 1, got {self.rounds}"),
             (self.clients_per_round is None or 1 <= self.clients_per_round <= self.num_clients,
              f"--clients-per-round must be between 1 and --num-clients ({self.num_clients}), got {self.clients_per_round}"),

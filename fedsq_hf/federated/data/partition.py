@@ -15,9 +15,23 @@ import numpy as np
 
 from ...errors import FedSQError
 
-__all__ = ["PARTITIONS", "partition_labels", "partition_summary"]
+__all__ = ["PARTITIONS", "check_partition", "partition_labels", "partition_summary"]
 
 PARTITIONS = ("iid", "dirichlet", "shards")
+
+
+def check_partition(method: str, num_clients: int, alpha: float = 0.5, shards_per_client: int = 2,
+                    min_partition_size: int = 10) -> None:
+    """`FedSQError` for partition parameters no partition can use (before any data loads)."""
+    for ok, message in (
+        (method in PARTITIONS, f"--partition must be one of {list(PARTITIONS)}, got {method!r}"),
+        (num_clients >= 1, f"--num-clients must be >= 1, got {num_clients}"),
+        (alpha > 0, f"--alpha must be > 0, got {alpha}"),
+        (shards_per_client >= 1, f"--shards-per-client must be >= 1, got {shards_per_client}"),
+        (min_partition_size >= 1, f"--min-partition-size must be >= 1 (every client needs data), got {min_partition_size}"),
+    ):
+        if not ok:
+            raise FedSQError(message)
 
 
 def partition_labels(
@@ -32,12 +46,9 @@ def partition_labels(
     seed: int = 0,
 ) -> list[np.ndarray]:
     """Split sample indices among `num_clients` clients; returns one sorted index array per client."""
+    check_partition(method, num_clients, alpha, shards_per_client, min_partition_size)
     labels = np.asarray(labels)
     n = len(labels)
-    if method not in PARTITIONS:
-        raise FedSQError(f"Unknown partition {method!r}; choose from {list(PARTITIONS)}.")
-    if num_clients < 1:
-        raise FedSQError(f"num_clients must be at least 1, got {num_clients}.")
     if num_clients > n:
         raise FedSQError(f"num_clients={num_clients} is larger than the {n} training samples; use fewer clients.")
     rng = np.random.default_rng(seed)
@@ -51,10 +62,6 @@ def partition_labels(
 
 
 def _dirichlet(labels, num_clients, alpha, min_size, max_tries, rng) -> list[np.ndarray]:
-    if not alpha > 0:
-        raise FedSQError(f"Dirichlet alpha must be > 0, got {alpha}.")
-    if min_size < 1:
-        raise FedSQError(f"min_partition_size must be >= 1 (every client needs data), got {min_size}.")
     if min_size * num_clients > len(labels):
         raise FedSQError(
             f"min_partition_size={min_size} x num_clients={num_clients} exceeds the {len(labels)} samples; "
@@ -85,11 +92,9 @@ def _dirichlet(labels, num_clients, alpha, min_size, max_tries, rng) -> list[np.
 
 def _shards(labels, num_clients, shards_per_client, rng) -> list[np.ndarray]:
     num_shards = num_clients * shards_per_client
-    if shards_per_client < 1 or num_shards > len(labels):
-        raise FedSQError(
-            f"shards_per_client={shards_per_client} x num_clients={num_clients} must be between 1 and the "
-            f"{len(labels)} samples."
-        )
+    if num_shards > len(labels):
+        raise FedSQError(f"{num_clients} clients x {shards_per_client} shards exceed the {len(labels)} samples; lower "
+                         "--shards-per-client or --num-clients.")
     order = np.argsort(labels, kind="stable")
     shards = np.array_split(order, num_shards)
     assignment = rng.permutation(num_shards).reshape(num_clients, shards_per_client)

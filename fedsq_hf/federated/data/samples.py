@@ -16,25 +16,13 @@ from datasets import Dataset
 
 from ...errors import FedSQError
 from .batches import OrderedBatches
+from .splits import label_ids_in_range
 from .transforms import ImagePipeline
 
 __all__ = ["StreamedSamples", "PreloadedSamples", "preload", "estimate_preload_bytes", "model_inputs",
            "first_model_inputs", "as_samples"]
 
 Batch = Sequence[tuple[int, "int | None"]]
-
-
-def _checked_labels(labels: Sequence[int], num_labels: int, column: str) -> torch.Tensor:
-    if any(label is None for label in labels):
-        raise FedSQError(f"Column {column!r} has missing (null) labels; drop those rows or fill them in.")
-    labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
-    bad = (labels < 0) | (labels >= num_labels)
-    if bool(bad.any()):
-        raise FedSQError(
-            f"Labels {sorted(set(labels[bad].tolist()))[:5]} in column {column!r} are outside "
-            f"[0, {num_labels}); check --label-column or the number of labels."
-        )
-    return labels
 
 
 class StreamedSamples(torch.utils.data.Dataset):
@@ -44,7 +32,8 @@ class StreamedSamples(torch.utils.data.Dataset):
                  num_labels: int, split: str = "train") -> None:
         self.ds = ds.select_columns([image_column, label_column])
         self.image_column, self.pipeline, self.split = image_column, pipeline, split
-        self.labels = _checked_labels(self.ds[label_column], num_labels, label_column)
+        label_ids_in_range(self.ds, label_column, num_labels, split)
+        self.labels = torch.as_tensor(np.asarray(self.ds[label_column]), dtype=torch.long)
 
     def __len__(self) -> int:
         return len(self.labels)

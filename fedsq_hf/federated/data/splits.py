@@ -7,7 +7,7 @@ from datasets import ClassLabel, Dataset, Image, Value
 from ...errors import FedSQError
 from .sources import EVAL_SPLITS, MNIST_PACKAGE, load_splits
 
-__all__ = ["load_image_dataset"]
+__all__ = ["load_image_dataset", "label_ids_in_range"]
 
 LABEL_DTYPES = ("bool", "string", "large_string", "float16", "float32", "float64") + tuple(
     f"{sign}int{bits}" for sign in ("", "u") for bits in (8, 16, 32, 64))
@@ -74,7 +74,7 @@ def _checked_labels(train: Dataset, evaluation: Dataset | None, column: str, dat
         names = [str(v) for v in sorted(values)]
         train = _encode_like(train, column, ClassLabel(names=names), dataset, "train")
     feature = train.features[column]
-    seen = _ids_in_range(train, column, feature.num_classes, "train", dataset)
+    seen = label_ids_in_range(train, column, feature.num_classes, "train", dataset)
     if len(seen) < 2:
         raise FedSQError(f"The train split of {dataset!r} holds fewer than 2 classes {feature.int2str(sorted(seen))} "
                          f"in column {column!r}: a classifier needs at least 2. Check --label-column, or add samples "
@@ -92,17 +92,21 @@ def _checked_labels(train: Dataset, evaluation: Dataset | None, column: str, dat
         evaluation, _ = _plain_labels(evaluation, column, eval_split, dataset)
         if not named or eval_feature.dtype in ("string", "large_string"):  # integer ids of a named train stay ids
             evaluation = _encode_like(evaluation, column, feature, dataset, eval_split)
-    unseen = _ids_in_range(evaluation, column, feature.num_classes, eval_split, dataset) - seen
+    unseen = label_ids_in_range(evaluation, column, feature.num_classes, eval_split, dataset) - seen
     if unseen:
         raise _unseen(feature.int2str(sorted(unseen)), dataset, eval_split)
     return train, evaluation
 
 
-def _label_values(ds: Dataset, column: str, split: str, dataset: str) -> list:
+def _where(split: str, dataset: str | None) -> str:
+    return f"the {split} split" + (f" of {dataset!r}" if dataset else "")
+
+
+def _label_values(ds: Dataset, column: str, split: str, dataset: str | None) -> list:
     values = ds.unique(column)
     if None in values:
-        raise FedSQError(f"Column {column!r} of the {split} split of {dataset!r} has missing (null) labels; "
-                         "drop those rows or fill them in.")
+        raise FedSQError(f"Column {column!r} of {_where(split, dataset)} has missing (null) labels; drop those rows "
+                         "or fill them in.")
     return values
 
 
@@ -120,20 +124,21 @@ def _plain_labels(ds: Dataset, column: str, split: str, dataset: str) -> tuple[D
         ds, values = ds.cast_column(column, Value("int64")), [int(v) for v in values]
     if dtype not in ("bool", "string", "large_string"):
         negative = sorted(v for v in values if v < 0)
-        if negative:  # as `_ids_in_range` says of a ClassLabel's -1
+        if negative:  # as `label_ids_in_range` says of a ClassLabel's -1
             raise FedSQError(f"Labels {negative[:5]} in column {column!r} are negative in the {split} split of "
                              f"{dataset!r} (-1 usually marks unlabelled rows); drop those rows, or check "
                              "--label-column.")
     return ds, values
 
 
-def _ids_in_range(ds: Dataset, column: str, num_classes: int, split: str, dataset: str) -> set[int]:
-    """The label ids present in `ds`, refused outside [0, num_classes), such as a ClassLabel's -1 (no label)."""
+def label_ids_in_range(ds: Dataset, column: str, num_classes: int, split: str, dataset: str | None = None) -> set[int]:
+    """The label ids present in `ds`, refused if missing or outside [0, num_classes), such as a ClassLabel's -1
+    (no label)."""
     ids = set(_label_values(ds, column, split, dataset))
     outside = sorted(i for i in ids if not 0 <= i < num_classes)
     if outside:
-        raise FedSQError(f"Labels {outside[:5]} in column {column!r} are outside [0, {num_classes}) in the {split} "
-                         f"split of {dataset!r} (-1 usually marks unlabelled rows); drop those rows, or check "
+        raise FedSQError(f"Labels {outside[:5]} in column {column!r} are outside [0, {num_classes}) in "
+                         f"{_where(split, dataset)} (-1 usually marks unlabelled rows); drop those rows, or check "
                          "--label-column.")
     return ids
 

@@ -20,8 +20,6 @@ START_OVER = "start over with --overwrite-output-dir (or another --output-dir)"
 
 
 def _differs(key: str, mark: str, then: object, now: dict) -> bool:
-    if key == "backbone_sha256" and then is None:  # written before checkpoints recorded it
-        return False
     if mark == "grow":  # more rounds continue a constant schedule; other schedules depend on the total
         return now.get("lr_scheduler") != "constant" and then != now.get(key)
     return then != now.get(key)
@@ -85,6 +83,10 @@ def load_checkpoint(folder: str, run: dict, marks: dict[str, str]) -> tuple[Fede
     if state.round > run.get("rounds", state.round):
         raise CheckpointError(f"--resume: the checkpoint in {path!r} is at round {state.round}, past --rounds "
                               f"{run['rounds']}; pass --rounds {state.round} or more.")
+    unrecorded = [k for k in marks if k not in state.run]
+    if unrecorded:
+        raise CheckpointError(f"--resume: the checkpoint in {path!r} records no {', '.join(unrecorded)}: an older "
+                              f"version of fedsq-hf wrote it. Resume it with that version, or {START_OVER}.")
     differs = {k: (state.run.get(k), run.get(k)) for k, mark in marks.items() if _differs(k, mark, state.run.get(k), run)}
     if differs:
         raise CheckpointError(

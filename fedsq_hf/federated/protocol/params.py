@@ -69,7 +69,3 @@ class ParamLayout:
         """acc += weight * flatten(tensors), in place, without building the flat vector."""
         for view, k in zip(self.unflatten(acc).values(), self.shapes):
             view.add_(tensors[k].detach().to(view.dtype), alpha=weight)
-
-    def matches(self, tensors: Mapping[str, torch.Tensor]) -> bool:
-        """Whether `tensors` holds exactly these names and shapes."""
-        return set(tensors) == set(self.shapes) and all(tensors[k].shape == s for k, s in self.shapes.items())

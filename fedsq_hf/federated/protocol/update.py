@@ -39,9 +39,6 @@ class FitConfig:
             raise FedSQError(f"The round config's proximal_mu must be >= 0, got {config['proximal_mu']}.")
         return cls(**config)
 
-    def to_dict(self) -> dict[str, Scalar]:
-        return {k: v for k, v in self.__dict__.items() if v is not None}
-
 
 @dataclass
 class ClientUpdate:

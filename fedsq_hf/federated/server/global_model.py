@@ -15,14 +15,14 @@ __all__ = ["GlobalModel"]
 
 
 class GlobalModel:
-    """The global state of `model` (its tensors as built: the pretrained or calibrated start). `sizes`: the
-    sample count of every client (the weights of FedBN's mean before a client reports its own)."""
+    """The global state of `model` (its tensors as built: the pretrained or calibrated start) in a federation
+    of `num_clients` clients."""
 
-    def __init__(self, model: FedSQModel, sizes: torch.Tensor) -> None:
+    def __init__(self, model: FedSQModel, num_clients: int) -> None:
         self.tensors = ModelTensors.of(model)
         self.layout, self.local_layout = ParamLayout(self.tensors.shared), ParamLayout(self.tensors.local)
         self.vector = self.layout.flatten(self.tensors.shared)
-        self.local_states = LocalStates(self.local_layout, self.local_layout.flatten(self.tensors.local), sizes) \
+        self.local_states = LocalStates(self.local_layout, self.local_layout.flatten(self.tensors.local), num_clients) \
             if len(self.local_layout) else None
 
     def params(self) -> dict[str, torch.Tensor]:

@@ -11,13 +11,14 @@ __all__ = ["LocalStates"]
 
 
 class LocalStates:
-    """One row per client (the flat fp32 local state of `layout`), whether it has reported one, and its
-    sample count. `initial` is the local state of the model as built (pretrained BatchNorm)."""
+    """One row per client (the flat fp32 local state of `layout`), whether it has reported one, and the
+    samples it reported with it. `initial` is the local state of the model as built (pretrained BatchNorm)."""
 
-    def __init__(self, layout: ParamLayout, initial: torch.Tensor, sizes: torch.Tensor) -> None:
-        self.layout, self.initial, self.sizes = layout, initial, sizes.clone()
-        self.rows = torch.zeros(len(sizes), layout.numel)
-        self.seen = torch.zeros(len(sizes), dtype=torch.bool)
+    def __init__(self, layout: ParamLayout, initial: torch.Tensor, num_clients: int) -> None:
+        self.layout, self.initial = layout, initial
+        self.rows = torch.zeros(num_clients, layout.numel)
+        self.seen = torch.zeros(num_clients, dtype=torch.bool)
+        self.sizes = torch.zeros(num_clients)
 
     def of(self, client: int) -> dict[str, torch.Tensor]:
         """`client`'s local state by state-dict key (views into its row); empty before its first report."""
@@ -41,11 +42,9 @@ class LocalStates:
         return {"client_local": self.rows, "client_seen": self.seen, "client_samples": self.sizes}
 
     def load(self, tensors: dict[str, torch.Tensor]) -> bool:
-        """Take a checkpoint's tensors (False if they do not fit); checkpoints before `client_samples`
-        was kept hold the partition sizes this table was built with."""
-        rows, seen = tensors.get("client_local"), tensors.get("client_seen")
-        if rows is None or seen is None or rows.shape != self.rows.shape or seen.shape != self.seen.shape:
+        """Take a checkpoint's tensors; False if they do not fit."""
+        mine = self.tensors()
+        if any(k not in tensors or tensors[k].shape != v.shape for k, v in mine.items()):
             return False
-        self.rows, self.seen = rows.float(), seen.bool()
-        self.sizes = tensors.get("client_samples", self.sizes).float()
+        self.rows, self.seen, self.sizes = (tensors[k].to(v.dtype) for k, v in mine.items())
         return True

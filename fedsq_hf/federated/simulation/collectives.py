@@ -19,7 +19,7 @@ class RoundShare:
     """What one process's clients produced in a round (summed over processes by `reduce_share`).
 
     Args:
-        num_samples / loss_sum / num_updates / num_bytes: over the usable updates (loss weighted by samples;
+        num_samples / loss_sum / num_bytes: over the usable updates (loss weighted by samples;
             the bytes the codec sent).
         failed: one flag per client of the federation (diverged or non-finite).
         summed: the sample-weighted sum of the usable updates (linear strategies; None for per-client ones).
@@ -32,7 +32,6 @@ class RoundShare:
     summed: torch.Tensor | None = None
     num_samples: float = 0.0
     loss_sum: float = 0.0
-    num_updates: int = 0
     num_bytes: int = 0
     failed: list[int] = field(default_factory=list)
     updates: list[FlatUpdate] = field(default_factory=list)
@@ -44,16 +43,16 @@ class RoundShare:
 
 def reduce_share(accelerator: Accelerator, share: RoundShare) -> RoundShare:
     """Every process's share summed, in one all-reduce (float64, so the sum does not depend on the order)."""
-    stats = torch.zeros(4 + share.num_clients, dtype=torch.float64)
-    stats[:4] = torch.tensor([share.num_samples, share.loss_sum, share.num_updates, share.num_bytes], dtype=torch.float64)
-    stats[4 + torch.tensor(share.failed, dtype=torch.long)] = 1
+    stats = torch.zeros(3 + share.num_clients, dtype=torch.float64)
+    stats[:3] = torch.tensor([share.num_samples, share.loss_sum, share.num_bytes], dtype=torch.float64)
+    stats[3 + torch.tensor(share.failed, dtype=torch.long)] = 1
     parts = [stats, share.local.double().flatten()] + ([] if share.summed is None else [share.summed.double()])
     packed = reduce(torch.cat(parts).to(accelerator.device), reduction="sum").cpu()
     stats, rest = packed[: len(stats)], packed[len(stats):]
     local = rest[: share.local.numel()].view_as(share.local)
     summed = None if share.summed is None else rest[share.local.numel():]
-    return RoundShare(share.num_clients, local, summed, float(stats[0]), float(stats[1]), int(stats[2]), int(stats[3]),
-                      [int(i) for i in torch.nonzero(stats[4:]).flatten()], share.updates)
+    return RoundShare(share.num_clients, local, summed, float(stats[0]), float(stats[1]), int(stats[2]),
+                      [int(i) for i in torch.nonzero(stats[3:]).flatten()], share.updates)
 
 
 def gather_updates(accelerator: Accelerator, mine: list[FlatUpdate], rows: int, size: int) -> list[FlatUpdate]:

@@ -84,7 +84,7 @@ class FederatedTrainer(TrainerCheckpoints):
         self.run_config = {**(run_config or {}), "num_labels": model.config.num_labels, "backbone": model.config.backbone,
                            "backbone_sha256": model.config.backbone_sha256, "strategy_config": strategy.describe()}
         self.partition_summary = partition_summary
-        self.global_model = GlobalModel(self.model, self.sizes)
+        self.global_model = GlobalModel(self.model, len(partitions))
         self.learning_rates = round_learning_rates(args.lr, args.rounds, args.lr_scheduler, args.warmup_rounds)
         self.gate_warmup = None if args.freeze_gates_at_round == 1 and args.freeze_gates_when_drift_below is None else \
             GateWarmup(args.freeze_gates_at_round, args.freeze_gates_when_drift_below, args.max_warmup_rounds,
@@ -126,8 +126,10 @@ class FederatedTrainer(TrainerCheckpoints):
         state, acc = self.state, self.accelerator
         if self.args.resume:
             self.load_checkpoint()
-        if self.gate_warmup is not None:
-            self._start_gate_warmup()
+        if self.gate_warmup is not None and self.gate_warmup.start(self.model, state.history, self.eval_set, acc.device):
+            self.check_frozen_structural()  # resumed after the freeze
+        elif self.gate_warmup is not None and acc.is_main_process:
+            logger.info("Gate warm-up: training without fixed gates %s.", self.gate_warmup.plan)
         self._event("on_train_begin", partition_summary=self.partition_summary)
         while state.round < state.max_rounds and not self.control.should_training_stop:
             self._event("on_round_begin")
@@ -153,12 +155,6 @@ class FederatedTrainer(TrainerCheckpoints):
         acc.wait_for_everyone()
         return summary
 
-    def _start_gate_warmup(self) -> None:
-        if self.gate_warmup.start(self.model, self.state.history, self.eval_set, self.accelerator.device):
-            self.check_frozen_structural()
-        elif self.accelerator.is_main_process:
-            logger.info("Gate warm-up: training without fixed gates %s.", self.gate_warmup.plan)
-
     def run_round(self, round_: int) -> dict[str, Any]:
         """Sample clients, train this process's share, aggregate across processes, update the global model."""
         args, acc, start = self.args, self.accelerator, time.perf_counter()
@@ -178,8 +174,7 @@ class FederatedTrainer(TrainerCheckpoints):
 
     def _train_share(self, round_: int, mine: list[int], active: list[int]) -> RoundShare:
         """Fit this process's clients one after another, each from the global model and its own state."""
-        per_client = self.strategy.needs_client_updates
-        server = self.global_model
+        per_client, server = self.strategy.needs_client_updates, self.global_model
         share = RoundShare(len(self.partitions), torch.zeros(len(active), server.local_layout.numel, dtype=torch.float64),
                            None if per_client else torch.zeros_like(server.vector))
         config = {"lr": self.learning_rates[round_ - 1], **self.strategy.configure_fit(round_)}
@@ -199,7 +194,6 @@ class FederatedTrainer(TrainerCheckpoints):
                 server.layout.add_to(share.summed, tensors, update.num_samples)
             share.num_samples += update.num_samples
             share.loss_sum += update.metrics["train_loss"] * update.num_samples
-            share.num_updates += 1
             share.num_bytes += update.num_bytes
             if server.local_states:
                 share.local[active.index(client)] = server.local_layout.flatten(update.local_state).double()
