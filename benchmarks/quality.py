@@ -63,9 +63,10 @@ def run_one(args: argparse.Namespace, method: str, split: str, seed: int) -> tup
                       image_size=args.image_size, augment=args.augment,
                       calibration_samples=args.calibration_samples if calibrate else 0),
         FederatedArguments(num_clients=args.num_clients, clients_per_round=args.clients_per_round, rounds=args.rounds,
-                           partition=partition, alpha=alpha, strategy=spec.get("strategy", "fedavg"),
-                           **({"mu": args.mu} if spec.get("strategy") == "fedprox" else {}), lr=args.lr, batch_size=args.batch_size, seed=seed, save_every=args.rounds, disable_tqdm=True,
-                           num_workers=args.num_workers, output_dir=out, overwrite_output_dir=True, **drift),
+                           partition=partition, alpha=alpha, strategy=spec.get("strategy", "fedavg"), lr=args.lr,
+                           batch_size=args.batch_size, seed=seed, save_every=args.rounds, disable_tqdm=True,
+                           num_workers=args.num_workers, output_dir=out, overwrite_output_dir=True, **drift,
+                           **({"mu": args.mu} if spec.get("strategy") == "fedprox" else {})),
     )
     try:
         config = {**run_config(*run_args), "strategy_config": run_args[2].make_strategy().describe()}

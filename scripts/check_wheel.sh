@@ -8,7 +8,11 @@ bash scripts/setup.sh
 PY="$PWD/.venv/bin/python"
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
-"$PY" -m pip wheel --quiet --no-deps --wheel-dir "$WORK/dist" .
+# built from a copy of the files git keeps (or would keep), so that no build/ left in this checkout ships
+mkdir "$WORK/src"
+git ls-files -z --cached --others --exclude-standard | tar --null --ignore-failed-read -T - -cf - 2>/dev/null \
+  | tar -xf - -C "$WORK/src"
+"$PY" -m pip wheel --quiet --no-deps --wheel-dir "$WORK/dist" "$WORK/src"
 "$PY" -m pip install --quiet --no-deps --target "$WORK/site" "$WORK"/dist/fedsq_hf-*.whl
 cd "$WORK"
 export PYTHONPATH="$WORK/site" HF_HUB_OFFLINE=1

@@ -79,3 +79,22 @@ def test_early_stopping_ends_a_run(backbone_dir, digits_dir, tmp_path):
     model, data, fed = tiny_args(backbone_dir("resnet10t"), digits_dir, tmp_path, rounds=5)
     summary = run_federated(model, data, fed, callbacks=[EarlyStoppingCallback(patience=1, threshold=1.0)])
     assert summary["rounds"] == 2 and summary["stopped_early"]  # accuracy cannot improve by more than 1.0
+
+
+def test_a_trainer_built_by_hand_reports_like_a_run(backbone_dir, tmp_path):
+    """The default callbacks need nothing the builder adds: a `FederatedTrainer` from tensors trains to the end."""
+    import numpy as np
+    import torch
+
+    from fedsq_hf import FedSQConfig, FedSQModel
+    from fedsq_hf.federated import FedAvg, FederatedTrainer
+
+    torch.manual_seed(0)
+    x, y = torch.randn(32, 3, 32, 32), torch.randint(0, 3, (32,))
+    model = FedSQModel(FedSQConfig(backbone=backbone_dir("resnet10t"), num_labels=3))
+    args = FederatedArguments(num_clients=2, rounds=1, batch_size=8, local_steps=1, local_epochs=0, disable_tqdm=True,
+                              output_dir=str(tmp_path))
+    summary = FederatedTrainer(model, FedAvg(), (x, y), (x[:8], y[:8]), [np.arange(16), np.arange(16, 32)], args).train()
+    assert summary["rounds"] == 1 and summary["config"]["strategy_config"] == {"name": "fedavg"}
+    for name in ("metrics.png", "history.jsonl", "summary.json", "final/model.safetensors"):
+        assert (tmp_path / name).stat().st_size > 0, name

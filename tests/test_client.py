@@ -91,8 +91,12 @@ def test_a_round_config_the_client_cannot_follow_is_refused(config, match, backb
 def test_global_parameters_of_another_model_are_refused(backbone_dir):
     _, client, global_params = _silo(backbone_dir)
     name = next(iter(global_params))
-    with pytest.raises(FedSQError, match=f"missing \\['{name}'\\].*the server trains another model"):
+    with pytest.raises(FedSQError, match=f"global parameters do not fit .*missing \\['{name}'\\].*of another model"):
         client.fit({k: v for k, v in global_params.items() if k != name}, {"seed": 1})
+    _, fedbn, fedbn_params = _silo(backbone_dir, bn_mode="local")
+    state = ClientState({"bn1.weight": torch.ones(3)})  # another model's BatchNorm
+    with pytest.raises(FedSQError, match="client state's BatchNorm does not fit .*unexpected \\['bn1.weight'\\]"):
+        fedbn.fit(fedbn_params, {"seed": 1}, state=state)
 
 
 def test_fedprox_term_pulls_the_update_towards_the_global_model(backbone_dir):

@@ -13,6 +13,7 @@ from helpers import ROOT
 FEDERATED = os.path.join(ROOT, "fedsq_hf", "federated")
 # layer -> the layers of fedsq_hf.federated it must not import
 FORBIDDEN = {
+    "fields.py": {"protocol", "data", "client", "server", "simulation", "cli", "callbacks", "io"},
     "protocol": {"data", "client", "server", "simulation", "cli", "callbacks", "io"},
     "data": {"client", "server", "simulation", "cli", "callbacks", "io"},
     "client": {"server", "simulation", "cli", "callbacks", "io"},
@@ -56,7 +57,7 @@ def test_data_client_and_server_import_neither_a_runtime_nor_the_command_line(la
             bad = _imported_layers(relpath, path) & FORBIDDEN[layer]
             assert not bad, f"{relpath} imports {sorted(bad)}"
             checked += 1
-    assert checked >= 3
+    assert checked >= (1 if layer.endswith(".py") else 3)
 
 
 def test_the_import_reader_sees_what_a_module_imports():

@@ -213,7 +213,7 @@ BAD_INPUT = [
     ("unknown lr scheduler", FedSQError, r"--lr-scheduler must be one of \['constant', 'linear', 'cosine'\]"),
     ("warm-up as long as the run", FedSQError, r"--warmup-rounds must be in \[0, --rounds\), got 2"),
     ("trim beta of one half", FedSQError, r"--trim-beta must be in \[0, 0.5\), got 0.5"),
-    ("a strategy flag the strategy does not take", FedSQError, r"--strategy fedavg does not use --mu \(it takes none"),
+    ("a strategy flag the strategy does not take", FedSQError, r"--strategy fedavg does not use --mu \(it takes no parameters"),
     ("unknown update codec", FedSQError, r"--update-codec must be one of \['fp16', 'identity'\], got 'zip'"),
     ("resume: other update codec", CheckpointError, "another run: update_codec 'identity' \\(checkpoint\\) vs 'fp16'"),
     ("unknown best-model metric", FedSQError, "--metric-for-best-model 'f1' is not among the evaluation's metrics"),

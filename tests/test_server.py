@@ -49,3 +49,23 @@ def test_fedbn_local_states_are_each_clients_own_and_their_mean_is_sample_weight
     restored = LocalStates(layout, initial, num_clients=3)
     assert restored.load(states.tensors()) and torch.equal(restored.mean(), states.mean())
     assert not restored.load({"client_local": torch.zeros(2, 4)})  # another federation's table
+
+
+def test_a_round_aggregate_takes_updates_in_and_steps_the_global_model(backbone_dir):
+    from fedsq_hf import FedSQConfig, FedSQModel
+    from fedsq_hf.federated import ClientUpdate, FedAvg, FedMedian, GlobalModel, IdentityCodec, RoundAggregate
+
+    model = FedSQModel(FedSQConfig(backbone=backbone_dir("resnet10t"), num_labels=3))
+    for strategy in (FedAvg(), FedMedian()):
+        server = GlobalModel(model, num_clients=3)
+        start = server.vector.clone()
+        ones = {k: torch.ones_like(v) for k, v in server.params().items()}
+        aggregate = RoundAggregate.start(server, strategy, active=[0, 2])
+        aggregate.add(0, ClientUpdate(ones, 10, {"train_loss": 1.0}, num_bytes=4), IdentityCodec(), server)
+        aggregate.add(2, ClientUpdate({}, 30, {"train_loss": float("nan")}, diverged=True), IdentityCodec(), server)
+        assert aggregate.failed == [2] and aggregate.num_samples == 10 and aggregate.train_loss == 1.0
+        assert aggregate.step(strategy, server, 1, sizes={0: 10, 2: 30})
+        torch.testing.assert_close(server.vector, start + 1)  # the one usable update, applied
+        empty = RoundAggregate.start(server, strategy, active=[1])
+        assert not empty.step(strategy, server, 2, sizes={1: 5})  # nothing usable: the model is kept
+        torch.testing.assert_close(server.vector, start + 1)

@@ -2,6 +2,7 @@
 clients, robust aggregators on 1 and 2 processes, and a user's own by name."""
 
 import sys
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -9,7 +10,8 @@ from safetensors.torch import load_file
 
 from fedsq_hf import FedSQError
 from fedsq_hf.federated import (
-    STRATEGIES, FedAdam, FedAvg, FedAvgM, FederatedArguments, FedMedian, FedProx, FedTrimmedAvg, FlatUpdate, Strategy,
+    STRATEGIES, FedAdam, FedAvg, FedAvgM, FederatedArguments, FedMedian, FedProx, FedTrimmedAvg, FlatUpdate, ServerOptimizer,
+    Strategy,
     build_trainer, make_strategy, register_strategy, run_federated,
 )
 from helpers import TORCHRUN, cli_args, run_example, tiny_args
@@ -40,7 +42,7 @@ def test_server_optimizers_follow_their_formulas():
 
 def test_fedavg_is_a_strategy_of_its_own_and_fedprox_configures_its_clients():
     assert not issubclass(FedMedian, FedAvg) and issubclass(FedProx, FedAvg)
-    with pytest.raises(NotImplementedError, match="set needs_client_updates"):
+    with pytest.raises(NotImplementedError, match="implements neither aggregate"):
         FedMedian().aggregate(torch.ones(3), 1.0)  # the base class is no FedAvg
     assert FedAvg().configure_fit(1) == {} and FedMedian().configure_fit(3) == {}
     assert FedProx(mu=0.2).configure_fit(1) == {"proximal_mu": 0.2}  # the client applies the proximal term
@@ -51,6 +53,8 @@ def test_parameters_are_checked_once_and_described_from_the_dataclass():
     assert FedTrimmedAvg(beta=0.3).describe() == {"name": "fedtrimmedavg", "beta": 0.3}
     assert FedAvg().describe() == {"name": "fedavg"}
     for bad, match in ((lambda: FedProx(mu=-1.0), "--mu must be >= 0"),
+                       (lambda: FedAdam(tau=0.0), "FedAdam needs 0 <= beta1, beta2 < 1 and tau > 0"),
+                       (lambda: FedAdam(beta2=1.0), "FedAdam needs 0 <= beta1, beta2 < 1 and tau > 0"),
                        (lambda: FedAvgM(server_momentum=1.0), r"--server-momentum must be in \[0, 1\)"),
                        (lambda: FedAdam(server_lr=0.0), "--server-lr must be > 0")):
         with pytest.raises(FedSQError, match=match):
@@ -58,9 +62,9 @@ def test_parameters_are_checked_once_and_described_from_the_dataclass():
 
 
 @pytest.mark.parametrize("strategy, given, takes", [
-    ("fedavg", {"mu": 0.5}, "none of these flags"),
-    ("fedavg", {"server_lr": 0.5}, "none of these flags"),
-    ("fedmedian", {"trim_beta": 0.3}, "none of these flags"),
+    ("fedavg", {"mu": 0.5}, "no parameters"),
+    ("fedavg", {"server_lr": 0.5}, "no parameters"),
+    ("fedmedian", {"trim_beta": 0.3}, "no parameters"),
     ("fedprox", {"server_momentum": 0.5}, "--mu"),
     ("fedadam", {"mu": 0.1, "trim_beta": 0.1}, "--server-lr"),
 ])
@@ -68,8 +72,9 @@ def test_a_flag_the_strategy_does_not_take_is_refused_not_dropped(strategy, give
     flags = ", ".join("--" + k.replace("_", "-") for k in given)
     with pytest.raises(FedSQError, match=f"--strategy {strategy} does not use {flags} \\(it takes {takes}"):
         FederatedArguments(strategy=strategy, **given)
-    with pytest.raises(FedSQError, match=f"--strategy {strategy} does not take"):
-        make_strategy(strategy, **{"beta" if k == "trim_beta" else k: v for k, v in given.items()})
+    params = {"beta" if k == "trim_beta" else k: v for k, v in given.items()}
+    with pytest.raises(FedSQError, match=f"--strategy {strategy} does not use {', '.join(params)} \\(it takes"):
+        make_strategy(strategy, **params)  # from Python: the parameters' own names
 
 
 def test_server_learning_rates_are_each_strategys_own_unless_given():
@@ -139,3 +144,32 @@ def test_robust_strategies_give_the_same_weights_on_1_and_2_processes(strategy, 
     b = load_file(tmp_path / "two" / "final" / "model.safetensors")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-7, msg=k)
+
+
+def test_a_strategy_that_aggregates_nothing_is_refused_and_a_server_optimizer_needs_only_its_update():
+    class Nothing(Strategy):
+        name = "nothing"
+
+    with pytest.raises(FedSQError, match="'nothing' aggregates nothing: implement aggregate"):
+        register_strategy(Nothing)
+
+    class Unnamed(FedAvg):  # would replace FedAvg under its inherited name
+        pass
+
+    with pytest.raises(FedSQError, match="a `name` of its own"):
+        register_strategy(Unnamed)
+
+    @dataclass
+    class HalfStep(ServerOptimizer):
+        name = "halfstep"
+
+        def server_update(self, global_state, update):
+            global_state.add_(update, alpha=0.5 * self.server_lr)
+
+    try:
+        register_strategy(HalfStep)
+        strategy, state = make_strategy("halfstep", server_lr=2.0), torch.zeros(2)
+        strategy.server_update(state, strategy.aggregate(torch.tensor([3.0, 6.0]), 3.0))  # FedAvg's mean
+        assert state.tolist() == [1.0, 2.0]
+    finally:
+        STRATEGIES.pop("halfstep")

@@ -1,7 +1,8 @@
 """Federated learning with FedSQ, in layers: `protocol` (what client and server exchange), `data`, `client`
-(a silo's local training), `server` (strategies, selection, the gate warm-up, evaluation), `io`
-(state, checkpoints, the output folder), `callbacks`, `simulation` (the Accelerate runtime) and `cli`.
-data, client and server import neither simulation nor cli."""
+(a silo's local training), `server` (strategies, selection, aggregation, the gate warm-up, evaluation),
+`io` (state, checkpoints, the output folder), `callbacks`, `simulation` (the Accelerate runtime) and `cli`,
+with `fields` (argument fields and their checks) beneath them all. protocol, data, client and server import
+none of simulation, cli, callbacks and io (README, Architecture)."""
 
 from .callbacks import (BestModelCallback, CallbackHandler, DefaultFlowCallback, EarlyStoppingCallback,
                         FederatedCallback, FederatedControl, GateDriftCallback, HistoryCallback, HubPushCallback,
@@ -16,10 +17,10 @@ from .io import FederatedState
 from .protocol import (CODECS, ClientUpdate, FitConfig, Float16Codec, IdentityCodec, UpdateCodec, client_seed,
                        register_codec)
 from .server import (LR_SCHEDULERS, STRATEGIES, Evaluator, FedAdam, FedAvg, FedAvgM, FedMedian, FedProx,
-                     FedTrimmedAvg, FlatUpdate, GateWarmup, GlobalModel, LocalStates, ServerOptimizer, Strategy,
+                     FedTrimmedAvg, FlatUpdate, GateWarmup, GlobalModel, LocalStates, RoundAggregate, ServerOptimizer, Strategy,
                      compute_classification_metrics, dropped_clients, make_strategy, register_strategy,
                      round_learning_rates, sample_clients)
-from .simulation import FederatedTrainer, assign_clients, build_trainer, choose_preload, run_federated
+from .simulation import FederatedTrainer, assign_clients, build_trainer, choose_preload, run_accelerator, run_federated
 
 __all__ = [
     # arguments and the command line
@@ -27,6 +28,7 @@ __all__ = [
     "with_example_defaults",
     # the simulation runtime
     "run_federated", "build_trainer", "FederatedTrainer", "FederatedState", "choose_preload", "assign_clients",
+    "run_accelerator",
     # client
     "ClientTrainer", "ClientState", "TrainResult", "make_accelerator", "calibrate", "diverged", "create_optimizer",
     "register_optimizer", "CLIENT_OPTIMIZERS",
@@ -36,6 +38,7 @@ __all__ = [
     # server
     "Strategy", "ServerOptimizer", "FlatUpdate", "FedAvg", "FedProx", "FedAvgM", "FedAdam", "FedMedian",
     "FedTrimmedAvg", "STRATEGIES", "register_strategy", "make_strategy", "GateWarmup", "GlobalModel", "LocalStates",
+    "RoundAggregate",
     "Evaluator", "compute_classification_metrics", "sample_clients", "dropped_clients", "round_learning_rates",
     "LR_SCHEDULERS",
     # callbacks

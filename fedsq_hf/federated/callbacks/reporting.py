@@ -69,9 +69,8 @@ class PlotCallback(FederatedCallback):
     def on_train_end(self, args, state, control, run_config=None, **kwargs):
         if not state.is_world_process_zero:
             return
-        model = run_config.get("model", "model")
-        plot_metrics(state.history, os.path.join(args.output_dir, "metrics.png"), f"{model} + {run_config['strategy']}",
-                     state.best_round)
+        model, strategy = run_config.get("model", "model"), run_config["strategy_config"]["name"]
+        plot_metrics(state.history, os.path.join(args.output_dir, "metrics.png"), f"{model} + {strategy}", state.best_round)
         if any(h.get("gate_drift") is not None for h in state.history):
             plot_drift(state.history, os.path.join(args.output_dir, "gate_drift.png"), f"{model}: own gates vs pretrained")
 

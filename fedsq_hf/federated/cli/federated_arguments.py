@@ -4,14 +4,13 @@ outputs and the Hub, on top of the clients' own `ClientArguments`. Each field ch
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from ..client import ClientArguments
-from ...errors import FedSQError
-from ..fields import argument, expand_path, flag, require
 from ..data import PARTITIONS, check_partition
-from ..protocol import CODECS
-from ..server import LR_SCHEDULERS, STRATEGIES, Strategy, make_strategy, strategy_parameters
+from ..fields import argument, expand_path, flag, require
+from ..protocol import make_codec
+from ..server import LR_SCHEDULERS, FedAdam, FedAvgM, FedProx, FedTrimmedAvg, Strategy, make_strategy
 
 __all__ = ["FederatedArguments", "STRATEGY_FLAGS"]
 
@@ -38,12 +37,14 @@ class FederatedArguments(ClientArguments):
     strategy: str = argument("fedavg", resume="same",
                              help="server strategy: fedavg, fedprox, fedavgm, fedadam, fedmedian, fedtrimmedavg, or "
                                   "one added with register_strategy")
-    trim_beta: float | None = argument(None, help="fraction cut at each end per coordinate (fedtrimmedavg; default 0.2)",
-                                       resume="any")
-    mu: float | None = argument(None, help="FedProx proximal weight (fedprox; default 0.01)", resume="any")
-    server_lr: float | None = argument(None, help="server learning rate (fedavgm: default 1.0; fedadam: default 0.01)",
-                                       resume="any")
-    server_momentum: float | None = argument(None, help="server momentum (fedavgm; default 0.9)", resume="any")
+    trim_beta: float | None = argument(
+        None, help=f"fraction cut at each end per coordinate (fedtrimmedavg; default {FedTrimmedAvg.beta})", resume="any")
+    mu: float | None = argument(None, help=f"FedProx proximal weight (fedprox; default {FedProx.mu})", resume="any")
+    server_lr: float | None = argument(
+        None, help=f"server learning rate (fedavgm: default {FedAvgM.server_lr}; fedadam: default {FedAdam.server_lr})",
+        resume="any")
+    server_momentum: float | None = argument(
+        None, help=f"server momentum (fedavgm; default {FedAvgM.server_momentum})", resume="any")
     update_codec: str = argument("identity", resume="same",
                                  help="how client updates travel: identity (fp32), fp16 (half the bytes), or one "
                                       "added with register_codec")
@@ -107,8 +108,6 @@ class FederatedArguments(ClientArguments):
             (self.clients_per_round is None or 1 <= self.clients_per_round <= self.num_clients,
              f"--clients-per-round must be between 1 and --num-clients ({self.num_clients}), got {self.clients_per_round}"),
             (0 <= self.warmup_rounds < self.rounds, f"--warmup-rounds must be in [0, --rounds), got {self.warmup_rounds}"),
-            (self.strategy in STRATEGIES, f"--strategy must be one of {sorted(STRATEGIES)}, got {self.strategy!r}"),
-            (self.update_codec in CODECS, f"--update-codec must be one of {sorted(CODECS)}, got {self.update_codec!r}"),
             (0 <= self.seed < 2**32, f"--seed must be in [0, 2**32), got {self.seed}"),
             (self.save_every >= 1 and self.eval_every >= 1, "--save-every and --eval-every must be >= 1"),
             (0 <= self.dropout_rate < 1, f"--dropout-rate must be in [0, 1), got {self.dropout_rate}"),
@@ -129,19 +128,10 @@ class FederatedArguments(ClientArguments):
              "--resume continues the run in --output-dir and --overwrite-output-dir starts over there: give one of them"),
         ])
         self.make_strategy()
-
-    def strategy_kwargs(self) -> dict[str, Any]:
-        """The strategy parameters given on the command line (those left unset take the strategy's defaults);
-        one the chosen strategy does not take is refused, naming the flag."""
-        accepted = strategy_parameters(self.strategy)
-        given = {name: getattr(self, name) for name in STRATEGY_FLAGS if getattr(self, name) is not None}
-        unused = [flag(name) for name in given if STRATEGY_FLAGS[name] not in accepted]
-        if unused:
-            takes = [flag(n) for n, p in STRATEGY_FLAGS.items() if p in accepted] or ["none of these flags"]
-            raise FedSQError(f"--strategy {self.strategy} does not use {', '.join(unused)} (it takes {', '.join(takes)}); "
-                             "leave it out, or pick the strategy it belongs to.")
-        return {STRATEGY_FLAGS[name]: value for name, value in given.items()}
+        make_codec(self.update_codec)
 
     def make_strategy(self) -> Strategy:
-        """The strategy these arguments ask for, its parameters checked."""
-        return make_strategy(self.strategy, **self.strategy_kwargs())
+        """The strategy these arguments ask for; the strategy flags left unset take its own defaults, and one
+        it does not take is refused, naming the flag."""
+        given = {param: getattr(self, name) for name, param in STRATEGY_FLAGS.items() if getattr(self, name) is not None}
+        return make_strategy(self.strategy, {param: flag(name) for name, param in STRATEGY_FLAGS.items()}, **given)

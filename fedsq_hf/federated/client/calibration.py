@@ -28,17 +28,19 @@ def calibrate(
     args: ClientArguments,
     epochs: int,
     accelerator: Accelerator | None = None,
-    seed: int = 0,
+    seed: int | None = None,
 ) -> list[float]:
     """Fine-tune `model` on `data` (samples, or model-ready (pixels, labels)) for `epochs` without fixed
-    gates (the client loop of `args`: optimizer, batch size, BatchNorm mode; every draw from `seed`), then
-    re-freeze its structural copy from the result. In place; returns the step losses."""
+    gates (the client loop of `args`: optimizer, batch size, BatchNorm mode), then re-freeze its structural
+    copy from the result. Every draw comes from `seed` (default: `args.seed` where `args` has one, as a
+    run's `FederatedArguments` does; else 0). In place; returns the step losses."""
     if not model.dual_copy.gating:
         raise FedSQError("calibrate needs a FedSQ model with fixed gating (fixed_gating=True): a plain model "
                          "has no structural copy to re-freeze.")
     run = dataclasses.replace(ClientArguments.from_arguments(args), local_epochs=epochs, local_steps=0)
     data = as_samples(data)
     client = ClientTrainer(model, data, run, accelerator)
+    seed = getattr(args, "seed", 0) if seed is None else seed
     with model.dual_copy.ungated():
         losses = client.train(np.arange(len(data)), client_seed(seed, 0, 0)).losses
     model.dual_copy.sync_structural()

@@ -74,7 +74,7 @@ class ClientTrainer:
         """Load `global_params` (the shared tensors, by state-dict key), train on `indices` (default: every
         sample) as `config` says (a `FitConfig` as a dict), and return the update `local - global`."""
         fit, state = FitConfig.from_dict(config), self.state if state is None else state
-        self._check(global_params)
+        self._check(global_params, state)
         with torch.no_grad():
             for k, t in self.tensors.shared.items():
                 t.copy_(global_params[k])
@@ -96,14 +96,17 @@ class ClientTrainer:
         return ClientUpdate(payload, result.num_samples, metrics, local_state=state.local_batchnorm,
                             num_bytes=self.codec.num_bytes(payload))
 
-    def _check(self, global_params: Mapping[str, torch.Tensor]) -> None:
-        shared = self.tensors.shared
-        missing, unexpected = sorted(set(shared) - set(global_params)), sorted(set(global_params) - set(shared))
-        shapes = [k for k in shared if k in global_params and global_params[k].shape != shared[k].shape]
-        if missing or unexpected or shapes:
-            raise FedSQError(f"The global parameters do not fit this client's model (missing {missing[:3]}, unexpected "
-                             f"{unexpected[:3]}, other shapes {shapes[:3]}): the server trains another model; build "
-                             "the client's model from the same backbone, labels and --bn-mode.")
+    def _check(self, global_params: Mapping[str, torch.Tensor], state: ClientState) -> None:
+        for what, given, own in (("global parameters do", global_params, self.tensors.shared),
+                                 ("client state's BatchNorm does", state.local_batchnorm, self.tensors.local)):
+            if own is self.tensors.local and not given:  # a client before its first round
+                continue
+            missing, unexpected = sorted(set(own) - set(given)), sorted(set(given) - set(own))
+            shapes = [k for k in own if k in given and given[k].shape != own[k].shape]
+            if missing or unexpected or shapes:
+                raise FedSQError(f"The {what} not fit this client's model (missing {missing[:3]}, unexpected "
+                                 f"{unexpected[:3]}, other shapes {shapes[:3]}): they are of another model; build the "
+                                 "client's model from the same backbone, labels and --bn-mode.")
 
     def train(self, indices: np.ndarray, seed: int, lr: float | None = None, proximal_mu: float = 0.0) -> TrainResult:
         """Train in place on the samples `indices` for `--local-epochs` (or `--local-steps`); every random

@@ -5,11 +5,11 @@ from .batches import ClientBatches, OrderedBatches, make_loader
 from .partition import PARTITIONS, check_partition, partition_labels, partition_summary
 from .samples import (PreloadedSamples, StreamedSamples, as_samples, estimate_preload_bytes, first_model_inputs,
                       model_inputs, preload)
-from .sources import EVAL_SPLITS, MNIST_PACKAGE, SPLITS, load_splits
+from .sources import MNIST_PACKAGE
 from .splits import load_image_dataset
-from .transforms import AUGMENTATIONS, ImagePipeline, build_pipelines, seeded, to_rgb, with_image_size
+from .transforms import AUGMENTATIONS, ImagePipeline, build_pipelines, to_rgb, with_image_size
 
 __all__ = ["ClientBatches", "OrderedBatches", "make_loader", "PARTITIONS", "check_partition", "partition_labels", "partition_summary",
            "PreloadedSamples", "StreamedSamples", "as_samples", "estimate_preload_bytes", "first_model_inputs",
-           "model_inputs", "preload", "EVAL_SPLITS", "MNIST_PACKAGE", "SPLITS", "load_splits", "load_image_dataset",
-           "AUGMENTATIONS", "ImagePipeline", "build_pipelines", "seeded", "to_rgb", "with_image_size"]
+           "model_inputs", "preload", "MNIST_PACKAGE", "load_image_dataset", "AUGMENTATIONS", "ImagePipeline",
+           "build_pipelines", "to_rgb", "with_image_size"]

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import FedSQError
+from ..fields import require
 
 __all__ = ["PARTITIONS", "check_partition", "partition_labels", "partition_summary"]
 
@@ -23,15 +24,13 @@ PARTITIONS = ("iid", "dirichlet", "shards")
 def check_partition(method: str, num_clients: int, alpha: float = 0.5, shards_per_client: int = 2,
                     min_partition_size: int = 10) -> None:
     """`FedSQError` for partition parameters no partition can use (before any data loads)."""
-    for ok, message in (
+    require([
         (method in PARTITIONS, f"--partition must be one of {list(PARTITIONS)}, got {method!r}"),
         (num_clients >= 1, f"--num-clients must be >= 1, got {num_clients}"),
         (alpha > 0, f"--alpha must be > 0, got {alpha}"),
         (shards_per_client >= 1, f"--shards-per-client must be >= 1, got {shards_per_client}"),
         (min_partition_size >= 1, f"--min-partition-size must be >= 1 (every client needs data), got {min_partition_size}"),
-    ):
-        if not ok:
-            raise FedSQError(message)
+    ])
 
 
 def partition_labels(

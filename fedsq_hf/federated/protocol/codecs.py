@@ -11,13 +11,15 @@ from typing import ClassVar
 import torch
 
 from ...errors import FedSQError
+from .params import tensor_bytes
 
 __all__ = ["UpdateCodec", "IdentityCodec", "Float16Codec", "CODECS", "register_codec", "make_codec"]
 
 
 class UpdateCodec:
-    """Encodes a client's update (named tensors) for the wire and decodes it on the server. Stateless here;
-    a codec with client memory (an error-feedback residual) keeps it in the client's `ClientState`."""
+    """Encodes a client's update (named tensors) for the wire and decodes it on the server. Codecs are
+    stateless: the same instance encodes for every client of a simulation (one with client memory, such as an
+    error-feedback residual, needs a place for it in `ClientState` first)."""
 
     name: ClassVar[str]
 
@@ -30,7 +32,7 @@ class UpdateCodec:
     @staticmethod
     def num_bytes(payload: Mapping[str, torch.Tensor]) -> int:
         """Bytes `payload` takes on the wire."""
-        return sum(t.numel() * t.element_size() for t in payload.values())
+        return tensor_bytes(payload)
 
 
 class IdentityCodec(UpdateCodec):

@@ -14,7 +14,12 @@ import torch
 
 from ...modeling_fedsq import FedSQModel
 
-__all__ = ["ModelTensors", "ParamLayout", "batchnorm_keys"]
+__all__ = ["ModelTensors", "ParamLayout", "batchnorm_keys", "tensor_bytes"]
+
+
+def tensor_bytes(tensors: Mapping[str, torch.Tensor]) -> int:
+    """The bytes of these tensors' values."""
+    return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
 def batchnorm_keys(model: FedSQModel) -> set[str]:

@@ -1,6 +1,7 @@
 """The server side of a federation: strategies, client selection, the learning-rate schedule, the gate
 warm-up, FedBN's local states, and evaluation of the global model."""
 
+from .aggregation import RoundAggregate
 from .evaluation import Evaluator
 from .gate_warmup import GateWarmup
 from .global_model import GlobalModel
@@ -11,7 +12,7 @@ from .selection import dropped_clients, sample_clients
 from .strategies import (STRATEGIES, FedAdam, FedAvg, FedAvgM, FedMedian, FedProx, FedTrimmedAvg, FlatUpdate,
                          ServerOptimizer, Strategy, make_strategy, register_strategy, strategy_parameters)
 
-__all__ = ["Evaluator", "GateWarmup", "GlobalModel", "LocalStates", "MetricsFn", "classification_metric_names",
+__all__ = ["RoundAggregate", "Evaluator", "GateWarmup", "GlobalModel", "LocalStates", "MetricsFn", "classification_metric_names",
            "compute_classification_metrics", "greater_is_better", "LR_SCHEDULERS", "round_learning_rates",
            "dropped_clients", "sample_clients", "STRATEGIES", "FedAdam", "FedAvg", "FedAvgM", "FedMedian", "FedProx",
            "FedTrimmedAvg", "FlatUpdate", "ServerOptimizer", "Strategy", "make_strategy", "register_strategy",

@@ -25,6 +25,7 @@ from ...errors import FedSQError
 from ...gate_drift import GateRecorder, gate_drift
 from ...modeling_fedsq import FedSQModel
 from ..data import first_model_inputs
+from ..protocol import tensor_bytes
 
 __all__ = ["GateWarmup"]
 
@@ -80,14 +81,6 @@ class GateWarmup:
         self.reference = GateRecorder(model).gates(self.probe[0])
         return False
 
-    @property
-    def plan(self) -> str:
-        """When the warm-up ends, in words (after `start`)."""
-        if self.drift_below is None:
-            return f"until round {self.freeze_at_round}"
-        return (f"until the gates change on less than {self.drift_below:.2%} of {len(self.probe[0])} probe samples' "
-                f"gates in a round while their loss falls (at most {self.max_warmup_rounds} rounds)")
-
     def begin_round(self, model: FedSQModel, round_: int, history: list[dict[str, Any]]) -> bool:
         """Freeze the gates at the start of `round_` if it is R; True if it froze them now."""
         dual, freeze = model.dual_copy, self.freeze_round(history)
@@ -126,7 +119,7 @@ class GateWarmup:
         freeze = model.config.gates_frozen_at_round
         received = {c for h in history[freeze - 1 :] for c in _active(h)}
         record["gates_frozen"] = record["round"] == freeze
-        record["bytes_structural"] = len(set(_active(record)) - received) * _nbytes(dual.structural)
+        record["bytes_structural"] = len(set(_active(record)) - received) * tensor_bytes(dual.structural.state_dict())
 
     def summary(self, model: FedSQModel, history: list[dict[str, Any]], num_eval_samples: int) -> dict[str, Any]:
         """The warm-up's outcome, for `summary.json` and the card."""
@@ -140,7 +133,3 @@ class GateWarmup:
 
 def _active(record: dict[str, Any]) -> list[int]:
     return [c for c in record["clients"] if c not in record["dropped_clients"]]
-
-
-def _nbytes(module: torch.nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in module.state_dict().values())

@@ -31,7 +31,7 @@ class GlobalModel:
 
     def step(self, strategy: Strategy, update: torch.Tensor, round_: int) -> None:
         """Apply the round's aggregated update with the strategy's server update; refuse a non-finite result."""
-        strategy.server_update(self.vector, update)
+        strategy.server_update(self.vector, update.to(self.vector.device))
         if not bool(torch.isfinite(self.vector).all()):  # not written: the last checkpoint stays good
             raise FedSQError(f"Round {round_}: the server update made the global model non-finite; lower "
                              "--server-lr (or --lr), or try --strategy fedavg.")

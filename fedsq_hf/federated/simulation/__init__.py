@@ -1,9 +1,7 @@
 """The simulation runtime: a whole federation on one machine or one `torchrun` job, on Accelerate."""
 
 from .builder import build_trainer, choose_preload, run_federated
-from .collectives import RoundShare, gather_updates, reduce_share
 from .placement import assign_clients
 from .trainer import FederatedTrainer, run_accelerator
 
-__all__ = ["FederatedTrainer", "build_trainer", "run_federated", "choose_preload", "run_accelerator", "assign_clients",
-           "RoundShare", "reduce_share", "gather_updates"]
+__all__ = ["FederatedTrainer", "build_trainer", "run_federated", "choose_preload", "run_accelerator", "assign_clients"]

@@ -108,7 +108,7 @@ def _build(model_args: ModelArguments, data_args: DataArguments, fed_args: Feder
     if preloaded:
         splits = {k: preload(v, fed_args.num_workers) for k, v in splits.items()}
     if "calibration" in splits:
-        calibrate(model, splits["calibration"], fed_args, model_args.calibration_epochs, accelerator, seed=fed_args.seed)
+        calibrate(model, splits["calibration"], fed_args, model_args.calibration_epochs, accelerator)
     with torch.no_grad():  # an input the backbone cannot take fails here, not in round 1
         try:
             model.eval()(model_inputs(splits["eval"], [0])[0])

@@ -1,58 +1,31 @@
-"""The simulator's collectives: one all-reduce per round (its statistics, FedBN's local states and, for a
+"""The simulator's collectives: one all-reduce per round (the round's totals, FedBN's local states and, for a
 linear strategy, the summed update) and the gather of per-client updates. On one process they are no-ops."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather, reduce
 
-from ..server import FlatUpdate
+from ..server import FlatUpdate, RoundAggregate
 
-__all__ = ["RoundShare", "reduce_share", "gather_updates"]
-
-
-@dataclass
-class RoundShare:
-    """What one process's clients produced in a round (summed over processes by `reduce_share`).
-
-    Args:
-        num_samples / loss_sum / num_bytes: over the usable updates (loss weighted by samples;
-            the bytes the codec sent).
-        failed: one flag per client of the federation (diverged or non-finite).
-        summed: the sample-weighted sum of the usable updates (linear strategies; None for per-client ones).
-        updates: each usable update (per-client strategies).
-        local: one row per active client (FedBN's local states, in `active` order; zero width otherwise).
-    """
-
-    num_clients: int
-    local: torch.Tensor
-    summed: torch.Tensor | None = None
-    num_samples: float = 0.0
-    loss_sum: float = 0.0
-    num_bytes: int = 0
-    failed: list[int] = field(default_factory=list)
-    updates: list[FlatUpdate] = field(default_factory=list)
-
-    @property
-    def train_loss(self) -> float | None:
-        return self.loss_sum / self.num_samples if self.num_samples else None
+__all__ = ["reduce_aggregate", "gather_updates"]
 
 
-def reduce_share(accelerator: Accelerator, share: RoundShare) -> RoundShare:
-    """Every process's share summed, in one all-reduce (float64, so the sum does not depend on the order)."""
-    stats = torch.zeros(3 + share.num_clients, dtype=torch.float64)
-    stats[:3] = torch.tensor([share.num_samples, share.loss_sum, share.num_bytes], dtype=torch.float64)
-    stats[3 + torch.tensor(share.failed, dtype=torch.long)] = 1
-    parts = [stats, share.local.double().flatten()] + ([] if share.summed is None else [share.summed.double()])
-    packed = reduce(torch.cat(parts).to(accelerator.device), reduction="sum").cpu()
+def reduce_aggregate(accelerator: Accelerator, mine: RoundAggregate) -> RoundAggregate:
+    """Every process's take of the round summed, in one all-reduce (float64, so that the sum does not depend
+    on which process took what); the per-client updates stay this process's own (see `gather_updates`)."""
+    active, device = mine.active, accelerator.device
+    stats = torch.zeros(3 + len(active), dtype=torch.float64)
+    stats[:3] = torch.tensor([mine.num_samples, mine.loss_sum, mine.num_bytes], dtype=torch.float64)
+    stats[[3 + active.index(c) for c in mine.failed]] = 1
+    parts = [stats, mine.local.flatten()] + ([] if mine.summed is None else [mine.summed.double()])
+    packed = reduce(torch.cat([p.to(device) for p in parts]), reduction="sum").cpu()
     stats, rest = packed[: len(stats)], packed[len(stats):]
-    local = rest[: share.local.numel()].view_as(share.local)
-    summed = None if share.summed is None else rest[share.local.numel():]
-    return RoundShare(share.num_clients, local, summed, float(stats[0]), float(stats[1]), int(stats[2]),
-                      [int(i) for i in torch.nonzero(stats[3:]).flatten()], share.updates)
+    local = rest[: mine.local.numel()].view_as(mine.local)
+    summed = None if mine.summed is None else rest[mine.local.numel():]
+    failed = [active[int(i)] for i in torch.nonzero(stats[3:]).flatten()]
+    return RoundAggregate(active, local, summed, float(stats[0]), float(stats[1]), int(stats[2]), failed, mine.updates)
 
 
 def gather_updates(accelerator: Accelerator, mine: list[FlatUpdate], rows: int, size: int) -> list[FlatUpdate]:

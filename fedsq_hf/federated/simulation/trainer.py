@@ -27,9 +27,9 @@ from ..client import ClientArguments, ClientState, ClientTrainer, make_accelerat
 from ..data import as_samples
 from ..io import FederatedState, OutputDirLock, claim_output_dir
 from ..protocol import UpdateCodec, client_seed, make_codec
-from ..server import (Evaluator, FlatUpdate, GateWarmup, GlobalModel, MetricsFn, Strategy, classification_metric_names,
+from ..server import (Evaluator, GateWarmup, GlobalModel, MetricsFn, RoundAggregate, Strategy, classification_metric_names,
                       dropped_clients, greater_is_better, round_learning_rates, sample_clients)
-from .collectives import RoundShare, gather_updates, reduce_share
+from .collectives import gather_updates, reduce_aggregate
 from .checkpoints import TrainerCheckpoints
 from .placement import assign_clients
 
@@ -82,7 +82,8 @@ class FederatedTrainer(TrainerCheckpoints):
                              f"metrics {sorted(known)}; pick one of them, or pass a compute_metrics that returns it.")
         self.sizes = torch.tensor([float(len(p)) for p in partitions])
         self.run_config = {**(run_config or {}), "num_labels": model.config.num_labels, "backbone": model.config.backbone,
-                           "backbone_sha256": model.config.backbone_sha256, "strategy_config": strategy.describe()}
+                           "backbone_sha256": model.config.backbone_sha256, "strategy_config": strategy.describe(),
+                           "update_codec": self.codec.name}
         self.partition_summary = partition_summary
         self.global_model = GlobalModel(self.model, len(partitions))
         self.learning_rates = round_learning_rates(args.lr, args.rounds, args.lr_scheduler, args.warmup_rounds)
@@ -129,14 +130,14 @@ class FederatedTrainer(TrainerCheckpoints):
         if self.gate_warmup is not None and self.gate_warmup.start(self.model, state.history, self.eval_set, acc.device):
             self.check_frozen_structural()  # resumed after the freeze
         elif self.gate_warmup is not None and acc.is_main_process:
-            logger.info("Gate warm-up: training without fixed gates %s.", self.gate_warmup.plan)
+            logger.info("Gate warm-up: training without fixed gates; they freeze by %s.", self.gate_warmup.rule)
         self._event("on_train_begin", partition_summary=self.partition_summary)
         while state.round < state.max_rounds and not self.control.should_training_stop:
-            self._event("on_round_begin")
             round_ = state.round + 1
             if self.gate_warmup is not None and self.gate_warmup.begin_round(self.model, round_, state.history) \
                     and acc.is_main_process:
                 logger.info("Round %d: gates frozen from the global model after %d warm-up round(s).", round_, round_ - 1)
+            self._event("on_round_begin")
             record = self.run_round(round_)
             if self.control.should_evaluate:
                 self._evaluate_into(record)
@@ -162,21 +163,20 @@ class FederatedTrainer(TrainerCheckpoints):
         dropped = dropped_clients(args.seed, round_, clients, args.dropout_rate)
         active = [c for c in clients if c not in dropped]
         assignment = assign_clients(active, self.sizes.int().tolist(), acc.num_processes)
-        share = self._train_share(round_, assignment[acc.process_index], active)
+        mine = self._train_share(round_, assignment[acc.process_index], active)
         trained = time.perf_counter()
-        share = self._aggregate(round_, active, max(len(a) for a in assignment), share)
-        record = {"round": round_, "clients": clients, "dropped_clients": dropped, "failed_clients": share.failed,
-                  "lr": self.learning_rates[round_ - 1], "train_loss": share.train_loss,
-                  "bytes_aggregated": share.num_bytes}
+        aggregate = self._aggregate(round_, max(len(a) for a in assignment), mine)
+        record = {"round": round_, "clients": clients, "dropped_clients": dropped, "failed_clients": aggregate.failed,
+                  "lr": self.learning_rates[round_ - 1], "train_loss": aggregate.train_loss,
+                  "bytes_aggregated": aggregate.num_bytes}
         end = time.perf_counter()
         record.update(wall_time=end - start, train_time=trained - start, aggregate_time=end - trained, evaluation_time=0.0)
         return record
 
-    def _train_share(self, round_: int, mine: list[int], active: list[int]) -> RoundShare:
+    def _train_share(self, round_: int, mine: list[int], active: list[int]) -> RoundAggregate:
         """Fit this process's clients one after another, each from the global model and its own state."""
-        per_client, server = self.strategy.needs_client_updates, self.global_model
-        share = RoundShare(len(self.partitions), torch.zeros(len(active), server.local_layout.numel, dtype=torch.float64),
-                           None if per_client else torch.zeros_like(server.vector))
+        server = self.global_model
+        aggregate = RoundAggregate.start(server, self.strategy, active)
         config = {"lr": self.learning_rates[round_ - 1], **self.strategy.configure_fit(round_)}
         global_params = server.params()
         for client in mine:
@@ -184,49 +184,29 @@ class FederatedTrainer(TrainerCheckpoints):
             update = self.client.fit(global_params, {**config, "seed": client_seed(self.args.seed, round_, client)},
                                      indices=self.partitions[client], state=state)
             self._event("on_client_end", client=client, update=update)
-            if update.diverged:
-                share.failed.append(client)
-                continue
-            tensors = self.codec.decode(update.tensors)
-            if per_client:
-                share.updates.append(FlatUpdate(client, server.layout.flatten(tensors), update.num_samples, update.metrics))
-            else:
-                server.layout.add_to(share.summed, tensors, update.num_samples)
-            share.num_samples += update.num_samples
-            share.loss_sum += update.metrics["train_loss"] * update.num_samples
-            share.num_bytes += update.num_bytes
-            if server.local_states:
-                share.local[active.index(client)] = server.local_layout.flatten(update.local_state).double()
-        return share
+            aggregate.add(client, update, self.codec, server)
+        return aggregate
 
-    def _aggregate(self, round_: int, active: list[int], rows: int, share: RoundShare) -> RoundShare:
-        """One all-reduce, the strategy's aggregate and server update, FedBN's local states; the global model
-        written into the model. Returns the round's totals."""
-        acc, mine, server = self.accelerator, share.updates, self.global_model
-        share = reduce_share(acc, share)
-        if server.local_states:
-            for i, client in enumerate(active):
-                if client not in share.failed:
-                    server.local_states.update(client, share.local[i], int(self.sizes[client]))
-        if share.failed and acc.is_main_process:
+    def _aggregate(self, round_: int, rows: int, mine: RoundAggregate) -> RoundAggregate:
+        """One all-reduce of every process's take, then the server's step (the same on every process)."""
+        acc = self.accelerator
+        aggregate = reduce_aggregate(acc, mine)
+        if aggregate.failed and acc.is_main_process:
             logger.warning("round %d: excluded clients %s (diverging or non-finite loss, or non-finite update)",
-                           round_, share.failed)
-        if share.num_samples > 0:
-            if share.summed is None:
-                update = self.strategy.aggregate_clients(gather_updates(acc, mine, rows, server.layout.numel))
-            else:
-                update = self.strategy.aggregate(share.summed.float(), share.num_samples)
-            server.step(self.strategy, update, round_)
+                           round_, aggregate.failed)
+        gathered = gather_updates(acc, mine.updates, rows, self.global_model.layout.numel) \
+            if aggregate.summed is None and aggregate.num_samples > 0 else None
+        sizes = {c: int(self.sizes[c]) for c in aggregate.active}
+        if aggregate.step(self.strategy, self.global_model, round_, sizes, gathered):
             self.state.failed_streak = 0
-        elif active:  # clients trained, none usable (a round where every client dropped out is no failure)
+        elif aggregate.active:  # clients trained, none usable (a round where every client dropped out is no failure)
             self.state.failed_streak += 1
-        server.write()
         streak = self.state.failed_streak
         if streak >= self.args.max_failed_rounds or streak == round_ == self.state.max_rounds:  # never a usable round
             raise FedSQError(
                 f"{streak} consecutive rounds had no usable client update (all clients failed); "
                 "the global model was kept unchanged. Lower --lr (or a raised --weight-decay or --mu), or check the data.")
-        return share
+        return aggregate
 
     def _evaluate_into(self, record: dict[str, Any]) -> None:
         start = time.perf_counter()

@@ -21,8 +21,8 @@ import torch
 from ....errors import FedSQError
 from ...protocol import Scalar
 
-__all__ = ["Strategy", "ServerOptimizer", "FlatUpdate", "STRATEGIES", "register_strategy", "make_strategy",
-           "strategy_parameters", "sorted_updates"]
+__all__ = ["Strategy", "FlatUpdate", "STRATEGIES", "register_strategy", "make_strategy", "strategy_parameters",
+           "sorted_updates"]
 
 
 @dataclass
@@ -42,12 +42,14 @@ class Strategy:
     needs_client_updates: ClassVar[bool] = False  # the server gathers every client's update
 
     def configure_fit(self, round_: int) -> dict[str, Scalar]:
-        """What every client of `round_` gets in its round config, besides its seed and learning rate."""
+        """What every client of `round_` gets in its round config besides its seed and learning rate: fields
+        of `FitConfig` that a client applies (`proximal_mu`)."""
         return {}
 
     def aggregate(self, weighted_update_sum: torch.Tensor, total_weight: float) -> torch.Tensor:
         """The round's update from the sample-weighted sum of client updates (linear strategies)."""
-        raise NotImplementedError(f"{type(self).__name__} aggregates per client: set needs_client_updates = True")
+        raise NotImplementedError(f"{type(self).__name__} implements neither aggregate (a linear strategy, or "
+                                  "subclass FedAvg) nor aggregate_clients (with needs_client_updates = True)")
 
     def aggregate_clients(self, updates: list[FlatUpdate]) -> torch.Tensor:
         """The round's update from every client's own update, in client order."""
@@ -71,29 +73,6 @@ class Strategy:
         return {"name": self.name, **params}
 
 
-@dataclass
-class ServerOptimizer(Strategy):
-    """A strategy with server-side optimizer buffers (checkpointed with the run)."""
-
-    server_lr: float = 1.0
-
-    def __post_init__(self) -> None:
-        if not self.server_lr > 0:
-            raise FedSQError(f"--server-lr must be > 0, got {self.server_lr}")
-        self.state: dict[str, torch.Tensor] = {}
-
-    def _buffer(self, name: str, like: torch.Tensor) -> torch.Tensor:
-        if name not in self.state:
-            self.state[name] = torch.zeros_like(like)
-        return self.state[name]
-
-    def state_dict(self):
-        return dict(self.state)
-
-    def load_state_dict(self, state):
-        self.state = {k: v.clone() for k, v in state.items()}
-
-
 def sorted_updates(updates: list[FlatUpdate]) -> torch.Tensor:
     """The clients' updates stacked and sorted per coordinate (clients x parameters), for robust aggregators."""
     return torch.stack([u.update for u in updates]).sort(dim=0).values
@@ -104,26 +83,31 @@ STRATEGIES: dict[str, type[Strategy]] = {}
 
 def register_strategy(cls: type[Strategy]) -> type[Strategy]:
     """Make `cls` reachable by its `name` (`--strategy NAME`, `make_strategy`); usable as a decorator."""
-    if not (isinstance(cls, type) and issubclass(cls, Strategy) and isinstance(getattr(cls, "name", None), str)):
-        raise FedSQError(f"register_strategy takes a Strategy subclass with a `name`, got {cls!r}.")
+    if not (isinstance(cls, type) and issubclass(cls, Strategy) and isinstance(cls.__dict__.get("name"), str)):
+        raise FedSQError(f"register_strategy takes a Strategy subclass with a `name` of its own, got {cls!r}.")
+    per_client = cls.needs_client_updates and cls.aggregate_clients is not Strategy.aggregate_clients
+    if not per_client and cls.aggregate is Strategy.aggregate:
+        raise FedSQError(f"Strategy {cls.name!r} aggregates nothing: implement aggregate (a linear strategy, or "
+                         "subclass FedAvg) or aggregate_clients with needs_client_updates = True.")
     STRATEGIES[cls.name] = cls
     return cls
 
 
 def strategy_parameters(name: str) -> list[str]:
     """The keyword parameters strategy `name` takes."""
+    if name not in STRATEGIES:
+        raise FedSQError(f"--strategy must be one of {sorted(STRATEGIES)}, got {name!r}")
     return [p for p in inspect.signature(STRATEGIES[name]).parameters if p != "self"]
 
 
-def make_strategy(name: str, **kwargs: Any) -> Strategy:
-    """A strategy by name; a parameter it does not take is refused, naming the ones it does."""
-    if name not in STRATEGIES:
-        raise FedSQError(f"--strategy must be one of {sorted(STRATEGIES)}, got {name!r}")
-    accepted = strategy_parameters(name)
-    unknown = [k for k in kwargs if k not in accepted]
+def make_strategy(name: str, spelled: dict[str, str] | None = None, **kwargs: Any) -> Strategy:
+    """A strategy by name; a parameter it does not take is refused, naming the ones it does (each as `spelled`
+    maps it, e.g. to its command-line flag)."""
+    accepted, spell = strategy_parameters(name), (spelled or {}).get
+    unknown = [spell(k, k) for k in kwargs if k not in accepted]
     if unknown:
-        takes = f"it takes {', '.join(accepted)}" if accepted else "it takes none"
-        raise FedSQError(f"--strategy {name} does not take {', '.join(unknown)}: {takes}. Leave "
-                         f"{'them' if len(unknown) > 1 else 'it'} out, or pick a strategy that uses "
-                         f"{'them' if len(unknown) > 1 else 'it'}.")
+        takes = ", ".join(spell(p, p) for p in accepted) or "no parameters"
+        them = "them" if len(unknown) > 1 else "it"
+        raise FedSQError(f"--strategy {name} does not use {', '.join(unknown)} (it takes {takes}); leave {them} "
+                         f"out, or pick a strategy that uses {them}.")
     return STRATEGIES[name](**kwargs)

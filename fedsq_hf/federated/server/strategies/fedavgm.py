@@ -3,13 +3,13 @@
 from dataclasses import dataclass
 
 from ....errors import FedSQError
-from .base import ServerOptimizer, register_strategy
-from .fedavg import FedAvg
+from .base import register_strategy
+from .server_optimizer import ServerOptimizer
 
 
 @register_strategy
 @dataclass
-class FedAvgM(ServerOptimizer, FedAvg):
+class FedAvgM(ServerOptimizer):
     """FedAvg whose server applies the averaged update with momentum."""
 
     name = "fedavgm"

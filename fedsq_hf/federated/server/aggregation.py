@@ -1,0 +1,84 @@
+"""The server's side of a round: each client's update taken in (decoded, summed or kept), then turned into
+the next global model by the strategy. A runtime only delivers the updates; the simulator also sums the
+takes of its processes (`simulation.collectives`) before `step`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..protocol import ClientUpdate, UpdateCodec
+from .global_model import GlobalModel
+from .strategies import FlatUpdate, Strategy
+
+__all__ = ["RoundAggregate"]
+
+
+@dataclass
+class RoundAggregate:
+    """What a round's clients sent, as the server takes it in.
+
+    Args:
+        active: the clients expected to report (in order; `local` has a row for each).
+        summed: the sample-weighted sum of the usable updates (linear strategies; None for per-client ones).
+        updates: each usable update, flat (per-client strategies).
+        local: FedBN's local state of each active client that reported one (zero width otherwise).
+        num_samples / loss_sum / num_bytes: over the usable updates (the loss weighted by samples; the bytes
+            their codec sent).
+        failed: the clients whose training went wrong (diverged or non-finite).
+    """
+
+    active: list[int]
+    local: torch.Tensor
+    summed: torch.Tensor | None = None
+    num_samples: float = 0.0
+    loss_sum: float = 0.0
+    num_bytes: int = 0
+    failed: list[int] = field(default_factory=list)
+    updates: list[FlatUpdate] = field(default_factory=list)
+
+    @classmethod
+    def start(cls, global_model: GlobalModel, strategy: Strategy, active: list[int]) -> RoundAggregate:
+        local = torch.zeros(len(active), global_model.local_layout.numel, dtype=torch.float64)
+        return cls(active, local, None if strategy.needs_client_updates else torch.zeros_like(global_model.vector))
+
+    @property
+    def train_loss(self) -> float | None:
+        return self.loss_sum / self.num_samples if self.num_samples else None
+
+    def add(self, client: int, update: ClientUpdate, codec: UpdateCodec, global_model: GlobalModel) -> None:
+        """Take in `client`'s update: a diverged one is only recorded as failed."""
+        if update.diverged:
+            self.failed.append(client)
+            return
+        tensors = codec.decode(update.tensors)
+        if self.summed is None:
+            self.updates.append(FlatUpdate(client, global_model.layout.flatten(tensors), update.num_samples,
+                                           update.metrics))
+        else:
+            global_model.layout.add_to(self.summed, tensors, update.num_samples)
+        self.num_samples += update.num_samples
+        self.loss_sum += update.metrics["train_loss"] * update.num_samples
+        self.num_bytes += update.num_bytes
+        if global_model.local_states:
+            self.local[self.active.index(client)] = global_model.local_layout.flatten(update.local_state).cpu().double()
+
+    def step(self, strategy: Strategy, global_model: GlobalModel, round_: int, sizes: dict[int, int],
+             updates: list[FlatUpdate] | None = None) -> bool:
+        """The next global model from the usable updates (`updates`: every client's, where a runtime gathered
+        them; default: this aggregate's own), FedBN's local states kept, the model written; False if there was
+        no usable update (the global model is kept). `sizes`: the samples of each active client."""
+        if global_model.local_states:
+            for row, client in zip(self.local, self.active):
+                if client not in self.failed:
+                    global_model.local_states.update(client, row, sizes[client])
+        usable = self.num_samples > 0
+        if usable:
+            if self.summed is None:
+                update = strategy.aggregate_clients(self.updates if updates is None else updates)
+            else:
+                update = strategy.aggregate(self.summed.float(), self.num_samples)
+            global_model.step(strategy, update, round_)
+        global_model.write()
+        return usable
