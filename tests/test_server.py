@@ -64,8 +64,8 @@ def test_a_round_aggregate_takes_updates_in_and_steps_the_global_model(backbone_
         aggregate.add(0, ClientUpdate(ones, 10, {"train_loss": 1.0}, num_bytes=4), IdentityCodec(), server)
         aggregate.add(2, ClientUpdate({}, 30, {"train_loss": float("nan")}, diverged=True), IdentityCodec(), server)
         assert aggregate.failed == [2] and aggregate.num_samples == 10 and aggregate.train_loss == 1.0
-        assert aggregate.step(strategy, server, 1, sizes={0: 10, 2: 30})
+        assert aggregate.step(strategy, server, 1) and aggregate.samples.tolist() == [10, 0]
         torch.testing.assert_close(server.vector, start + 1)  # the one usable update, applied
         empty = RoundAggregate.start(server, strategy, active=[1])
-        assert not empty.step(strategy, server, 2, sizes={1: 5})  # nothing usable: the model is kept
+        assert not empty.step(strategy, server, 2)  # nothing usable: the model is kept
         torch.testing.assert_close(server.vector, start + 1)

@@ -177,10 +177,10 @@ def test_fedbn_traffic_scales_with_the_rounds_clients(backbone_dir, digits_dir, 
     reduce = collectives.reduce
     monkeypatch.setattr(collectives, "reduce", lambda t, **kw: sizes.append(t.numel()) or reduce(t, **kw))
     trainer.run_round(1)
-    # one all-reduce: round totals (3 + a failure flag per client of the round), each of its clients' BatchNorm,
-    # the summed update
+    # one all-reduce: round totals (3, a failure flag and a sample count per client of the round), each of its
+    # clients' BatchNorm, the summed update
     server = trainer.global_model
-    assert sizes == [3 + 2 + 2 * server.local_layout.numel + server.vector.numel()]
+    assert sizes == [3 + 2 + 2 + 2 * server.local_layout.numel + server.vector.numel()]
 
 
 @pytest.mark.slow

@@ -20,7 +20,8 @@ from .server import (LR_SCHEDULERS, STRATEGIES, Evaluator, FedAdam, FedAvg, FedA
                      FedTrimmedAvg, FlatUpdate, GateWarmup, GlobalModel, LocalStates, RoundAggregate, ServerOptimizer, Strategy,
                      compute_classification_metrics, dropped_clients, make_strategy, register_strategy,
                      round_learning_rates, sample_clients)
-from .simulation import FederatedTrainer, assign_clients, build_trainer, choose_preload, run_accelerator, run_federated
+from .runtime import RoundLoop, run_accelerator
+from .simulation import FederatedTrainer, assign_clients, build_trainer, choose_preload, run_federated
 
 __all__ = [
     # arguments and the command line
@@ -28,7 +29,7 @@ __all__ = [
     "with_example_defaults",
     # the simulation runtime
     "run_federated", "build_trainer", "FederatedTrainer", "FederatedState", "choose_preload", "assign_clients",
-    "run_accelerator",
+    "run_accelerator", "RoundLoop",
     # client
     "ClientTrainer", "ClientState", "TrainResult", "make_accelerator", "calibrate", "diverged", "create_optimizer",
     "register_optimizer", "CLIENT_OPTIMIZERS",

@@ -61,10 +61,14 @@ class ClientTrainer:
         self.pipeline = getattr(samples, "pipeline", None)
         scaler = self.accelerator.scaler
         self._initial_scale = scaler.state_dict() if scaler is not None else None
-        self.tensors = ModelTensors.of(self.model)
-        # every client starts its first round from these, and every round from these counters
-        self._initial_local = {k: t.clone() for k, t in self.tensors.local.items()}
-        self._initial_counters = {k: t.clone() for k, t in self.tensors.counters.items()}
+        tensors = self.tensors  # every client starts its first round from these, and every round from these counters
+        self._initial_local = {k: t.clone() for k, t in tensors.local.items()}
+        self._initial_counters = {k: t.clone() for k, t in tensors.counters.items()}
+
+    @property
+    def tensors(self) -> ModelTensors:
+        """The model's own state tensors, by role (read anew: `model.to(...)` may replace them)."""
+        return ModelTensors.of(self.model)
 
     def steps(self, num_samples: int) -> int:
         return self.args.local_steps or self.args.local_epochs * self.batches.steps_per_epoch(num_samples)
@@ -73,33 +77,34 @@ class ClientTrainer:
             indices: np.ndarray | None = None, state: ClientState | None = None) -> ClientUpdate:
         """Load `global_params` (the shared tensors, by state-dict key), train on `indices` (default: every
         sample) as `config` says (a `FitConfig` as a dict), and return the update `local - global`."""
-        fit, state = FitConfig.from_dict(config), self.state if state is None else state
-        self._check(global_params, state)
+        fit, state, own = FitConfig.from_dict(config), self.state if state is None else state, self.tensors
+        self._check(global_params, state, own)
         with torch.no_grad():
-            for k, t in self.tensors.shared.items():
+            for k, t in own.shared.items():
                 t.copy_(global_params[k])
-            for k, t in self.tensors.local.items():
+            for k, t in own.local.items():
                 t.copy_(state.local_batchnorm.get(k, self._initial_local[k]))
-            for k, t in self.tensors.counters.items():
+            for k, t in own.counters.items():
                 t.copy_(self._initial_counters[k])
         indices = np.arange(len(self.samples)) if indices is None else indices
         result = self.train(indices, fit.seed, fit.lr, fit.proximal_mu)
         metrics = {"train_loss": result.train_loss, "steps": len(result.losses)}
-        tensors = {**self.tensors.shared, **self.tensors.local}
+        tensors = {**own.shared, **own.local}
         if diverged(result.losses, self.args.divergence_factor, self.model.config.num_labels) \
                 or not all(bool(torch.isfinite(t).all()) for t in tensors.values()):
             return ClientUpdate({}, result.num_samples, metrics, diverged=True)
         update = {k: t.detach().float() - global_params[k].to(t.device, torch.float32)
-                  for k, t in self.tensors.shared.items()}
-        state.local_batchnorm = {k: t.detach().clone() for k, t in self.tensors.local.items()}
+                  for k, t in own.shared.items()}
+        state.local_batchnorm = {k: t.detach().clone() for k, t in own.local.items()}
         payload = self.codec.encode(update)
         return ClientUpdate(payload, result.num_samples, metrics, local_state=state.local_batchnorm,
                             num_bytes=self.codec.num_bytes(payload))
 
-    def _check(self, global_params: Mapping[str, torch.Tensor], state: ClientState) -> None:
-        for what, given, own in (("global parameters do", global_params, self.tensors.shared),
-                                 ("client state's BatchNorm does", state.local_batchnorm, self.tensors.local)):
-            if own is self.tensors.local and not given:  # a client before its first round
+    @staticmethod
+    def _check(global_params: Mapping[str, torch.Tensor], state: ClientState, tensors: ModelTensors) -> None:
+        for what, given, own in (("global parameters do", global_params, tensors.shared),
+                                 ("client state's BatchNorm does", state.local_batchnorm, tensors.local)):
+            if own is tensors.local and not given:  # a client before its first round
                 continue
             missing, unexpected = sorted(set(own) - set(given)), sorted(set(given) - set(own))
             shapes = [k for k in own if k in given and given[k].shape != own[k].shape]

@@ -24,6 +24,7 @@ class RoundAggregate:
         summed: the sample-weighted sum of the usable updates (linear strategies; None for per-client ones).
         updates: each usable update, flat (per-client strategies).
         local: FedBN's local state of each active client that reported one (zero width otherwise).
+        samples: the samples each active client reported (0 where it did not).
         num_samples / loss_sum / num_bytes: over the usable updates (the loss weighted by samples; the bytes
             their codec sent).
         failed: the clients whose training went wrong (diverged or non-finite).
@@ -31,6 +32,7 @@ class RoundAggregate:
 
     active: list[int]
     local: torch.Tensor
+    samples: torch.Tensor
     summed: torch.Tensor | None = None
     num_samples: float = 0.0
     loss_sum: float = 0.0
@@ -41,7 +43,8 @@ class RoundAggregate:
     @classmethod
     def start(cls, global_model: GlobalModel, strategy: Strategy, active: list[int]) -> RoundAggregate:
         local = torch.zeros(len(active), global_model.local_layout.numel, dtype=torch.float64)
-        return cls(active, local, None if strategy.needs_client_updates else torch.zeros_like(global_model.vector))
+        return cls(active, local, torch.zeros(len(active), dtype=torch.float64),
+                   None if strategy.needs_client_updates else torch.zeros_like(global_model.vector))
 
     @property
     def train_loss(self) -> float | None:
@@ -58,21 +61,23 @@ class RoundAggregate:
                                            update.metrics))
         else:
             global_model.layout.add_to(self.summed, tensors, update.num_samples)
+        row = self.active.index(client)
         self.num_samples += update.num_samples
         self.loss_sum += update.metrics["train_loss"] * update.num_samples
         self.num_bytes += update.num_bytes
+        self.samples[row] = update.num_samples
         if global_model.local_states:
-            self.local[self.active.index(client)] = global_model.local_layout.flatten(update.local_state).cpu().double()
+            self.local[row] = global_model.local_layout.flatten(update.local_state).cpu().double()
 
-    def step(self, strategy: Strategy, global_model: GlobalModel, round_: int, sizes: dict[int, int],
+    def step(self, strategy: Strategy, global_model: GlobalModel, round_: int,
              updates: list[FlatUpdate] | None = None) -> bool:
         """The next global model from the usable updates (`updates`: every client's, where a runtime gathered
         them; default: this aggregate's own), FedBN's local states kept, the model written; False if there was
-        no usable update (the global model is kept). `sizes`: the samples of each active client."""
+        no usable update (the global model is kept)."""
         if global_model.local_states:
-            for row, client in zip(self.local, self.active):
-                if client not in self.failed:
-                    global_model.local_states.update(client, row, sizes[client])
+            for row, samples, client in zip(self.local, self.samples, self.active):
+                if samples > 0:
+                    global_model.local_states.update(client, row, int(samples))
         usable = self.num_samples > 0
         if usable:
             if self.summed is None:

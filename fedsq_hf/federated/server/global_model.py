@@ -19,11 +19,17 @@ class GlobalModel:
     of `num_clients` clients."""
 
     def __init__(self, model: FedSQModel, num_clients: int) -> None:
-        self.tensors = ModelTensors.of(model)
-        self.layout, self.local_layout = ParamLayout(self.tensors.shared), ParamLayout(self.tensors.local)
-        self.vector = self.layout.flatten(self.tensors.shared)
-        self.local_states = LocalStates(self.local_layout, self.local_layout.flatten(self.tensors.local), num_clients) \
+        self.model = model
+        tensors = self.tensors
+        self.layout, self.local_layout = ParamLayout(tensors.shared), ParamLayout(tensors.local)
+        self.vector = self.layout.flatten(tensors.shared)
+        self.local_states = LocalStates(self.local_layout, self.local_layout.flatten(tensors.local), num_clients) \
             if len(self.local_layout) else None
+
+    @property
+    def tensors(self) -> ModelTensors:
+        """The model's own state tensors, by role (read anew: `model.to(...)` may replace them)."""
+        return ModelTensors.of(self.model)
 
     def params(self) -> dict[str, torch.Tensor]:
         """The shared tensors by state-dict key (views into `vector`): what clients start a round from."""
@@ -38,12 +44,13 @@ class GlobalModel:
 
     def write(self) -> None:
         """The global model into the model (under FedBN, with the clients' mean BatchNorm)."""
+        tensors = self.tensors
         with torch.no_grad():
             for k, view in self.params().items():
-                self.tensors.shared[k].copy_(view)
+                tensors.shared[k].copy_(view)
             if self.local_states:
                 for k, view in self.local_layout.unflatten(self.local_states.mean()).items():
-                    self.tensors.local[k].copy_(view)
+                    tensors.local[k].copy_(view)
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """What a checkpoint keeps of it."""

@@ -2,6 +2,6 @@
 
 from .builder import build_trainer, choose_preload, run_federated
 from .placement import assign_clients
-from .trainer import FederatedTrainer, run_accelerator
+from .trainer import FederatedTrainer
 
-__all__ = ["FederatedTrainer", "build_trainer", "run_federated", "choose_preload", "run_accelerator", "assign_clients"]
+__all__ = ["FederatedTrainer", "build_trainer", "run_federated", "choose_preload", "assign_clients"]

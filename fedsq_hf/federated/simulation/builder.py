@@ -22,7 +22,8 @@ from ..data import (StreamedSamples, build_pipelines, estimate_preload_bytes, lo
                     partition_labels, partition_summary, preload, with_image_size)
 from ..io import claim_output_dir
 from ..server import MetricsFn, Strategy
-from .trainer import FederatedTrainer, run_accelerator
+from ..runtime import run_accelerator
+from .trainer import FederatedTrainer
 
 __all__ = ["build_trainer", "run_federated", "choose_preload"]
 

@@ -19,13 +19,14 @@ def reduce_aggregate(accelerator: Accelerator, mine: RoundAggregate) -> RoundAgg
     stats = torch.zeros(3 + len(active), dtype=torch.float64)
     stats[:3] = torch.tensor([mine.num_samples, mine.loss_sum, mine.num_bytes], dtype=torch.float64)
     stats[[3 + active.index(c) for c in mine.failed]] = 1
-    parts = [stats, mine.local.flatten()] + ([] if mine.summed is None else [mine.summed.double()])
+    parts = [stats, mine.samples, mine.local.flatten()] + ([] if mine.summed is None else [mine.summed.double()])
     packed = reduce(torch.cat([p.to(device) for p in parts]), reduction="sum").cpu()
-    stats, rest = packed[: len(stats)], packed[len(stats):]
+    stats, samples, rest = packed.split([len(stats), len(active), packed.numel() - len(stats) - len(active)])
     local = rest[: mine.local.numel()].view_as(mine.local)
     summed = None if mine.summed is None else rest[mine.local.numel():]
     failed = [active[int(i)] for i in torch.nonzero(stats[3:]).flatten()]
-    return RoundAggregate(active, local, summed, float(stats[0]), float(stats[1]), int(stats[2]), failed, mine.updates)
+    return RoundAggregate(active, local, samples, summed, float(stats[0]), float(stats[1]), int(stats[2]), failed,
+                          mine.updates)
 
 
 def gather_updates(accelerator: Accelerator, mine: list[FlatUpdate], rows: int, size: int) -> list[FlatUpdate]:

@@ -11,7 +11,7 @@ __all__ = ["TrainerCheckpoints"]
 
 
 class TrainerCheckpoints:
-    """`FederatedTrainer`'s checkpoint methods: `checkpoints/round-N/` holds the global state
+    """The round loop's checkpoint methods: `checkpoints/round-N/` holds the global state
     (`global_state`), FedBN's local states, the server optimizer's buffers (`strategy.*`) and, once the
     gates were re-frozen (calibration or gate warm-up), the structural copy (`structural.*`)."""
 
