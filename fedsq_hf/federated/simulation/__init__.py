@@ -1,6 +1,7 @@
 """The simulation runtime: a whole federation on one machine or one `torchrun` job, on Accelerate."""
 
-from .builder import build_trainer, choose_preload, run_federated
+from ..runtime import choose_preload
+from .builder import build_trainer, run_federated
 from .placement import assign_clients
 from .trainer import FederatedTrainer
 

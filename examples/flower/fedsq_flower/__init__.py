@@ -1,0 +1,1 @@
+"""A Flower app of fedsq-hf's own ClientApp and ServerApp (see README, "Deploy with Flower")."""

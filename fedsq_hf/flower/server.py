@@ -1,0 +1,170 @@
+"""The library's round loop on a Flower `Grid`: `RoundLoop` (strategies, callbacks, evaluation, the gate
+warm-up, checkpoints and exact resume) with a runtime that delivers each round's fits to the sites. A query
+before round 1 maps the nodes to their partition ids, so round r trains the clients the simulator's round r
+trains, each seeded as there: the same global weights."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import torch
+from flwr.app import Message, MessageType
+from flwr.serverapp import Grid
+
+from ..errors import FedSQError
+from ..federated.cli.arguments import resume_marks
+from ..federated.protocol import ClientUpdate, ModelTensors, client_seed, tensor_bytes
+from ..federated.runtime import RoundLoop
+from ..federated.server import RoundAggregate, dropped_clients, sample_clients
+from ..serialization import tensors_sha256
+from .records import SiteTask, read_update_content
+from .run_config import FlowerArguments, RunArguments
+
+__all__ = ["FlowerServer"]
+
+logger = logging.getLogger(__name__)
+
+
+class FlowerServer(RoundLoop):
+    """A federation of `run.fed.num_clients` sites, one per SuperNode, on `grid`.
+
+    Args:
+        grid: the ServerApp's grid.
+        run: the run's arguments (from the run config).
+        The others as `RoundLoop` takes them (`args` is `run.fed`).
+    """
+
+    def __init__(self, grid: Grid, run: RunArguments, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.grid, self.run = grid, run
+        tensors = ModelTensors.of(self.model)  # what a client starts from, as the simulator's clients do
+        self.initial = {k: t.detach().cpu().clone() for k, t in {**tensors.local, **tensors.counters}.items()}
+        self.local_keys = set(tensors.local)
+        self._digest: tuple[int | None, str] | None = None  # (freeze round, digest) of the structural copy
+        self.nodes: dict[int, int] = {}  # client -> node id
+        self.holding: dict[int, str] = {}  # client -> digest of the structural copy it was sent
+
+    def resume_marks(self) -> dict[str, str]:
+        return {**super().resume_marks(), **resume_marks(FlowerArguments)}
+
+    def train(self) -> dict[str, Any]:
+        self.connect()
+        return super().train()
+
+    def connect(self) -> None:
+        """Wait for the run's nodes, query each (its site checks its data and backbone), map the partitions."""
+        need, wait = self.num_clients, self.run.flower.node_wait
+        deadline = time.monotonic() + wait
+        nodes = sorted(self.grid.get_node_ids())
+        while len(nodes) < need and time.monotonic() < deadline:
+            time.sleep(1.0)
+            nodes = sorted(self.grid.get_node_ids())
+        if len(nodes) < need:
+            raise FedSQError(f"{len(nodes)} of the {need} nodes this run needs (num-clients) connected within "
+                             f"{wait:g} s (node-wait): start one SuperNode per site, or raise node-wait.")
+        task = SiteTask(self._model_config(query=True))
+        replies = self._send({node: task for node in nodes}, MessageType.QUERY, max(1.0, deadline - time.monotonic()))
+        errors = [f"node {node}: {reply}" for node, reply in replies.items() if isinstance(reply, str)]
+        errors += [f"node {node}: no reply within node-wait" for node in nodes if node not in replies]
+        if errors:
+            raise FedSQError("Sites refused the run before round 1:\n  " + "\n  ".join(errors))
+        holders: dict[int, list[int]] = {}
+        for node, reply in replies.items():
+            holders.setdefault(int(reply["partition-id"]), []).append(node)
+        twice = {c: n for c, n in holders.items() if len(n) > 1}
+        missing = sorted(set(range(need)) - set(holders))
+        if twice or missing:
+            raise FedSQError(f"Every client index 0..{need - 1} needs exactly one node: nodes {twice} share a "
+                             f"partition-id, and no node has {missing}; fix their --node-config partition-id.")
+        self.nodes = {c: n[0] for c, n in holders.items()}
+        logger.info("Sites: %s", {c: f"node {n}, {int(replies[n]['num-examples'])} samples"
+                                  for c, n in sorted(self.nodes.items())})
+
+    def _model_config(self, query: bool = False) -> dict[str, Any]:
+        config = self.model.config.to_dict()
+        if query:  # the site's backbone must give the pretrained gates, calibrated or not
+            config.update(calibrated=False, gates_frozen_at_round=None)
+        return config
+
+    def _send(self, tasks: dict[int, SiteTask], kind: str, timeout: float) -> dict[int, Any]:
+        """Node -> its reply's content, or the error it sent (a str); a node missing was not heard from."""
+        messages = [Message(t.content(), dst_node_id=node, message_type=kind) for node, t in tasks.items()]
+        replies = {}
+        for reply in self.grid.send_and_receive(messages, timeout=timeout):
+            node = reply.metadata.src_node_id
+            if reply.has_error():
+                replies[node] = reply.error.reason or f"error code {reply.error.code}"
+            elif kind == MessageType.QUERY:
+                replies[node] = dict(reply.content["metrics"])
+            else:
+                try:
+                    replies[node] = read_update_content(reply.content)
+                except FedSQError as err:
+                    replies[node] = str(err)
+        return replies
+
+    def _state_round(self, client: int) -> int:
+        """The last round whose update of `client` the server used (its kept state is from then; 0 where a
+        client keeps nothing)."""
+        if not self.local_keys:
+            return 0
+        used = [h["round"] for h in self.state.history if client in h["clients"]
+                and client not in h["dropped_clients"] and client not in h["failed_clients"]]
+        return max(used, default=0)
+
+    def _task(self, round_: int, client: int, config: dict[str, Any]) -> SiteTask:
+        dual = self.model.dual_copy
+        fixed = dual.gating and dual.gates_enabled
+        digest, structural = "", None
+        if fixed and self.model.config.calibrated:
+            digest = self._structural_digest()
+            if self.holding.get(client) != digest:
+                structural = {k: t.detach().cpu() for k, t in dual.structural.state_dict().items()}
+        state_round = self._state_round(client)
+        initial = {k: t for k, t in self.initial.items() if state_round == 0 or k not in self.local_keys}
+        return SiteTask(self._model_config(), round_, self.global_model.params(),
+                        {**config, "seed": client_seed(self.args.seed, round_, client)}, "fixed" if fixed else "own",
+                        state_round, initial, digest, structural)
+
+    def _structural_digest(self) -> str:
+        frozen = self.model.config.gates_frozen_at_round
+        if self._digest is None or self._digest[0] != frozen:
+            self._digest = frozen, tensors_sha256(self.model.dual_copy.structural.state_dict())
+        return self._digest[1]
+
+    def run_round(self, round_: int) -> dict[str, Any]:
+        """Sample the round's clients as the simulator does, fit them at their sites, aggregate."""
+        args, start = self.args, time.perf_counter()
+        clients = sample_clients(args.seed, round_, self.num_clients, args.clients_per_round or self.num_clients)
+        dropped = dropped_clients(args.seed, round_, clients, args.dropout_rate)
+        active = [c for c in clients if c not in dropped]
+        online = set(self.grid.get_node_ids())
+        config = self.fit_config(round_)
+        tasks = {self.nodes[c]: self._task(round_, c, config) for c in active if self.nodes[c] in online}
+        replies = self._send(tasks, MessageType.TRAIN, self.run.flower.round_timeout)
+        trained = time.perf_counter()
+        aggregate, errors = RoundAggregate.start(self.global_model, self.strategy, active), {}
+        sent = sum(tensor_bytes(t.structural) for t in tasks.values() if t.structural is not None)
+        for client in active:  # in client order, as the simulator adds them: the same sums
+            node = self.nodes[client]
+            reply = replies.get(node, "node offline" if node not in tasks else "no reply within round-timeout")
+            if isinstance(reply, ClientUpdate):
+                self._event("on_client_end", client=client, update=reply)
+                aggregate.add(client, reply, self.codec, self.global_model)
+                if tasks[node].structural is not None:
+                    self.holding[client] = tasks[node].structural_sha256
+            else:
+                aggregate.failed.append(client)
+                errors[str(client)] = f"node {node}: {reply}"
+        if errors:
+            logger.warning("round %d: no update from %s", round_, errors)
+        self.finish_round(round_, aggregate)
+        record = self.round_record(round_, clients, dropped, aggregate, start, trained)
+        times = [(u.metrics.get("site_time", 0.0), u.metrics.get("fit_time", 0.0)) for u in replies.values()
+                 if isinstance(u, ClientUpdate)]
+        record.update(client_errors=errors, bytes_structural=sent,  # the structural copies this round sent
+                      bytes_sent=len(tasks) * tensor_bytes(self.global_model.params()),
+                      site_time=max((t[0] for t in times), default=0.0), fit_time=max((t[1] for t in times), default=0.0))
+        return record

@@ -1,0 +1,221 @@
+"""FedSQ on Flower: the run config, the sites' checks, and the ServerApp + ClientApp giving the simulator's
+global weights, in process (each message through the ClientApp's handlers, as a SuperNode runs them) and
+in a real loopback deployment (a SuperLink and two SuperNodes started here).
+
+Equality is bitwise: both runtimes seed every draw from (seed, round, client), build the same model and
+partition, and add the round's updates in client order. The one exception is BatchNorm's
+`num_batches_tracked` under a trained BatchNorm: the simulator's clients train the global model's own
+instance, so its counters are the last client's, while a Flower server's stay the initial ones; the
+counters never enter an output (momentum 0.1), and are left out of the comparison."""
+
+import dataclasses
+import json
+import os
+import threading
+
+import pytest
+import torch
+
+pytest.importorskip("flwr")
+
+from fedsq_hf import FedSQError, FedSQModel  # noqa: E402
+from fedsq_hf.federated import build_trainer  # noqa: E402
+from fedsq_hf.flower import Site, SiteConfig, build_server, parse_run_config  # noqa: E402
+from fedsq_hf.serialization import load_weights, save_weights  # noqa: E402
+from conftest import save_backbone  # noqa: E402
+from flower_helpers import Deployment, InProcessGrid, run_config, write_app  # noqa: E402
+from helpers import tiny_args  # noqa: E402
+
+MODEL_KEYS = ("bn_mode", "model")
+DATA_KEYS = ("calibration_samples",)
+
+
+def simulate(backbone, dataset, output_dir, **extra):
+    """The simulator's run of `run_config(backbone, dataset, output_dir, **extra)`."""
+    model_extra = {k: extra.pop(k) for k in list(extra) if k in MODEL_KEYS}
+    data_extra = {k: extra.pop(k) for k in list(extra) if k in DATA_KEYS}
+    model, data, fed = tiny_args(backbone, dataset, output_dir, num_clients=2, clients_per_round=2, **extra)
+    model, data = dataclasses.replace(model, **model_extra), dataclasses.replace(data, **data_extra)
+    return build_trainer(model, data, fed).train()
+
+
+def sites(tmp_path, n=2, **extra):
+    return {100 + i: {"partition-id": i, "num-partitions": n, "state-dir": str(tmp_path / f"site{i}"), **extra}
+            for i in range(n)}
+
+
+def assert_same_weights(a_dir, b_dir, name="model.safetensors"):
+    a, b = load_weights(os.path.join(a_dir, name)), load_weights(os.path.join(b_dir, name))
+    assert set(a) == set(b)
+    differ = [k for k in a if not torch.equal(a[k], b[k]) and not k.endswith("num_batches_tracked")]
+    assert not differ, differ[:5]
+
+
+def history(output_dir):
+    return [json.loads(line) for line in open(os.path.join(output_dir, "history.jsonl"))]
+
+
+# -- the run config and the node config ---------------------------------------------------------------
+def test_run_config_reads_flags_and_checks_types(backbone_dir, digits_dir, tmp_path):
+    config = run_config(backbone_dir(), digits_dir, tmp_path / "out", local_epochs=2, crop_scale="0.5 1.0", augment="timm",
+                        hub_model_id="", run_name="fed-a")
+    run = parse_run_config({**config, "weight_decay": 1})  # an underscore key, an int for a float
+    assert run.fed.local_epochs == 2 and run.fed.weight_decay == 1.0 and run.data.crop_scale == [0.5, 1.0]
+    assert run.fed.hub_model_id is None and run.run_name == "fed-a" and run.fed.clients_per_round == 2
+    assert parse_run_config({**config, "run-name": ""}).run_name == "out"  # default: the output folder's name
+    for bad, match in [({"local-epoch": 2}, "'local-epoch' is no fedsq-hf argument; did you mean 'local-epochs'"),
+                       ({"lr": "fast"}, "'lr' must be float, got 'fast'"),
+                       ({"rounds": 2.5}, "'rounds' must be int"),
+                       ({"resume": 1}, "'resume' must be bool"),
+                       ({"partition": "zipf"}, "--partition must be one of"),
+                       ({"round-timeout": 0.0}, "round-timeout must be > 0"),
+                       ({"run-name": "a/b"}, "run-name must be a plain name")]:
+        with pytest.raises(FedSQError, match=match):
+            parse_run_config({**config, **bad})
+    for key in ("num-clients", "rounds", "output-dir"):
+        with pytest.raises(FedSQError, match=f"lacks \\['{key}'\\]"):
+            parse_run_config({k: v for k, v in config.items() if k != key})
+
+
+def test_node_config_is_checked():
+    assert SiteConfig.from_node_config({"partition-id": 1, "num-partitions": 2}).partition_id == 1
+    for bad, match in [({}, "lacks partition-id"), ({"partition-id": "1"}, "partition-id must be an integer"),
+                       ({"partition-id": 0, "num-partition": 2}, "unknown keys \\['num-partition'\\]"),
+                       ({"partition-id": 0, "dataset": 3}, "dataset must be a string")]:
+        with pytest.raises(FedSQError, match=match):
+            SiteConfig.from_node_config(bad)
+
+
+# -- in process: the ServerApp's loop and the ClientApp's handlers ------------------------------------
+def in_process(backbone, dataset, tmp_path, nodes=None, name="flower", **extra):
+    config = run_config(backbone, dataset, tmp_path / name, **extra)
+    grid = InProcessGrid(config, nodes or sites(tmp_path))
+    return build_server(grid, parse_run_config(config)).train(), grid
+
+
+@pytest.mark.parametrize("extra", [
+    dict(strategy="fedprox", mu=0.1, bn_mode="local"),
+    pytest.param(dict(calibration_samples=40, rounds=3), marks=pytest.mark.slow),
+    pytest.param(dict(freeze_gates_at_round=2, rounds=3), marks=pytest.mark.slow),
+], ids=["fedprox-fedbn", "calibrated", "warmup"])
+def test_in_process_gives_the_simulators_weights(backbone_dir, digits_dir, tmp_path, extra):
+    summary, grid = in_process(backbone_dir(), digits_dir, tmp_path, **extra)
+    reference = simulate(backbone_dir(), digits_dir, tmp_path / "sim", **extra)
+    assert_same_weights(tmp_path / "flower" / "final", tmp_path / "sim" / "final")
+    assert summary["best_metric"] == reference["best_metric"]
+    assert [(n, kind) for n, kind, r in grid.sent if r == 0] == [(100, "query"), (101, "query")]
+    records = history(tmp_path / "flower")
+    if extra.get("bn_mode") == "local":  # each site keeps its own BatchNorm on its disk, per round
+        assert sorted(os.listdir(tmp_path / "site0" / "flower" / "client-0")) == ["round-1.safetensors",
+                                                                                  "round-2.safetensors"]
+    else:  # the re-frozen structural copy goes to each site once: calibrated at the start, or frozen at round 2
+        assert_same_weights(tmp_path / "flower" / "final", tmp_path / "sim" / "final", "structural.safetensors")
+        size = sum(t.numel() * t.element_size() for t in FedSQModel.from_pretrained(
+            str(tmp_path / "flower" / "final")).structural.state_dict().values())
+        warmup = "freeze_gates_at_round" in extra
+        assert [r["bytes_structural"] for r in records] == ([0, 2 * size, 0] if warmup else [2 * size, 0, 0])
+        assert [r.get("gates") for r in records] == (["own", "fixed", "fixed"] if warmup else [None] * 3)
+
+
+def test_a_site_of_its_own_data(backbone_dir, digits_dir, tmp_path):
+    """Without num-partitions a site trains on the whole of its own dataset's train split."""
+    nodes = {100 + i: {"partition-id": i, "dataset": digits_dir, "state-dir": str(tmp_path / f"s{i}")} for i in range(2)}
+    summary, grid = in_process(backbone_dir(), digits_dir, tmp_path, nodes, rounds=1)
+    assert summary["rounds"] == 1 and not history(tmp_path / "flower")[0]["failed_clients"]
+    run = parse_run_config(run_config(backbone_dir(), digits_dir, tmp_path / "x"))
+    assert len(Site(run, SiteConfig(0, dataset=digits_dir)).indices) == 240  # max-train-samples, all its own
+
+
+def test_sites_refuse_a_run_before_round_1(backbone_dir, digits_dir, tmp_path):
+    other = save_backbone(tmp_path / "other", "resnet10t")  # the same architecture, other weights
+    path = os.path.join(other, "model.safetensors")
+    save_weights(path, {k: v + 1 if v.is_floating_point() else v for k, v in load_weights(path).items()})
+    cases = [
+        (dict(sites(tmp_path, 1)), dict(node_wait=2.0), "1 of the 2 nodes this run needs"),
+        ({100: {"partition-id": 0, "num-partitions": 3}, 101: {"partition-id": 1, "num-partitions": 3}}, {},
+         "node 100: FedSQError: This site's num-partitions is 3, but the run has num-clients 2"),
+        ({100: {"partition-id": 0}, 101: {"partition-id": 2}}, {}, "node 101: .*partition-id 2 is outside"),
+        ({100: {"partition-id": 0}, 101: {"partition-id": 0}}, {}, "share a partition-id"),
+        ({100: {"partition-id": 0}, 101: {"partition-id": 1, "dataset": str(tmp_path / "nowhere")}}, {},
+         "node 101: FedSQError: This site's data"),
+        ({100: {"partition-id": 0}, 101: {"partition-id": 1, "backbone": other}}, {},
+         "node 101: .*holds other weights"),
+    ]
+    for i, (nodes, extra, match) in enumerate(cases):
+        with pytest.raises(FedSQError, match=match):
+            in_process(backbone_dir(), digits_dir, tmp_path, nodes, name=f"refused{i}", **extra)
+        assert not os.path.exists(tmp_path / f"refused{i}" / "history.jsonl")
+
+
+# -- a real deployment on 127.0.0.1 ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("deployment")
+    nodes = [{"partition-id": i, "num-partitions": 2, "state-dir": str(folder / f"site{i}")} for i in range(2)]
+    deployment = Deployment(folder, nodes)
+    yield deployment
+    deployment.stop()
+    assert all(p.poll() is not None for p in deployment.procs)
+
+
+@pytest.mark.slow
+def test_deployment_gives_the_simulators_weights_and_resumes(deployment, backbone_dir, digits_dir, tmp_path):
+    backbone = backbone_dir()
+    app = write_app(tmp_path / "app", run_config(backbone, digits_dir, tmp_path / "flower", resume=False))
+    _, status = deployment.run(app)
+    assert status == "finished:completed", deployment.last_run()
+    simulate(backbone, digits_dir, tmp_path / "sim")
+    assert_same_weights(tmp_path / "flower" / "final", tmp_path / "sim" / "final")
+    FedSQModel.from_pretrained(str(tmp_path / "flower" / "best"))
+    records = history(tmp_path / "flower")
+    assert [r["clients"] for r in records] == [[0, 1], [0, 1]] and all(not r["failed_clients"] for r in records)
+
+    # Stopped on the server after round 1 (flwr stop), then resumed: the uninterrupted run's weights.
+    stopped = write_app(tmp_path / "app2", run_config(backbone, digits_dir, tmp_path / "resumed", resume=False))
+
+    def stop_after_round_1(line):
+        if "rounds:  50%" in line and not stopped_once:
+            stopped_once.append(deployment.flwr("stop", str(deployment.last_run()["run-id"]), "local"))
+
+    stopped_once = []
+    _, status = deployment.run(stopped, on_line=stop_after_round_1)
+    assert stopped_once and status.startswith("finished:stopped"), status
+    assert len(history(tmp_path / "resumed")) == 1
+    resumed = write_app(tmp_path / "app3", run_config(backbone, digits_dir, tmp_path / "resumed", resume=True))
+    _, status = deployment.run(resumed)
+    assert status == "finished:completed", deployment.last_run()
+    assert_same_weights(tmp_path / "resumed" / "final", tmp_path / "flower" / "final")
+
+
+@pytest.mark.slow
+def test_deployment_survives_a_killed_node(deployment, backbone_dir, digits_dir, tmp_path):
+    app = write_app(tmp_path / "app", run_config(backbone_dir(), digits_dir, tmp_path / "flower", round_timeout=30.0))
+    killed = threading.Event()
+
+    def kill_node_1(line):
+        if "Sites:" in line and not killed.is_set():
+            killed.set()
+            deployment.kill(deployment.nodes[1])
+
+    _, status = deployment.run(app, on_line=kill_node_1)
+    assert killed.is_set() and status == "finished:completed", deployment.last_run()
+    records = history(tmp_path / "flower")
+    assert [r["failed_clients"] for r in records] == [[1], [1]]
+    assert "node" in records[0]["client_errors"]["1"]
+    FedSQModel.from_pretrained(str(tmp_path / "flower" / "final"))
+
+
+@pytest.mark.slow
+def test_flowers_simulation_runtime_runs_the_app(backbone_dir, digits_dir, tmp_path):
+    """`flwr run` on Flower's own simulation runtime (Ray): its virtual SuperNodes get partition-id and
+    num-partitions from Flower; the same weights as the simulator."""
+    pytest.importorskip("ray")
+    simulation = Deployment(tmp_path / "simulation", simulation=True)
+    try:
+        app = write_app(tmp_path / "app", run_config(backbone_dir(), digits_dir, tmp_path / "flower"))
+        _, status = simulation.run(app, 600, None, "--federation-config", "num-supernodes=2")
+        assert status == "finished:completed", simulation.last_run()
+    finally:
+        simulation.stop()
+    simulate(backbone_dir(), digits_dir, tmp_path / "sim")
+    assert_same_weights(tmp_path / "flower" / "final", tmp_path / "sim" / "final")
