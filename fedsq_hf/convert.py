@@ -16,14 +16,18 @@ import torch
 
 from .errors import BackboneLoadError
 
-__all__ = ["convert_efficientnet_lite0", "default_backbone_dir"]
+__all__ = ["convert_efficientnet_lite0", "default_backbone_dir", "cache_dir"]
+
+
+def cache_dir() -> str:
+    """fedsq-hf's cache folder: `$FEDSQ_HF_CACHE`, else `$XDG_CACHE_HOME/fedsq_hf` (`~/.cache/fedsq_hf`)."""
+    return os.environ.get("FEDSQ_HF_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "fedsq_hf"
+    )
 
 
 def default_backbone_dir() -> str:
-    cache = os.environ.get("FEDSQ_HF_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "fedsq_hf"
-    )
-    return os.path.join(cache, "tf_efficientnet_lite0.in1k")
+    return os.path.join(cache_dir(), "tf_efficientnet_lite0.in1k")
 
 
 def convert_efficientnet_lite0(output_dir: str | None = None, overwrite: bool = False) -> str:

@@ -8,11 +8,16 @@ sample whose pixels changed raises an error instead of silently using stale gate
 
 from __future__ import annotations
 
+import json
 import math
+import os
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save
 
 from .errors import GatingError
+from .serialization import atomic_write_bytes
 
 __all__ = ["GateCache"]
 
@@ -47,6 +52,16 @@ class _Field:
             bound = int(tensor.max()) if tensor.numel() else 0
             self.store_dtype = torch.int16 if bound < 2**15 else torch.int32
             self.nbytes = n * self.store_dtype.itemsize
+
+    def describe(self) -> list:
+        return [list(self.shape), str(self.dtype), str(self.store_dtype), self.nbytes]
+
+    @classmethod
+    def described(cls, shape: list[int], dtype: str, store_dtype: str, nbytes: int) -> _Field:
+        field = cls.__new__(cls)
+        field.shape, field.nbytes = tuple(shape), nbytes
+        field.dtype, field.store_dtype = (getattr(torch, name.removeprefix("torch.")) for name in (dtype, store_dtype))
+        return field
 
     def encode(self, tensor: torch.Tensor) -> torch.Tensor | None:
         """Stored bytes, or None if an index does not fit the width chosen on the first batch."""
@@ -91,6 +106,28 @@ class GateCache:
 
     def __len__(self) -> int:
         return self._used
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the cached gates to `path` (safetensors, atomically), for `load` in another process."""
+        layout = [[site, [f.describe() for f in fields], is_tuple] for site, fields, is_tuple in self._layout or []]
+        tensors = {"rows": self._rows[: self._used], "fingerprints": self._fingerprints[: self._used],
+                   "row_of_key": self._row_of_key}
+        atomic_write_bytes(path, save({k: t.contiguous() for k, t in tensors.items()},
+                                      metadata={"format": "pt", "layout": json.dumps(layout)}))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, max_bytes: int, verify: bool = True) -> GateCache:
+        """The cache `save` wrote (empty if it holds more than `max_bytes`)."""
+        cache = cls(max_bytes, verify)
+        with safe_open(os.fspath(path), framework="pt") as f:
+            layout = json.loads(f.metadata()["layout"])
+            rows, prints, row_of_key = (f.get_tensor(k) for k in ("rows", "fingerprints", "row_of_key"))
+        if not layout or rows.numel() + 4 * len(rows) > max_bytes:
+            return cache
+        cache._layout = [(site, [_Field.described(*f) for f in fields], is_tuple) for site, fields, is_tuple in layout]
+        cache._row_bytes = sum(f.nbytes for _, fields, _ in cache._layout for f in fields)
+        cache._rows, cache._fingerprints, cache._row_of_key, cache._used = rows, prints, row_of_key, len(rows)
+        return cache
 
     def _fingerprint(self, inputs: torch.Tensor) -> torch.Tensor:
         flat = inputs.detach().flatten(1).float()

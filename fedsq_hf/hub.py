@@ -61,8 +61,15 @@ def _federation(run: dict[str, Any]) -> dict[str, Any]:
                 f"{size}x{size} px, augmentation: {run.get('augment', 'none')}")
     strategy = run.get("strategy_config") or {"name": run.get("strategy")}
     params = ", ".join(f"{k} = {v}" for k, v in strategy.items() if k != "name")
+    if run.get("runtime") == "flower":
+        runtime = "Flower deployment (a ClientApp at each site, fedsq-hf's round loop in the ServerApp)"
+        if data and run.get("site_samples"):
+            data = data.replace("training", "training (at the sites)", 1)
+    else:
+        runtime = "simulation (fedsq-hf on Accelerate)"
     return {
         **run,
+        "runtime_md": runtime,
         "partition_md": partition,
         "data_md": data,
         "local_md": local,

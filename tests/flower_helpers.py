@@ -94,7 +94,11 @@ class Deployment:
         with open(os.path.join(self.home, "config.toml"), "w") as f:
             f.write(f'[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = "127.0.0.1:{self.port}"\n'
                     "insecure = true\n")
-        self.env = {**os.environ, "FLWR_HOME": self.home}
+        # The SuperLink and SuperNodes start flower-superexec / flwr-clientapp from PATH: this venv's. Every
+        # site here shares one machine's cores: one thread each (two 2-thread OpenMP pools on 2 cores spin
+        # against each other, and local training takes 20x as long).
+        self.env = {**os.environ, "FLWR_HOME": self.home, "PATH": BIN + os.pathsep + os.environ.get("PATH", ""),
+                    "OMP_NUM_THREADS": "1"}
         try:
             link = self._start("superlink", ["flower-superlink", "--insecure", "--host", "127.0.0.1", "--port",
                                              str(self.port), "--disable-runtime-dependency-installation",

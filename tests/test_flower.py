@@ -3,7 +3,8 @@ global weights, in process (each message through the ClientApp's handlers, as a 
 in a real loopback deployment (a SuperLink and two SuperNodes started here).
 
 Equality is bitwise: both runtimes seed every draw from (seed, round, client), build the same model and
-partition, and add the round's updates in client order. The one exception is BatchNorm's
+partition, and add the round's updates in client order; on the same number of threads (the SuperNodes
+here run one each, see `flower_helpers.Deployment`), as a float sum's order follows it. The one exception is BatchNorm's
 `num_batches_tracked` under a trained BatchNorm: the simulator's clients train the global model's own
 instance, so its counters are the last client's, while a Flower server's stay the initial ones; the
 counters never enter an output (momentum 0.1), and are left out of the comparison."""
@@ -12,13 +13,15 @@ import dataclasses
 import json
 import os
 import threading
+import time
 
+import psutil
 import pytest
 import torch
 
 pytest.importorskip("flwr")
 
-from fedsq_hf import FedSQError, FedSQModel  # noqa: E402
+from fedsq_hf import FedSQError, FedSQModel, model_card  # noqa: E402
 from fedsq_hf.federated import build_trainer  # noqa: E402
 from fedsq_hf.flower import Site, SiteConfig, build_server, parse_run_config  # noqa: E402
 from fedsq_hf.serialization import load_weights, save_weights  # noqa: E402
@@ -26,12 +29,20 @@ from conftest import save_backbone  # noqa: E402
 from flower_helpers import Deployment, InProcessGrid, run_config, write_app  # noqa: E402
 from helpers import tiny_args  # noqa: E402
 
-MODEL_KEYS = ("bn_mode", "model")
+MODEL_KEYS = ("bn_mode", "model", "gate_cache_mb")
 DATA_KEYS = ("calibration_samples",)
 
 
-def simulate(backbone, dataset, output_dir, **extra):
-    """The simulator's run of `run_config(backbone, dataset, output_dir, **extra)`."""
+def simulate(backbone, dataset, output_dir, threads=None, **extra):
+    """The simulator's run of `run_config(backbone, dataset, output_dir, **extra)`, on `threads` threads (as
+    many as the sites it is compared with: a float sum's order, and so its last bit, follows the count)."""
+    if threads is not None:
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return simulate(backbone, dataset, output_dir, **extra)
+        finally:
+            torch.set_num_threads(before)
     model_extra = {k: extra.pop(k) for k in list(extra) if k in MODEL_KEYS}
     data_extra = {k: extra.pop(k) for k in list(extra) if k in DATA_KEYS}
     model, data, fed = tiny_args(backbone, dataset, output_dir, num_clients=2, clients_per_round=2, **extra)
@@ -94,20 +105,32 @@ def in_process(backbone, dataset, tmp_path, nodes=None, name="flower", **extra):
 
 
 @pytest.mark.parametrize("extra", [
-    dict(strategy="fedprox", mu=0.1, bn_mode="local"),
+    dict(strategy="fedprox", mu=0.1, bn_mode="local", evaluate_sites=True, gate_cache_mb=8),
     pytest.param(dict(calibration_samples=40, rounds=3), marks=pytest.mark.slow),
     pytest.param(dict(freeze_gates_at_round=2, rounds=3), marks=pytest.mark.slow),
 ], ids=["fedprox-fedbn", "calibrated", "warmup"])
 def test_in_process_gives_the_simulators_weights(backbone_dir, digits_dir, tmp_path, extra):
     summary, grid = in_process(backbone_dir(), digits_dir, tmp_path, **extra)
+    extra.pop("evaluate_sites", None)
     reference = simulate(backbone_dir(), digits_dir, tmp_path / "sim", **extra)
     assert_same_weights(tmp_path / "flower" / "final", tmp_path / "sim" / "final")
     assert summary["best_metric"] == reference["best_metric"]
     assert [(n, kind) for n, kind, r in grid.sent if r == 0] == [(100, "query"), (101, "query")]
     records = history(tmp_path / "flower")
     if extra.get("bn_mode") == "local":  # each site keeps its own BatchNorm on its disk, per round
-        assert sorted(os.listdir(tmp_path / "site0" / "flower" / "client-0")) == ["round-1.safetensors",
-                                                                                  "round-2.safetensors"]
+        kept = sorted(os.listdir(tmp_path / "site0" / "flower" / "client-0"))
+        assert [n for n in kept if n.startswith("round-")] == ["round-1.safetensors", "round-2.safetensors"]
+        # each site evaluated the global model on its own split, with its own BatchNorm (here the same split)
+        assert [r["site_eval_clients"] for r in records] == [[0, 1], [0, 1]]
+        assert all(0 <= r["site_eval_accuracy"] <= 1 and r["site_eval_loss"] > 0 for r in records)
+        assert [kind for _, kind, _ in grid.sent].count("evaluate") == 4
+        card = model_card(FedSQModel.from_pretrained(str(tmp_path / "flower" / "final")).config, summary=summary,
+                          history=records).content
+        assert "| runtime | Flower deployment" in card and "training (at the sites)" in card
+        # the gate cache outlives the message: round 2 reads every sample's gates from the site's disk
+        assert [r["sites"]["0"]["gate_cache_hits"] for r in records][0] == 0
+        assert records[1]["sites"]["0"]["gate_cache_hits"] > 0
+        assert any(n.startswith("gate-cache-") for n in os.listdir(tmp_path / "site0" / "flower" / "client-0"))
     else:  # the re-frozen structural copy goes to each site once: calibrated at the start, or frozen at round 2
         assert_same_weights(tmp_path / "flower" / "final", tmp_path / "sim" / "final", "structural.safetensors")
         size = sum(t.numel() * t.element_size() for t in FedSQModel.from_pretrained(
@@ -130,6 +153,10 @@ def test_sites_refuse_a_run_before_round_1(backbone_dir, digits_dir, tmp_path):
     other = save_backbone(tmp_path / "other", "resnet10t")  # the same architecture, other weights
     path = os.path.join(other, "model.safetensors")
     save_weights(path, {k: v + 1 if v.is_floating_point() else v for k, v in load_weights(path).items()})
+    from datasets import ClassLabel, load_dataset
+
+    letters = load_dataset("parquet", data_files={"train": os.path.join(digits_dir, "train.parquet")})["train"]
+    letters.cast_column("label", ClassLabel(names=list("abcdefghij"))).to_parquet(str(tmp_path / "letters" / "train.parquet"))
     cases = [
         (dict(sites(tmp_path, 1)), dict(node_wait=2.0), "1 of the 2 nodes this run needs"),
         ({100: {"partition-id": 0, "num-partitions": 3}, 101: {"partition-id": 1, "num-partitions": 3}}, {},
@@ -140,6 +167,10 @@ def test_sites_refuse_a_run_before_round_1(backbone_dir, digits_dir, tmp_path):
          "node 101: FedSQError: This site's data"),
         ({100: {"partition-id": 0}, 101: {"partition-id": 1, "backbone": other}}, {},
          "node 101: .*holds other weights"),
+        ({100: {"partition-id": 0, "backbone": str(tmp_path / "no-backbone")}, 101: {"partition-id": 1}}, {},
+         "node 100: FedSQError: .*no-backbone"),
+        ({100: {"partition-id": 0}, 101: {"partition-id": 1, "dataset": str(tmp_path / "letters")}}, {},
+         "node 101: FedSQError: This site's data has the classes \\['a', 'b'"),
     ]
     for i, (nodes, extra, match) in enumerate(cases):
         with pytest.raises(FedSQError, match=match):
@@ -164,7 +195,7 @@ def test_deployment_gives_the_simulators_weights_and_resumes(deployment, backbon
     app = write_app(tmp_path / "app", run_config(backbone, digits_dir, tmp_path / "flower", resume=False))
     _, status = deployment.run(app)
     assert status == "finished:completed", deployment.last_run()
-    simulate(backbone, digits_dir, tmp_path / "sim")
+    simulate(backbone, digits_dir, tmp_path / "sim", threads=1)
     assert_same_weights(tmp_path / "flower" / "final", tmp_path / "sim" / "final")
     FedSQModel.from_pretrained(str(tmp_path / "flower" / "best"))
     records = history(tmp_path / "flower")
@@ -192,12 +223,18 @@ def test_deployment_survives_a_killed_node(deployment, backbone_dir, digits_dir,
     app = write_app(tmp_path / "app", run_config(backbone_dir(), digits_dir, tmp_path / "flower", round_timeout=30.0))
     killed = threading.Event()
 
-    def kill_node_1(line):
-        if "Sites:" in line and not killed.is_set():
-            killed.set()
-            deployment.kill(deployment.nodes[1])
+    def kill_node_1_while_it_trains():  # once its ClientApp process for round 1 runs
+        node = psutil.Process(deployment.nodes[1].pid)
+        while not node.children(recursive=True):
+            time.sleep(0.2)
+        deployment.kill(deployment.nodes[1])
+        killed.set()
 
-    _, status = deployment.run(app, on_line=kill_node_1)
+    def on_line(line):
+        if "Sites:" in line:  # the query round is over: the next ClientApp process is round 1's fit
+            threading.Thread(target=kill_node_1_while_it_trains, daemon=True).start()
+
+    _, status = deployment.run(app, on_line=on_line)
     assert killed.is_set() and status == "finished:completed", deployment.last_run()
     records = history(tmp_path / "flower")
     assert [r["failed_clients"] for r in records] == [[1], [1]]
@@ -217,5 +254,5 @@ def test_flowers_simulation_runtime_runs_the_app(backbone_dir, digits_dir, tmp_p
         assert status == "finished:completed", simulation.last_run()
     finally:
         simulation.stop()
-    simulate(backbone_dir(), digits_dir, tmp_path / "sim")
+    simulate(backbone_dir(), digits_dir, tmp_path / "sim", threads=1)
     assert_same_weights(tmp_path / "flower" / "final", tmp_path / "sim" / "final")

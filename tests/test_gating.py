@@ -234,3 +234,21 @@ def test_cached_gates_equal_fresh_gates_for_every_kind():
             assert a.dtype == b.dtype and torch.equal(a, b), site
     with torch.no_grad():
         torch.testing.assert_close(dual(x, gate_keys=keys), dual(x))
+
+
+def test_gate_cache_saved_and_loaded_gives_the_same_gates(tmp_path):
+    """Every gate kind (masks, sides, max-pool argmaxes) survives `save` + `load`, as a Flower site's
+    cache does between messages; a cache over the memory bound loads empty."""
+    dual = DualCopy(build("all_kinds"))
+    x, keys = torch.randn(4, 3, 16, 16), torch.arange(4)
+    dual.enable_gate_cache(1 << 20)
+    dual(x, gate_keys=keys)
+    dual.gate_cache.save(tmp_path / "gates.safetensors")
+    loaded = GateCache.load(tmp_path / "gates.safetensors", 1 << 20)
+    assert len(loaded) == 4 and loaded.bytes_used == dual.gate_cache.bytes_used
+    for (site, fresh), (_, stored) in zip(dual.compute_gates(x), loaded.lookup(keys, x)):
+        for a, b in zip(fresh if isinstance(fresh, tuple) else (fresh,), stored if isinstance(stored, tuple) else (stored,)):
+            assert a.dtype == b.dtype and torch.equal(a, b), site
+    with pytest.raises(GatingError, match="random augmentation"):
+        loaded.lookup(keys, x.flip(-1))
+    assert len(GateCache.load(tmp_path / "gates.safetensors", 8)) == 0

@@ -51,7 +51,7 @@ def test_fedbn_keeps_each_clients_batchnorm(backbone_dir, digits_dir, tmp_path):
     model.bn_mode = "local"
     trainer = build_trainer(model, data, fed)
     shared = trainer.global_model.vector.numel()
-    trainer.train()
+    summary = trainer.train()
     fedbn = trainer.global_model.local_states
     seen = torch.nonzero(fedbn.seen).flatten()
     assert len(seen) >= 3 and trainer.global_model.vector.numel() == shared  # BN tensors are not in the averaged state
@@ -69,6 +69,9 @@ def test_fedbn_keeps_each_clients_batchnorm(backbone_dir, digits_dir, tmp_path):
     mean = (weights[:, None] * fedbn.rows).sum(0) / weights.sum()
     torch.testing.assert_close(trainer.global_model.local_layout.flatten(trainer.global_model.tensors.local), mean)
     assert trainer.state.history[-1]["eval_bn"] == f"sample-weighted mean of {len(seen)} clients' BatchNorms"
+    assert "eval_bn" not in summary["final_metrics"]  # a description, not a metric: the card reports numbers only
+    card = model_card(saved.config, summary=summary, history=trainer.state.history).content
+    assert "| runtime | simulation (fedsq-hf on Accelerate) |" in card
 
 
 def test_diverging_clients_are_excluded_then_run_stops(backbone_dir, digits_dir, tmp_path):

@@ -36,6 +36,11 @@ class FlowerArguments:
         "The federation's name: it keys what each site keeps on its own disk between rounds and across a "
         "resume (FedBN's BatchNorm, the re-frozen structural copy). Default: the output folder's name."))
 
+    evaluate_sites: bool = argument(False, resume="any", help=(
+        "Also evaluate the global model at every site on its own evaluation split in each evaluation round "
+        "(under FedBN with the site's own BatchNorm); the sample-weighted means go in the round's record as "
+        "`site_eval_<metric>`."))
+
     def __post_init__(self) -> None:
         self.check()
 

@@ -24,6 +24,8 @@ from .run_config import FlowerArguments, RunArguments
 
 __all__ = ["FlowerServer"]
 
+SITE_METRICS = ("site_time", "setup_time", "fit_time", "gate_cache_hits")  # each site's, in the round's record
+
 logger = logging.getLogger(__name__)
 
 
@@ -65,9 +67,9 @@ class FlowerServer(RoundLoop):
             raise FedSQError(f"{len(nodes)} of the {need} nodes this run needs (num-clients) connected within "
                              f"{wait:g} s (node-wait): start one SuperNode per site, or raise node-wait.")
         task = SiteTask(self._model_config(query=True))
-        replies = self._send({node: task for node in nodes}, MessageType.QUERY, max(1.0, deadline - time.monotonic()))
+        replies = self._send({node: task for node in nodes}, MessageType.QUERY, self.run.flower.round_timeout)
         errors = [f"node {node}: {reply}" for node, reply in replies.items() if isinstance(reply, str)]
-        errors += [f"node {node}: no reply within node-wait" for node in nodes if node not in replies]
+        errors += [f"node {node}: no reply within round-timeout" for node in nodes if node not in replies]
         if errors:
             raise FedSQError("Sites refused the run before round 1:\n  " + "\n  ".join(errors))
         holders: dict[int, list[int]] = {}
@@ -79,14 +81,37 @@ class FlowerServer(RoundLoop):
             raise FedSQError(f"Every client index 0..{need - 1} needs exactly one node: nodes {twice} share a "
                              f"partition-id, and no node has {missing}; fix their --node-config partition-id.")
         self.nodes = {c: n[0] for c, n in holders.items()}
-        logger.info("Sites: %s", {c: f"node {n}, {int(replies[n]['num-examples'])} samples"
-                                  for c, n in sorted(self.nodes.items())})
+        samples = {c: int(replies[n]["num-examples"]) for c, n in sorted(self.nodes.items())}
+        self.run_config.update(num_train_samples=sum(samples.values()), site_samples=samples)  # the sites', not ours
+        logger.info("Sites: %s", {c: f"node {n}, {samples[c]} samples" for c, n in sorted(self.nodes.items())})
 
     def _model_config(self, query: bool = False) -> dict[str, Any]:
         config = self.model.config.to_dict()
         if query:  # the site's backbone must give the pretrained gates, calibrated or not
             config.update(calibrated=False, gates_frozen_at_round=None)
         return config
+
+    def _evaluate_into(self, record: dict[str, Any]) -> None:
+        super()._evaluate_into(record)
+        if not self.run.flower.evaluate_sites:
+            return
+        online = set(self.grid.get_node_ids())
+        tasks = {c: self._task(record["round"], c, {}, record) for c, node in self.nodes.items() if node in online}
+        replies = self._send({self.nodes[c]: t for c, t in tasks.items()}, MessageType.EVALUATE,
+                             self.run.flower.round_timeout)
+        answered = {c: replies[self.nodes[c]] for c in tasks if isinstance(replies.get(self.nodes[c]), dict)}
+        record["bytes_structural"] += self._delivered(tasks, answered)
+        record["site_eval_clients"] = sorted(answered)
+        total = sum(m["num-examples"] for m in answered.values())
+        for key in {k for m in answered.values() for k in m} - {"num-examples"}:
+            record[f"site_eval_{key}"] = sum(m[key] * m["num-examples"] for m in answered.values()) / total
+
+    def _delivered(self, tasks: dict[int, SiteTask], answered: Any) -> int:
+        """Record which clients now hold the structural copy their task carried; the bytes sent for it."""
+        for client in answered:
+            if tasks[client].structural is not None:
+                self.holding[client] = tasks[client].structural_sha256
+        return sum(tensor_bytes(t.structural) for t in tasks.values() if t.structural is not None)
 
     def _send(self, tasks: dict[int, SiteTask], kind: str, timeout: float) -> dict[int, Any]:
         """Node -> its reply's content, or the error it sent (a str); a node missing was not heard from."""
@@ -96,7 +121,7 @@ class FlowerServer(RoundLoop):
             node = reply.metadata.src_node_id
             if reply.has_error():
                 replies[node] = reply.error.reason or f"error code {reply.error.code}"
-            elif kind == MessageType.QUERY:
+            elif kind in (MessageType.QUERY, MessageType.EVALUATE):
                 replies[node] = dict(reply.content["metrics"])
             else:
                 try:
@@ -105,16 +130,17 @@ class FlowerServer(RoundLoop):
                     replies[node] = str(err)
         return replies
 
-    def _state_round(self, client: int) -> int:
-        """The last round whose update of `client` the server used (its kept state is from then; 0 where a
-        client keeps nothing)."""
+    def _state_round(self, client: int, current: dict[str, Any] | None = None) -> int:
+        """The last round (of the history, and `current`, a round done but not yet in it) whose update of
+        `client` the server used: its kept state is from then (0 where a client keeps nothing)."""
         if not self.local_keys:
             return 0
-        used = [h["round"] for h in self.state.history if client in h["clients"]
+        used = [h["round"] for h in self.state.history + ([current] if current else []) if client in h["clients"]
                 and client not in h["dropped_clients"] and client not in h["failed_clients"]]
         return max(used, default=0)
 
-    def _task(self, round_: int, client: int, config: dict[str, Any]) -> SiteTask:
+    def _task(self, round_: int, client: int, config: dict[str, Any], current: dict[str, Any] | None = None
+              ) -> SiteTask:
         dual = self.model.dual_copy
         fixed = dual.gating and dual.gates_enabled
         digest, structural = "", None
@@ -122,7 +148,7 @@ class FlowerServer(RoundLoop):
             digest = self._structural_digest()
             if self.holding.get(client) != digest:
                 structural = {k: t.detach().cpu() for k, t in dual.structural.state_dict().items()}
-        state_round = self._state_round(client)
+        state_round = self._state_round(client, current)
         initial = {k: t for k, t in self.initial.items() if state_round == 0 or k not in self.local_keys}
         return SiteTask(self._model_config(), round_, self.global_model.params(),
                         {**config, "seed": client_seed(self.args.seed, round_, client)}, "fixed" if fixed else "own",
@@ -140,21 +166,19 @@ class FlowerServer(RoundLoop):
         clients = sample_clients(args.seed, round_, self.num_clients, args.clients_per_round or self.num_clients)
         dropped = dropped_clients(args.seed, round_, clients, args.dropout_rate)
         active = [c for c in clients if c not in dropped]
-        online = set(self.grid.get_node_ids())
-        config = self.fit_config(round_)
-        tasks = {self.nodes[c]: self._task(round_, c, config) for c in active if self.nodes[c] in online}
-        replies = self._send(tasks, MessageType.TRAIN, self.run.flower.round_timeout)
+        online, config = set(self.grid.get_node_ids()), self.fit_config(round_)
+        tasks = {c: self._task(round_, c, config) for c in active if self.nodes[c] in online}
+        replies = self._send({self.nodes[c]: t for c, t in tasks.items()}, MessageType.TRAIN,
+                             self.run.flower.round_timeout)
         trained = time.perf_counter()
-        aggregate, errors = RoundAggregate.start(self.global_model, self.strategy, active), {}
-        sent = sum(tensor_bytes(t.structural) for t in tasks.values() if t.structural is not None)
+        aggregate, errors, updates = RoundAggregate.start(self.global_model, self.strategy, active), {}, {}
         for client in active:  # in client order, as the simulator adds them: the same sums
             node = self.nodes[client]
-            reply = replies.get(node, "node offline" if node not in tasks else "no reply within round-timeout")
+            reply = replies.get(node, "no reply within round-timeout" if client in tasks else "node offline")
             if isinstance(reply, ClientUpdate):
                 self._event("on_client_end", client=client, update=reply)
                 aggregate.add(client, reply, self.codec, self.global_model)
-                if tasks[node].structural is not None:
-                    self.holding[client] = tasks[node].structural_sha256
+                updates[client] = reply
             else:
                 aggregate.failed.append(client)
                 errors[str(client)] = f"node {node}: {reply}"
@@ -162,9 +186,7 @@ class FlowerServer(RoundLoop):
             logger.warning("round %d: no update from %s", round_, errors)
         self.finish_round(round_, aggregate)
         record = self.round_record(round_, clients, dropped, aggregate, start, trained)
-        times = [(u.metrics.get("site_time", 0.0), u.metrics.get("fit_time", 0.0)) for u in replies.values()
-                 if isinstance(u, ClientUpdate)]
-        record.update(client_errors=errors, bytes_structural=sent,  # the structural copies this round sent
-                      bytes_sent=len(tasks) * tensor_bytes(self.global_model.params()),
-                      site_time=max((t[0] for t in times), default=0.0), fit_time=max((t[1] for t in times), default=0.0))
+        sites = {str(c): {k: u.metrics[k] for k in SITE_METRICS if k in u.metrics} for c, u in updates.items()}
+        record.update(client_errors=errors, bytes_structural=self._delivered(tasks, updates),
+                      bytes_sent=len(tasks) * tensor_bytes(self.global_model.params()), sites=sites)
         return record

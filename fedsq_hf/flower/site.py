@@ -5,6 +5,9 @@ a fresh process) and across a resumed run."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import os
 import time
 from collections.abc import Mapping
@@ -17,21 +20,21 @@ import psutil
 import torch
 
 from ..configuration_fedsq import FedSQConfig
-from ..convert import convert_efficientnet_lite0
+from ..convert import cache_dir, convert_efficientnet_lite0
 from ..errors import FedSQError
 from ..federated.client import ClientArguments, ClientState, ClientTrainer, make_accelerator
 from ..federated.data import StreamedSamples
 from ..federated.protocol import ClientUpdate, ModelTensors, make_codec
 from ..federated.runtime import RunData, load_run_data, run_samples
 from ..federated.server import Evaluator
+from ..gate_cache import GateCache
 from ..modeling_fedsq import FedSQModel
 from ..serialization import load_weights, save_weights, tensors_sha256
 from .records import SiteTask
 from .run_config import RunArguments
 
-__all__ = ["SiteConfig", "Site", "DEFAULT_STATE_DIR"]
+__all__ = ["SiteConfig", "Site"]
 
-DEFAULT_STATE_DIR = os.path.join("~", ".cache", "fedsq_hf", "flower")
 _NODE_KEYS = ("partition-id", "num-partitions", "dataset", "backbone", "state-dir")
 
 
@@ -46,14 +49,15 @@ class SiteConfig:
             whole train split of `dataset` is the site's own data.
         dataset: a dataset path or Hub id (default: the run config's `dataset`).
         backbone: the site's copy of the backbone (default: the run config's `backbone`).
-        state_dir: where the site keeps its state between messages (default `~/.cache/fedsq_hf/flower`).
+        state_dir: where the site keeps its state between messages (default: `flower/` in fedsq-hf's cache,
+            `$FEDSQ_HF_CACHE` or `~/.cache/fedsq_hf`).
     """
 
     partition_id: int
     num_partitions: int | None = None
     dataset: str | None = None
     backbone: str | None = None
-    state_dir: str = DEFAULT_STATE_DIR
+    state_dir: str | None = None
 
     @classmethod
     def from_node_config(cls, node_config: Mapping[str, Any]) -> SiteConfig:
@@ -86,7 +90,8 @@ class Site:
         if not 0 <= pid < fed.num_clients:
             raise FedSQError(f"This site's partition-id {pid} is outside the run's {fed.num_clients} clients "
                              f"(0 .. {fed.num_clients - 1}).")
-        self.folder = os.path.join(os.path.expanduser(config.state_dir), run.run_name)
+        state_dir = os.path.expanduser(config.state_dir) if config.state_dir else os.path.join(cache_dir(), "flower")
+        self.folder = os.path.join(state_dir, run.run_name)
 
     @cached_property
     def data(self) -> RunData:
@@ -125,7 +130,19 @@ class Site:
                     t.copy_(task.initial[k])
         if task.gates == "own":
             model.dual_copy.disable_gates()
+        elif model.dual_copy.gate_cache is not None and os.path.isfile(self._gate_cache_path(task, config)):
+            model.dual_copy.gate_cache = GateCache.load(self._gate_cache_path(task, config),
+                                                        self.run.model.gate_cache_mb << 20)
         return model
+
+    def _gate_cache_path(self, task: SiteTask, config: FedSQConfig) -> str:
+        """Where this client's gate cache lives between messages: keyed by the structural copy's digest and
+        what makes its samples (a sample's gates never change while both stay the same)."""
+        key = {"structural": task.structural_sha256 or config.backbone_sha256, "site": dataclasses.asdict(self.config),
+               "data": dataclasses.asdict(self.run.data), "seed": self.run.fed.seed,
+               "num_clients": self.run.fed.num_clients, "pipeline": config.pretrained_cfg}
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return os.path.join(self.folder, f"client-{self.config.partition_id}", f"gate-cache-{digest}.safetensors")
 
     def _structural(self, task: SiteTask) -> dict[str, torch.Tensor]:
         path = os.path.join(self.folder, "structural.safetensors")
@@ -166,18 +183,25 @@ class Site:
         return {"partition-id": self.config.partition_id, "num-examples": len(self.indices)}
 
     def fit(self, task: SiteTask) -> ClientUpdate:
-        """Train on this site's samples; the update's metrics add `site_time` (since this process started)
-        and `fit_time` (the local training itself), for the benchmark's split of a round's time."""
+        """Train on this site's samples (FedSQ's gate cache, `gate-cache-mb`, kept on the site's disk across
+        messages). The update's metrics add where the message's time went: `site_time` (since this process
+        started), `setup_time` (data, model and trainer) and `fit_time` (training), and `gate_cache_hits`."""
+        begin = time.perf_counter()
         model = self.model(task)
         args = ClientArguments.from_arguments(self.run.fed)
         trainer = ClientTrainer(model, self.samples(model, "train"), args, codec=make_codec(self.run.fed.update_codec))
         state = self.client_state(task.state_round)
+        cache = model.dual_copy.gate_cache
+        cached = len(cache) if cache is not None else 0
         start = time.perf_counter()
         update = trainer.fit(task.params, task.config, indices=self.indices, state=state)
-        update.metrics["fit_time"] = time.perf_counter() - start
+        end = time.perf_counter()
         if update.local_state:
             state.save(self._state_path(task.round))
-        update.metrics["site_time"] = time.time() - psutil.Process().create_time()
+        if cache is not None and len(cache) > cached:
+            cache.save(self._gate_cache_path(task, model.config))
+        update.metrics.update(setup_time=start - begin, fit_time=end - start, gate_cache_hits=cache.hits if cache else 0,
+                              site_time=time.time() - psutil.Process().create_time())
         return update
 
     def evaluate(self, task: SiteTask) -> dict[str, float]:

@@ -66,7 +66,8 @@ class FederatedState:
         return {
             "metric_for_best_model": self.metric_for_best_model, "best_metric": self.best_metric,
             "best_round": self.best_round,
-            "final_metrics": {k: v for k, v in evaluated[-1].items() if k.startswith("eval_")} if evaluated else {},
+            "final_metrics": {k: v for k, v in evaluated[-1].items() if k.startswith("eval_") and isinstance(v, (int, float))}
+            if evaluated else {},
             "rounds": len(self.history), "stopped_early": self.round < self.max_rounds,
             "wall_time": sum(h.get("wall_time", 0.0) for h in self.history),
         }
