@@ -1,6 +1,7 @@
 """FedSQ on Flower: the run config, the sites' checks, and the ServerApp + ClientApp giving the simulator's
 global weights, in process (each message through the ClientApp's handlers, as a SuperNode runs them) and
-in a real loopback deployment (a SuperLink and two SuperNodes started here).
+in a real loopback deployment (a SuperLink and two SuperNodes started here: FedAvg, and FedProx + FedBN
+stopped on the server and resumed).
 
 Equality is bitwise: both runtimes seed every draw from (seed, round, client), build the same model and
 partition, and add the round's updates in client order; on the same number of threads (the SuperNodes
@@ -80,7 +81,8 @@ def test_run_config_reads_flags_and_checks_types(backbone_dir, digits_dir, tmp_p
                        ({"resume": 1}, "'resume' must be bool"),
                        ({"partition": "zipf"}, "--partition must be one of"),
                        ({"round-timeout": 0.0}, "round-timeout must be > 0"),
-                       ({"run-name": "a/b"}, "run-name must be a plain name")]:
+                       ({"run-name": "a/b"}, "run-name must be a plain name"),
+                       ({"local_epochs": 3}, "sets 'local-epochs' twice")]:
         with pytest.raises(FedSQError, match=match):
             parse_run_config({**config, **bad})
     for key in ("num-clients", "rounds", "output-dir"):
@@ -213,8 +215,11 @@ def test_deployment_gives_the_simulators_weights_and_resumes(deployment, backbon
     records = history(tmp_path / "flower")
     assert [r["clients"] for r in records] == [[0, 1], [0, 1]] and all(not r["failed_clients"] for r in records)
 
-    # Stopped on the server after round 1 (flwr stop), then resumed: the uninterrupted run's weights.
-    stopped = write_app(tmp_path / "app2", run_config(backbone, digits_dir, tmp_path / "resumed", resume=False))
+    # FedProx + FedBN, stopped on the server after round 1 (flwr stop), then resumed (a new Flower run; the
+    # sites find their BatchNorm of round 1 by run-name): the uninterrupted simulator's weights.
+    fedbn = dict(strategy="fedprox", mu=0.1, bn_mode="local")
+    stopped = write_app(tmp_path / "app2", run_config(backbone, digits_dir, tmp_path / "resumed", resume=False,
+                                                      **fedbn))
 
     def stop_after_round_1(line):
         if "rounds:  50%" in line and not stopped_once:
@@ -224,10 +229,12 @@ def test_deployment_gives_the_simulators_weights_and_resumes(deployment, backbon
     _, status = deployment.run(stopped, on_line=stop_after_round_1)
     assert stopped_once and status.startswith("finished:stopped"), status
     assert len(history(tmp_path / "resumed")) == 1
-    resumed = write_app(tmp_path / "app3", run_config(backbone, digits_dir, tmp_path / "resumed", resume=True))
+    resumed = write_app(tmp_path / "app3", run_config(backbone, digits_dir, tmp_path / "resumed", resume=True, **fedbn))
     _, status = deployment.run(resumed)
     assert status == "finished:completed", deployment.last_run()
-    assert_same_weights(tmp_path / "resumed" / "final", tmp_path / "flower" / "final")
+    simulate(backbone, digits_dir, tmp_path / "sim-fedbn", threads=1, **fedbn)
+    assert_same_weights(tmp_path / "resumed" / "final", tmp_path / "sim-fedbn" / "final")
+    assert [r["round"] for r in history(tmp_path / "resumed")] == [1, 2]
 
 
 @pytest.mark.slow

@@ -209,6 +209,29 @@ def test_trainer_pushes_every_save_to_a_branch(hub, hub_env, backbone_dir, digit
     assert Image.open(io.BytesIO(files["metrics.png"])).size[0] > 100
 
 
+@pytest.mark.slow
+def test_flower_server_pushes_the_model_with_its_card(hub, hub_env, backbone_dir, digits_dir, tmp_path):
+    """The ServerApp's round loop pushes as the simulator's does; the card says where it trained."""
+    pytest.importorskip("flwr")
+    out, tests = tmp_path / "run", os.path.dirname(os.path.abspath(__file__))
+    pushed = run_python(f"""
+        import sys
+        sys.path.insert(0, {tests!r})
+        from fedsq_hf.flower import build_server, parse_run_config
+        from flower_helpers import InProcessGrid, run_config
+        config = run_config({backbone_dir("resnet10t")!r}, {digits_dir!r}, {str(out)!r}, rounds=1, push_to_hub=True,
+                            hub_model_id="{USER}/fed-flower")
+        nodes = {{100 + i: {{"partition-id": i, "num-partitions": 2, "state-dir": {str(tmp_path)!r}}} for i in range(2)}}
+        build_server(InProcessGrid(config, nodes), parse_run_config(config)).train()
+    """, hub_env)
+    assert pushed.returncode == 0, pushed.stderr[-3000:]
+    files = hub.state.repos[f"{USER}/fed-flower"].resolve("main").files
+    assert {"README.md", "config.json", "model.safetensors"} <= set(files)
+    card = files["README.md"].decode()
+    assert validate_metadata(card) == [] and "| runtime | Flower deployment" in card
+    assert "training (at the sites)" in card
+
+
 def test_trainer_with_unreachable_repo_fails_before_training(hub, hub_env, backbone_dir, digits_dir, tmp_path):
     args = cli_args(backbone_dir("resnet10t"), digits_dir, tmp_path, rounds=1, push_to_hub=True,
                     hub_model_id="someone-else/model")

@@ -73,18 +73,19 @@ def parse_run_config(run_config: Mapping[str, Any]) -> RunArguments:
     """`RunArguments` from a Flower run config (without a dataset: the offline example's, as on the command
     line); `FedSQError` naming the key for an unknown key, a value of the wrong type, or a missing required
     key (`REQUIRED_KEYS`)."""
-    fields = {f.name: (group, f) for group, cls in _GROUPS.items() for f in dataclasses.fields(cls)}
+    groups = {f.name: group for group, cls in _GROUPS.items() for f in dataclasses.fields(cls)}
     hints = {name: hint for cls in _GROUPS.values() for name, hint in typing.get_type_hints(cls).items()}
     given: dict[str, dict[str, Any]] = {group: {} for group in _GROUPS}
     for key, value in run_config.items():
         name = key.replace("-", "_")
-        if name not in fields:
-            close = difflib.get_close_matches(name, list(fields), n=1)
+        if name not in groups:
+            close = difflib.get_close_matches(name, list(groups), n=1)
             hint = f"; did you mean {close[0].replace('_', '-')!r}?" if close else ""
             raise FedSQError(f"The run config's key {key!r} is no fedsq-hf argument{hint} (keys are the flags of "
                              "`fedsq-federated --help` and of FlowerArguments, without the leading dashes).")
-        group, _ = fields[name]
-        given[group][name] = _value(key, value, hints[name])
+        if name in given[groups[name]]:
+            raise FedSQError(f"The run config sets {name.replace('_', '-')!r} twice (with '-' and with '_'); keep one.")
+        given[groups[name]][name] = _value(key, value, hints[name])
     missing = [k for k in REQUIRED_KEYS if k.replace("-", "_") not in {n for g in given.values() for n in g}]
     if missing:
         raise FedSQError(f"The run config lacks {missing}: a deployment must state them (in "

@@ -114,10 +114,10 @@ class Site:
         gates), with the re-frozen structural copy where the server has one, and the initial tensors."""
         backbone = self.config.backbone or self.run.model.backbone or convert_efficientnet_lite0()
         config = FedSQConfig.from_dict({**task.model_config, "backbone": backbone})
-        names = {v for v in config.id2label.values()}
-        if set(self.data.names) != names:
-            raise FedSQError(f"This site's data has the classes {sorted(self.data.names)[:5]}..., the run's model "
-                             f"{sorted(names)[:5]}...: give the site a dataset with the run's labels.")
+        names = [config.id2label[i] for i in range(config.num_labels)]
+        if list(self.data.names) != names:  # in order: a label's id is its index
+            raise FedSQError(f"This site's data has the classes {list(self.data.names)[:5]}..., the run's model "
+                             f"{names[:5]}... (in this order): give the site a dataset with the run's labels.")
         model = FedSQModel(config)
         if self.run.model.gate_cache_mb:
             model.enable_gate_cache(self.run.model.gate_cache_mb << 20)
