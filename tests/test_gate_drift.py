@@ -59,3 +59,30 @@ def test_trainer_records_drift_and_cli_reads_it(backbone_dir, digits_dir, tmp_pa
     assert drift_cli([str(tmp_path / "best"), str(tmp_path / "final"), "--dataset", digits_dir, "--image-column", "img",
                       "--samples", "8", "--output", str(tmp_path / "drift.json")]) == 0
     assert "all" in json.loads((tmp_path / "drift.json").read_text())
+
+
+def test_the_gate_drift_command_line_refuses_bad_input_in_one_line(backbone_dir, digits_dir, tmp_path, capsys):
+    """Each bad input is one `error:` line and exit status 2, before anything loads where it can be."""
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = [{"round": 1, "gate_drift": None}, {"round": 2, "gate_drift": 0.25}]  # drift recorded from round 2
+    (run / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert drift_cli(["--run", str(run), "--plot", str(tmp_path / "drift.png")]) == 0
+    out = capsys.readouterr().out
+    assert "round    1: not recorded" in out and "round    2: 25.00%" in out and (tmp_path / "drift.png").exists()
+    a = FedSQModel(FedSQConfig(backbone=backbone_dir("resnet10t"), num_labels=10))
+    b = FedSQModel(FedSQConfig(backbone=backbone_dir("resnet18"), num_labels=10))
+    a.save_pretrained(tmp_path / "a"), b.save_pretrained(tmp_path / "b")
+    common = ["--dataset", digits_dir, "--image-column", "img", "--samples", "4"]
+    cases = [(["--run", str(tmp_path / "nowhere")], "holds no history.jsonl"),
+             ([str(tmp_path / "a"), str(tmp_path / "missing"), *common], "missing"),
+             ([str(tmp_path / "a"), str(tmp_path / "a"), *common[:-1], "0"], "--samples must be at least 1, got 0"),
+             ([str(tmp_path / "a"), str(tmp_path / "a"), *common[:-1], "-3"], "--samples must be at least 1, got -3"),
+             ([str(tmp_path / "a"), str(tmp_path / "a"), *common, "--output", str(tmp_path / "no" / "x.json")],
+              "its folder does not exist"),
+             ([str(tmp_path / "a"), str(tmp_path / "b"), *common], "differ in structure")]
+    for argv, match in cases:
+        assert drift_cli(argv) == 2, argv
+        err = capsys.readouterr().err
+        last = err.strip().splitlines()[-1]  # after the datasets progress bars
+        assert last.startswith("error: ") and match in last and "Traceback" not in err, err

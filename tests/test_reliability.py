@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -486,7 +487,6 @@ def _locked(folder):
 
 
 def _wait_for_lock(folder, process):
-    import time
 
     for _ in range(600):
         if os.path.isdir(folder) and _locked(folder):
@@ -710,3 +710,47 @@ def test_a_backbone_that_cannot_take_the_images_is_refused_before_training(digit
     one_channel = save_backbone(tmp_path / "grey", "resnet10t", in_chans=1)
     with pytest.raises(FedSQError, match="cannot take this dataset's images .*in_chans"):
         run_federated(*tiny_args(one_channel, digits_dir, tmp_path / "run", rounds=1))
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_a_run_is_one_line_saying_how_to_resume(backbone_dir, digits_dir, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    example = os.path.join(ROOT, "examples", "federated.py")
+    args = cli_args(backbone_dir("resnet10t"), digits_dir, tmp_path / "run", rounds=10000, disable_tqdm="true")
+    run = subprocess.Popen([sys.executable, example, *args], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not os.path.isdir(tmp_path / "run" / "checkpoints" / "round-00001") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        run.send_signal(signal.SIGINT)
+        _, err = run.communicate(timeout=120)
+    finally:
+        run.kill()
+    assert run.returncode == 130 and "Traceback" not in err, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("interrupted: every file is written atomically") and "--resume" in last
+    resumed = run_example(cli_args(backbone_dir("resnet10t"), digits_dir, tmp_path / "run", rounds=2, resume="true"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+
+def test_every_command_line_has_one_error_path(capsys):
+    """A bad input, Ctrl-C and a failed write each end in one line and their own exit status."""
+    import errno
+
+    from fedsq_hf.commands import run_command
+
+    def full_disk():
+        raise OSError(errno.ENOSPC, "No space left on device", "/out/checkpoints/.tmp-x")
+
+    def interrupt():
+        raise KeyboardInterrupt
+
+    def bad():
+        raise FedSQError("--lr must be > 0")
+
+    kept = lambda: "the last checkpoint is whole: --resume continues"  # noqa: E731
+    assert [run_command(f, kept) for f in (bad, interrupt, full_disk)] == [2, 130, 1]
+    assert capsys.readouterr().err.splitlines() == [
+        "error: --lr must be > 0",
+        "interrupted: the last checkpoint is whole: --resume continues",
+        "error: /out/checkpoints/.tmp-x: No space left on device; the last checkpoint is whole: --resume continues"]
