@@ -717,7 +717,10 @@ def test_ctrl_c_in_a_run_is_one_line_saying_how_to_resume(backbone_dir, digits_d
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     example = os.path.join(ROOT, "examples", "federated.py")
     args = cli_args(backbone_dir("resnet10t"), digits_dir, tmp_path / "run", rounds=10000, disable_tqdm="true")
-    run = subprocess.Popen([sys.executable, example, *args], env=env, stderr=subprocess.PIPE, text=True)
+    # as from a terminal: a shell that started these tests in the background (CI) ignores SIGINT, and a
+    # child inherits that (Python then installs no KeyboardInterrupt handler)
+    run = subprocess.Popen([sys.executable, example, *args], env=env, stderr=subprocess.PIPE, text=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 300
         while not os.path.isdir(tmp_path / "run" / "checkpoints" / "round-00001") and time.monotonic() < deadline:
