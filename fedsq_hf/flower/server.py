@@ -5,6 +5,7 @@ trains, each seeded as there: the same global weights."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -15,9 +16,9 @@ from flwr.serverapp import Grid
 
 from ..errors import FedSQError
 from ..federated.cli.arguments import resume_marks
-from ..federated.protocol import ClientUpdate, ModelTensors, client_seed, tensor_bytes
+from ..federated.protocol import ClientUpdate, ModelTensors, tensor_bytes
 from ..federated.runtime import RoundLoop
-from ..federated.server import RoundAggregate, dropped_clients, sample_clients
+from ..federated.server import RoundAggregate
 from ..serialization import tensors_sha256
 from .records import SiteTask, read_update_content
 from .run_config import FlowerArguments, RunArguments
@@ -95,8 +96,7 @@ class FlowerServer(RoundLoop):
         super()._evaluate_into(record)
         if not self.run.flower.evaluate_sites:
             return
-        online = set(self.grid.get_node_ids())
-        tasks = {c: self._task(record["round"], c, {}, record) for c, node in self.nodes.items() if node in online}
+        tasks = self._tasks(record["round"], sorted(self.nodes), fit=False, current=record)
         replies = self._send({self.nodes[c]: t for c, t in tasks.items()}, MessageType.EVALUATE,
                              self.run.flower.round_timeout)
         answered = {c: replies[self.nodes[c]] for c in tasks if isinstance(replies.get(self.nodes[c]), dict)}
@@ -139,8 +139,16 @@ class FlowerServer(RoundLoop):
                 and client not in h["dropped_clients"] and client not in h["failed_clients"]]
         return max(used, default=0)
 
-    def _task(self, round_: int, client: int, config: dict[str, Any], current: dict[str, Any] | None = None
-              ) -> SiteTask:
+    def _tasks(self, round_: int, clients: list[int], fit: bool, current: dict[str, Any] | None = None
+               ) -> dict[int, SiteTask]:
+        """Each of `clients`' task (a fit, or an evaluation after `current`, the round just done), from one
+        copy of what they all get."""
+        online = set(self.grid.get_node_ids())
+        base = SiteTask(self._model_config(), round_, self.global_model.params())
+        return {c: self._task(base, c, self.fit_config(round_, c) if fit else {}, current) for c in clients
+                if self.nodes[c] in online}
+
+    def _task(self, base: SiteTask, client: int, config: dict[str, Any], current: dict[str, Any] | None) -> SiteTask:
         dual = self.model.dual_copy
         fixed = dual.gating and dual.gates_enabled
         digest, structural = "", None
@@ -150,9 +158,8 @@ class FlowerServer(RoundLoop):
                 structural = {k: t.detach().cpu() for k, t in dual.structural.state_dict().items()}
         state_round = self._state_round(client, current)
         initial = {k: t for k, t in self.initial.items() if state_round == 0 or k not in self.local_keys}
-        return SiteTask(self._model_config(), round_, self.global_model.params(),
-                        {**config, "seed": client_seed(self.args.seed, round_, client)}, "fixed" if fixed else "own",
-                        state_round, initial, digest, structural)
+        return dataclasses.replace(base, config=config, gates="fixed" if fixed else "own", state_round=state_round,
+                                   initial=initial, structural_sha256=digest, structural=structural)
 
     def _structural_digest(self) -> str:
         frozen = self.model.config.gates_frozen_at_round
@@ -162,12 +169,9 @@ class FlowerServer(RoundLoop):
 
     def run_round(self, round_: int) -> dict[str, Any]:
         """Sample the round's clients as the simulator does, fit them at their sites, aggregate."""
-        args, start = self.args, time.perf_counter()
-        clients = sample_clients(args.seed, round_, self.num_clients, args.clients_per_round or self.num_clients)
-        dropped = dropped_clients(args.seed, round_, clients, args.dropout_rate)
-        active = [c for c in clients if c not in dropped]
-        online, config = set(self.grid.get_node_ids()), self.fit_config(round_)
-        tasks = {c: self._task(round_, c, config) for c in active if self.nodes[c] in online}
+        start = time.perf_counter()
+        clients, dropped, active = self.round_clients(round_)
+        tasks = self._tasks(round_, active, fit=True)
         replies = self._send({self.nodes[c]: t for c, t in tasks.items()}, MessageType.TRAIN,
                              self.run.flower.round_timeout)
         trained = time.perf_counter()

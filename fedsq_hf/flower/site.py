@@ -92,6 +92,7 @@ class Site:
                              f"(0 .. {fed.num_clients - 1}).")
         state_dir = os.path.expanduser(config.state_dir) if config.state_dir else os.path.join(cache_dir(), "flower")
         self.folder = os.path.join(state_dir, run.run_name)
+        self.gate_cache_file: str | None = None  # set by `model` where it has a gate cache
 
     @cached_property
     def data(self) -> RunData:
@@ -130,9 +131,10 @@ class Site:
                     t.copy_(task.initial[k])
         if task.gates == "own":
             model.dual_copy.disable_gates()
-        elif model.dual_copy.gate_cache is not None and os.path.isfile(self._gate_cache_path(task, config)):
-            model.dual_copy.gate_cache = GateCache.load(self._gate_cache_path(task, config),
-                                                        self.run.model.gate_cache_mb << 20)
+        elif model.dual_copy.gate_cache is not None:
+            self.gate_cache_file = self._gate_cache_path(task, config)
+            if os.path.isfile(self.gate_cache_file):
+                model.dual_copy.gate_cache = GateCache.load(self.gate_cache_file, self.run.model.gate_cache_mb << 20)
         return model
 
     def _gate_cache_path(self, task: SiteTask, config: FedSQConfig) -> str:
@@ -199,7 +201,7 @@ class Site:
         if update.local_state:
             state.save(self._state_path(task.round))
         if cache is not None and len(cache) > cached:
-            cache.save(self._gate_cache_path(task, model.config))
+            cache.save(self.gate_cache_file)
         update.metrics.update(setup_time=start - begin, fit_time=end - start, gate_cache_hits=cache.hits if cache else 0,
                               site_time=time.time() - psutil.Process().create_time())
         return update

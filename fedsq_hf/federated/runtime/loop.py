@@ -25,9 +25,10 @@ from ..callbacks import CallbackHandler, FederatedCallback, FederatedControl, de
 from ..client import make_accelerator
 from ..data import as_samples
 from ..io import FederatedState, OutputDirLock, claim_output_dir
-from ..protocol import UpdateCodec, make_codec
+from ..protocol import UpdateCodec, client_seed, make_codec
 from ..server import (Evaluator, FlatUpdate, GateWarmup, GlobalModel, MetricsFn, RoundAggregate, Strategy,
-                      classification_metric_names, greater_is_better, round_learning_rates)
+                      classification_metric_names, dropped_clients, greater_is_better, round_learning_rates,
+                      sample_clients)
 from .checkpoints import TrainerCheckpoints
 
 if TYPE_CHECKING:
@@ -153,9 +154,17 @@ class RoundLoop(TrainerCheckpoints):
         """Train round `round_` and update the global model; returns the round's record (see `round_record`)."""
         raise NotImplementedError
 
-    def fit_config(self, round_: int) -> dict[str, Any]:
-        """The round config every client of `round_` gets, less its own seed."""
-        return {"lr": self.learning_rates[round_ - 1], **self.strategy.configure_fit(round_)}
+    def round_clients(self, round_: int) -> tuple[list[int], list[int], list[int]]:
+        """(sampled, dropped out, active) clients of `round_`, seeded by (seed, round): the same in every runtime."""
+        args = self.args
+        clients = sample_clients(args.seed, round_, self.num_clients, args.clients_per_round or self.num_clients)
+        dropped = dropped_clients(args.seed, round_, clients, args.dropout_rate)
+        return clients, dropped, [c for c in clients if c not in dropped]
+
+    def fit_config(self, round_: int, client: int) -> dict[str, Any]:
+        """The round config `client` gets in `round_`, its seed from (seed, round, client)."""
+        return {"lr": self.learning_rates[round_ - 1], **self.strategy.configure_fit(round_),
+                "seed": client_seed(self.args.seed, round_, client)}
 
     def finish_round(self, round_: int, aggregate: RoundAggregate, updates: list[FlatUpdate] | None = None) -> None:
         """The server's step from the round's aggregate (`updates`: every client's, where a runtime gathered

@@ -27,7 +27,7 @@ class RoundAggregate:
         samples: the samples each active client reported (0 where it did not).
         num_samples / loss_sum / num_bytes: over the usable updates (the loss weighted by samples; the bytes
             their codec sent).
-        failed: the clients whose training went wrong (diverged or non-finite).
+        failed: the clients whose training went wrong (diverged or non-finite) or that did not reply.
     """
 
     active: list[int]

@@ -18,9 +18,9 @@ from ...modeling_fedsq import FedSQModel
 from ..callbacks import FederatedCallback
 from ..client import ClientArguments, ClientState, ClientTrainer
 from ..data import as_samples
-from ..protocol import UpdateCodec, client_seed, make_codec
+from ..protocol import UpdateCodec, make_codec
 from ..runtime import RoundLoop, run_accelerator
-from ..server import MetricsFn, RoundAggregate, Strategy, dropped_clients, sample_clients
+from ..server import MetricsFn, RoundAggregate, Strategy
 from .collectives import gather_updates, reduce_aggregate
 from .placement import assign_clients
 
@@ -55,10 +55,8 @@ class FederatedTrainer(RoundLoop):
 
     def run_round(self, round_: int) -> dict[str, Any]:
         """Sample clients, train this process's share, aggregate across processes, update the global model."""
-        args, acc, start = self.args, self.accelerator, time.perf_counter()
-        clients = sample_clients(args.seed, round_, len(self.partitions), args.clients_per_round or len(self.partitions))
-        dropped = dropped_clients(args.seed, round_, clients, args.dropout_rate)
-        active = [c for c in clients if c not in dropped]
+        acc, start = self.accelerator, time.perf_counter()
+        clients, dropped, active = self.round_clients(round_)
         assignment = assign_clients(active, self.sizes.int().tolist(), acc.num_processes)
         mine = self._train_share(round_, assignment[acc.process_index], active)
         trained = time.perf_counter()
@@ -72,11 +70,11 @@ class FederatedTrainer(RoundLoop):
         """Fit this process's clients one after another, each from the global model and its own state."""
         server = self.global_model
         aggregate = RoundAggregate.start(server, self.strategy, active)
-        config, global_params = self.fit_config(round_), server.params()
+        global_params = server.params()
         for client in mine:
             state = ClientState(server.local_states.of(client) if server.local_states else {})
-            update = self.client.fit(global_params, {**config, "seed": client_seed(self.args.seed, round_, client)},
-                                     indices=self.partitions[client], state=state)
+            update = self.client.fit(global_params, self.fit_config(round_, client), indices=self.partitions[client],
+                                     state=state)
             self._event("on_client_end", client=client, update=update)
             aggregate.add(client, update, self.codec, server)
         return aggregate
