@@ -56,7 +56,7 @@ def _federation(run: dict[str, Any]) -> dict[str, Any]:
         local += f", {run.get('lr_scheduler')} schedule over rounds ({run.get('warmup_rounds', 0)} warm-up)"
     data = None
     if run.get("num_train_samples") is not None:
-        size = run.get("image_size")
+        size = run.get("input_size", run.get("image_size"))  # older runs recorded the input size as image_size
         data = (f"{run['num_train_samples']} training / {run.get('num_eval_samples')} evaluation samples at "
                 f"{size}x{size} px, augmentation: {run.get('augment', 'none')}")
     strategy = run.get("strategy_config") or {"name": run.get("strategy")}

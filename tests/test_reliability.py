@@ -178,6 +178,8 @@ def _case(tmp, backbone_dir, digits_dir, finished, name):
         "resume: other learning rate": lambda: ({}, {}, {**resume, "lr": 0.02}),
         "push_to_hub without credentials": lambda: ({}, {}, {"push_to_hub": True, "hub_model_id": "me/model"}),
         "push_to_hub without repo id": lambda: ({}, {}, {"push_to_hub": True}),
+        "invalid hub repo id": lambda: ({}, {}, {"push_to_hub": True, "hub_model_id": "me/my model"}),
+        "a flag of an option not chosen": lambda: ({}, {}, {"partition": "iid", "alpha": 0.1}),
     }
     out = tmp / "run"
     if name.startswith("resume:"):
@@ -206,7 +208,7 @@ BAD_INPUT = [
     ("dropout rate 1", FedSQError, r"--dropout-rate must be in \[0, 1\)"),
     ("gate cache with augmentation", FedSQError, "--gate-cache-mb needs --augment none"),
     ("unknown augmentation", FedSQError, r"--augment must be one of \['none', 'flip', 'timm'\], got 'mixup'"),
-    ("timm options without --augment timm", FedSQError, "--auto-augment, --re-prob and --crop-scale need --augment timm"),
+    ("timm options without --augment timm", FedSQError, "--re-prob has no effect without --augment timm"),
     ("unknown auto-augment policy", FedSQError, "--auto-augment 'rand-xyz' is not a timm policy.*rand-m9-mstd0.5"),
     ("crop scale out of range", FedSQError, r"--crop-scale needs two values 0 < MIN <= MAX <= 1, got \[0.5, 1.5\]"),
     ("unknown preload mode", FedSQError, r"--preload must be one of \['auto', 'always', 'never'\]"),
@@ -275,6 +277,8 @@ BAD_INPUT = [
     ("resume: other learning rate", CheckpointError, "another run: lr 0.01 \\(checkpoint\\) vs 0.02"),
     ("push_to_hub without credentials", FedSQError, "needs Hub credentials: run `hf auth login` or set HF_TOKEN"),
     ("push_to_hub without repo id", FedSQError, "--push-to-hub needs --hub-model-id"),
+    ("invalid hub repo id", FedSQError, "--hub-model-id 'me/my model' is not a Hub repo id"),
+    ("a flag of an option not chosen", FedSQError, "--alpha has no effect without --partition dirichlet"),
 ]
 
 

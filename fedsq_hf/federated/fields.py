@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from ..errors import FedSQError
 
-__all__ = ["argument", "RESUME_MARKS", "check_fields", "require", "flag", "expand_path"]
+__all__ = ["argument", "RESUME_MARKS", "check_fields", "require", "flag", "expand_path", "real_path", "mark_given", "given_fields"]
 
 # How a field may differ between an interrupted run and the run that resumes it:
 #   same: it changes the weights (or what "best" means), so a resume must keep it;
@@ -39,6 +39,11 @@ def expand_path(path: str | os.PathLike | None) -> str | None:
     return os.path.expanduser(path) if isinstance(path, str) and path.startswith("~") else path
 
 
+def real_path(path: str | None) -> str | None:
+    """A local file or folder as its real path (links and `..` resolved); anything else (a Hub id) as is."""
+    return os.path.realpath(path) if path and os.path.exists(path) else path
+
+
 def _choices(hint: Any) -> tuple | None:
     return typing.get_args(hint) if typing.get_origin(hint) is Literal else None
 
@@ -61,3 +66,19 @@ def require(checks: list[tuple[bool, str]]) -> None:
     for ok, message in checks:
         if not ok:
             raise FedSQError(message)
+
+
+def mark_given(group: Any, names: Any) -> Any:
+    """`group` with `names` recorded as given by the user (a command line's flags, a run config's keys), even
+    where the value given is the default; returns `group`."""
+    object.__setattr__(group, "_given", frozenset(names) & {f.name for f in dataclasses.fields(group)})
+    return group
+
+
+def given_fields(group: Any) -> set[str]:
+    """The fields of `group` the user set: those off their default, and those `mark_given` recorded."""
+    def default(f: dataclasses.Field) -> Any:
+        return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+    marked = getattr(group, "_given", frozenset())
+    return {f.name for f in dataclasses.fields(group) if f.name in marked or getattr(group, f.name) != default(f)}

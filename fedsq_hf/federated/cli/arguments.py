@@ -3,6 +3,7 @@ field, each group checking itself; the command-line parser; the run config and w
 
 from __future__ import annotations
 
+import argparse
 import copy
 import difflib
 import re
@@ -16,7 +17,7 @@ from transformers import HfArgumentParser
 from ...configuration_fedsq import BN_MODES
 from ...errors import FedSQError
 from ..data import AUGMENTATIONS, MNIST_PACKAGE
-from ..fields import argument, check_fields, expand_path, require
+from ..fields import argument, check_fields, expand_path, mark_given, real_path, require
 from .federated_arguments import FederatedArguments
 
 __all__ = ["ModelArguments", "DataArguments", "FederatedArguments", "with_example_defaults", "parse_arguments",
@@ -27,7 +28,9 @@ EXAMPLE_DATASET = MNIST_PACKAGE
 EXAMPLE_BUDGET = {"max_train_samples": 2000, "max_eval_samples": 500, "image_size": 64}
 MAX_IMAGE_SIZE = 1024  # a sanity bound: beyond it one batch of activations outgrows the memory of most machines
 # run-config keys that are no field but that a resumed run must share: what the fields led to
-DERIVED_RESUME_KEYS = {"backbone_sha256": "same", "num_labels": "same", "strategy_config": "same"}
+DERIVED_RESUME_KEYS = {"backbone_sha256": "same", "num_labels": "same", "strategy_config": "same",
+                       **{f"{split}_data_fingerprint": "same" for split in ("train", "eval", "calibration")}}
+PATH_FIELDS = ("dataset", "backbone", "backbone_weights")  # compared as real paths, however spelled
 
 
 @dataclass
@@ -113,8 +116,6 @@ class DataArguments:
             (self.max_eval_samples is None or self.max_eval_samples >= 1, "--max-eval-samples must be >= 1"),
             (self.image_size is None or 8 <= self.image_size <= MAX_IMAGE_SIZE,
              f"--image-size must be between 8 and {MAX_IMAGE_SIZE} px, got {self.image_size}"),
-            (self.augment == "timm" or (self.auto_augment is None and not self.re_prob and crop is None),
-             "--auto-augment, --re-prob and --crop-scale need --augment timm"),
             (0 <= self.re_prob <= 1, f"--re-prob must be in [0, 1], got {self.re_prob}"),
             (crop is None or (len(crop) == 2 and 0 < crop[0] <= crop[1] <= 1),
              f"--crop-scale needs two values 0 < MIN <= MAX <= 1, got {crop}"),
@@ -169,11 +170,27 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[ModelArguments, Data
             close = difflib.get_close_matches(flag[2:].split("=")[0].replace("-", "_"), names, n=1)
             hints += [f"{flag.split('=')[0]}: did you mean --{close[0].replace('_', '-')}?"] if close else []
         parser.error(f"unrecognized arguments: {' '.join(unknown)}" + (f" ({'; '.join(hints)})" if hints else ""))
-    return tuple(parsed)
+    given = _given_flags(parser, argv)
+    return tuple(mark_given(group, given) for group in parsed)
+
+
+def _given_flags(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[str]:
+    """The fields the command line names, whatever their values: argparse parses it again with no defaults."""
+    defaults = [(action, action.default) for action in parser._actions]
+    try:
+        for action, _ in defaults:
+            action.default = argparse.SUPPRESS
+        return set(vars(parser.parse_known_args(argv)[0]))
+    finally:
+        for action, default in defaults:
+            action.default = default
 
 
 def run_config(model: ModelArguments, data: DataArguments, fed: FederatedArguments) -> dict:
-    return {**asdict(model), **asdict(data), **asdict(fed)}
+    """Every field, JSON-ready; a local dataset or backbone as its real path (a trailing slash, `..` or a
+    link do not make another run)."""
+    config = {**asdict(model), **asdict(data), **asdict(fed)}
+    return {**config, **{k: real_path(config[k]) for k in PATH_FIELDS}}
 
 
 def resume_marks(*groups: type) -> dict[str, str]:

@@ -13,6 +13,7 @@ from ...hub import require_credentials
 from ..client import create_optimizer
 from ..fields import require
 from .arguments import DataArguments, FederatedArguments, ModelArguments
+from .option_flags import check_option_flags
 
 __all__ = ["check_run"]
 
@@ -21,6 +22,7 @@ def check_run(model: ModelArguments, data: DataArguments, fed: FederatedArgument
     """Raise `FedSQError` naming the first bad argument."""
     for group in (model, data, fed):
         group.check()
+    check_option_flags(model, data, fed)
     require([
         (not (model.gate_cache_mb and data.augment != "none"),
          "--gate-cache-mb needs --augment none (gates of augmented inputs change)"),

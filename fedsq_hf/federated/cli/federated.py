@@ -25,8 +25,11 @@ def main(argv: list[str] | None = None) -> int:
     def kept() -> str:
         if not parsed:
             return ""
-        return (f"every file is written atomically, so {parsed[0].output_dir!r} holds the last checkpoint whole: "
-                "run the same command with --resume to continue")
+        out = parsed[0].output_dir
+        if not os.path.isfile(os.path.join(out, "checkpoints", "latest")):
+            return f"no checkpoint was written to {out!r} yet: start over with --overwrite-output-dir"
+        return (f"every file is written atomically, so {out!r} holds the last checkpoint whole: run the same command "
+                "with --resume to continue")
 
     def run() -> int:
         model_args, data_args, fed_args = parse_arguments(argv)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from ...errors import FedSQError
 from ..client import ClientArguments
 from ..data import PARTITIONS, check_partition
 from ..fields import argument, expand_path, flag, require
@@ -127,6 +128,8 @@ class FederatedArguments(ClientArguments):
             (not (self.resume and self.overwrite_output_dir),
              "--resume continues the run in --output-dir and --overwrite-output-dir starts over there: give one of them"),
         ])
+        if self.hub_model_id is not None:
+            _check_repo_id(self.hub_model_id)
         self.make_strategy()
         make_codec(self.update_codec)
 
@@ -135,3 +138,14 @@ class FederatedArguments(ClientArguments):
         it does not take is refused, naming the flag."""
         given = {param: getattr(self, name) for name, param in STRATEGY_FLAGS.items() if getattr(self, name) is not None}
         return make_strategy(self.strategy, {param: flag(name) for name, param in STRATEGY_FLAGS.items()}, **given)
+
+
+def _check_repo_id(repo_id: str) -> None:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        why = str(err).replace(" Use `repo_type` argument if needed.", "")
+        raise FedSQError(f"--hub-model-id {repo_id!r} is not a Hub repo id ({why}); use namespace/name, e.g. "
+                         "my-org/fedsq-cifar10.") from None

@@ -11,7 +11,7 @@ import torch
 if TYPE_CHECKING:
     from .arguments import ClientArguments
 
-__all__ = ["create_optimizer", "register_optimizer", "optimizer_names", "CLIENT_OPTIMIZERS"]
+__all__ = ["create_optimizer", "register_optimizer", "optimizer_names", "optimizer_takes_momentum", "CLIENT_OPTIMIZERS"]
 
 OptimizerFactory = Callable[[list[torch.nn.Parameter], "ClientArguments", float], torch.optim.Optimizer]
 CLIENT_OPTIMIZERS: dict[str, OptimizerFactory] = {}
@@ -27,6 +27,13 @@ def register_optimizer(name: str) -> Callable[[OptimizerFactory], OptimizerFacto
 
 def optimizer_names() -> list[str]:
     return ["sgd", *CLIENT_OPTIMIZERS, *timm.optim.list_optimizers()]
+
+
+def optimizer_takes_momentum(name: str) -> bool:
+    """Whether `--optim name` reads `--momentum` (timm's optimizer info says; a registered one may)."""
+    if name == "sgd" or name in CLIENT_OPTIMIZERS or name not in timm.optim.list_optimizers():
+        return True
+    return timm.optim.get_optimizer_info(name).has_momentum
 
 
 def create_optimizer(params: list[torch.nn.Parameter], args: ClientArguments, lr: float) -> torch.optim.Optimizer:

@@ -2,6 +2,7 @@
 (streamed or preloaded), batches and loaders, and client partitions."""
 
 from .batches import ClientBatches, OrderedBatches, make_loader
+from .fingerprint import split_fingerprint
 from .partition import PARTITIONS, check_partition, partition_labels, partition_summary
 from .samples import (PreloadedSamples, StreamedSamples, as_samples, estimate_preload_bytes, first_model_inputs,
                       model_inputs, preload)
@@ -12,4 +13,4 @@ from .transforms import AUGMENTATIONS, ImagePipeline, build_pipelines, to_rgb, w
 __all__ = ["ClientBatches", "OrderedBatches", "make_loader", "PARTITIONS", "check_partition", "partition_labels", "partition_summary",
            "PreloadedSamples", "StreamedSamples", "as_samples", "estimate_preload_bytes", "first_model_inputs",
            "model_inputs", "preload", "MNIST_PACKAGE", "load_image_dataset", "AUGMENTATIONS", "ImagePipeline",
-           "build_pipelines", "to_rgb", "with_image_size"]
+           "build_pipelines", "to_rgb", "with_image_size", "split_fingerprint"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 
 import torch
 from accelerate import Accelerator
@@ -11,8 +12,9 @@ from accelerate.utils import reduce
 
 from ...errors import FedSQError
 
-__all__ = ["OutputDirLock", "claim_output_dir"]
+__all__ = ["OutputDirLock", "claim_output_dir", "clear_previous_run"]
 
+SET_ASIDE = ".previous-run"  # where a run being cleared away goes first, so that an interrupted clear leaves no mix
 PREVIOUS_RUN = ("history.jsonl", "summary.json", os.path.join("checkpoints", "latest"))  # what a run leaves behind
 # what a run writes there, by kind ("fedsq-hf": the --report-to trackers' logs)
 OUTPUT_FOLDERS = ("checkpoints", "best", "final", "fedsq-hf")
@@ -99,3 +101,17 @@ def claim_output_dir(path: str, accelerator: Accelerator, resume: bool = False, 
             os.close(fd)
         raise error
     return OutputDirLock(fd)
+
+
+def clear_previous_run(path: str) -> list[str]:
+    """Remove what a previous run wrote in `path` (`OUTPUT_FILES`, `OUTPUT_FOLDERS`) and nothing else, so that
+    a run started over there never mixes with it; returns the names removed. Each is first renamed into one
+    hidden folder, removed last (and by the next clear, if this one is interrupted)."""
+    aside = os.path.join(path, SET_ASIDE)
+    names = [n for n in OUTPUT_FOLDERS + OUTPUT_FILES if os.path.lexists(os.path.join(path, n))]
+    if names:
+        os.makedirs(aside, exist_ok=True)
+        for name in names:
+            os.replace(os.path.join(path, name), os.path.join(aside, name))
+    shutil.rmtree(aside, ignore_errors=True)
+    return names

@@ -24,7 +24,7 @@ from ...modeling_fedsq import FedSQModel
 from ..callbacks import CallbackHandler, FederatedCallback, FederatedControl, default_callbacks
 from ..client import make_accelerator
 from ..data import as_samples
-from ..io import FederatedState, OutputDirLock, claim_output_dir
+from ..io import FederatedState, OutputDirLock, claim_output_dir, clear_previous_run
 from ..protocol import UpdateCodec, client_seed, make_codec
 from ..server import (Evaluator, FlatUpdate, GateWarmup, GlobalModel, MetricsFn, RoundAggregate, Strategy,
                       classification_metric_names, dropped_clients, greater_is_better, round_learning_rates,
@@ -107,6 +107,10 @@ class RoundLoop(TrainerCheckpoints):
             self.output_lock = claim_output_dir(self.args.output_dir, self.accelerator, self.args.resume,
                                                 self.args.overwrite_output_dir)
         try:
+            if self.args.overwrite_output_dir and self.accelerator.is_main_process:
+                cleared = clear_previous_run(self.args.output_dir)
+                if cleared:
+                    logger.info("--overwrite-output-dir: removed the previous run's %s.", ", ".join(cleared))
             return self._train()
         finally:
             self.close()

@@ -21,7 +21,8 @@ from ...errors import FedSQError
 from ...modeling_fedsq import FedSQModel
 from ..client import calibrate
 from ..data import (StreamedSamples, build_pipelines, estimate_preload_bytes, load_image_dataset, model_inputs,
-                    partition_labels, partition_summary, preload, with_image_size)
+                    partition_labels, partition_summary, preload, split_fingerprint, with_image_size)
+from ..fields import real_path
 from ..io import claim_output_dir
 
 if TYPE_CHECKING:
@@ -44,6 +45,12 @@ class RunData:
     evaluation: Dataset
     names: list[str]
     calibration: Dataset | None = None
+
+    def fingerprints(self, data_args: DataArguments) -> dict[str, str | None]:
+        """`<split>_data_fingerprint` of each split (`split_fingerprint`): what a resume compares of the data."""
+        splits = {"train": self.train, "eval": self.evaluation, "calibration": self.calibration}
+        return {f"{name}_data_fingerprint": None if split is None else
+                split_fingerprint(split, data_args.image_column, data_args.label_column) for name, split in splits.items()}
 
     def partitions(self, label_column: str, fed_args: FederatedArguments) -> list[np.ndarray]:
         """Each client's sample indices into `train`, by `--partition` and its parameters (seeded)."""
@@ -114,7 +121,7 @@ def prepare_run(model_args: ModelArguments, data_args: DataArguments, fed_args: 
     """Data, partition and model of a run (`splits`: the samples this runtime needs on this machine)."""
     data = load_run_data(data_args, fed_args)
     parts = data.partitions(data_args.label_column, fed_args)
-    backbone = model_args.backbone
+    backbone = real_path(model_args.backbone)
     if backbone is None:
         with accelerator.main_process_first():
             backbone = convert_efficientnet_lite0()
@@ -135,9 +142,9 @@ def prepare_run(model_args: ModelArguments, data_args: DataArguments, fed_args: 
         except RuntimeError as err:
             raise FedSQError(f"The backbone {backbone!r} cannot take this dataset's images ({err}); check the backbone's "
                              "input channels (in_chans) and --image-size.") from err
-    run_config = {**run_config, "backbone": backbone, "image_size": samples["eval"].pipeline.prefix_size[-1],
+    run_config = {**run_config, "backbone": backbone, "input_size": samples["eval"].pipeline.prefix_size[-1],
                   "num_train_samples": len(data.train), "num_eval_samples": len(samples["eval"]),
-                  "data_path": "preloaded" if preloaded else "streamed"}
+                  "data_path": "preloaded" if preloaded else "streamed", **data.fingerprints(data_args)}
     return PreparedRun(model, samples, parts, run_config,
                        partition_summary(parts, data.train[data_args.label_column], len(data.names)))
 

@@ -1,0 +1,148 @@
+"""What a resume compares (the data's content, not how its path is spelled), starting over without mixing
+two runs or touching the user's files, and how a command line ends when a run is cut short."""
+
+import errno
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from datasets import ClassLabel, Dataset, Image
+
+from conftest import save_backbone
+from fedsq_hf import CheckpointError
+from fedsq_hf.federated import FederatedCallback, run_federated, split_fingerprint
+from fedsq_hf.federated.cli import federated as cli
+from helpers import cli_args, tiny_args
+
+
+def _digits(folder, shift=0):
+    """train/test parquet files of 8x8 images; `shift` gives other images of the same shape and labels."""
+    rng = np.random.default_rng(0)
+    os.makedirs(folder, exist_ok=True)
+    for split, n in (("train", 200), ("test", 60)):
+        labels = np.arange(n) % 4
+        images = [np.clip(rng.integers(0, 200, (8, 8)) + 10 * y + shift, 0, 255).astype(np.uint8) for y in labels]
+        ds = Dataset.from_dict({"img": images, "label": labels}).cast_column("img", Image())
+        ds.cast_column("label", ClassLabel(names=list("abcd"))).to_parquet(os.path.join(folder, f"{split}.parquet"))
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def data_run(backbone_dir, tmp_path_factory):
+    """(dataset folder, a finished 1-round run on it)."""
+    root = tmp_path_factory.mktemp("resume")
+    data, out = _digits(root / "data"), root / "run"
+    run_federated(*tiny_args(backbone_dir("resnet10t"), data, out, rounds=1))
+    return data, out
+
+
+def _resume(backbone, data, run, tmp_path, **fed):
+    out = shutil.copytree(run, tmp_path / "run")
+    return run_federated(*tiny_args(backbone, data, out, rounds=2, resume=True, **fed))
+
+
+def test_a_resume_on_replaced_data_is_refused(backbone_dir, tmp_path):
+    data = _digits(tmp_path / "data")
+    run_federated(*tiny_args(backbone_dir("resnet10t"), data, tmp_path / "run", rounds=1))
+    _digits(tmp_path / "data", shift=7)  # other images of the same shape in the same files, labels kept
+    with pytest.raises(CheckpointError, match=r"another run: train_data_fingerprint '[0-9a-f]{16}' \(checkpoint\) vs "
+                                              r"'[0-9a-f]{16}' \(now\), eval_data_fingerprint"):
+        run_federated(*tiny_args(backbone_dir("resnet10t"), data, tmp_path / "run", rounds=2, resume=True))
+
+
+@pytest.mark.parametrize("spelling", ["trailing slash", "dot-dot", "symlink", "relative"])
+def test_a_resume_on_the_same_data_spelled_otherwise_is_accepted(spelling, backbone_dir, data_run, tmp_path,
+                                                                 monkeypatch):
+    data, run = data_run
+    if spelling == "symlink":
+        os.symlink(data, tmp_path / "link")
+    monkeypatch.chdir(os.path.dirname(data))
+    path = {"trailing slash": data + "/", "dot-dot": os.path.join(data, "..", os.path.basename(data)),
+            "symlink": str(tmp_path / "link"), "relative": os.path.basename(data)}[spelling]
+    assert _resume(backbone_dir("resnet10t"), path, run, tmp_path)["rounds"] == 2
+
+
+def test_fingerprints_follow_content_not_order_of_reading(data_run):
+    from fedsq_hf.federated.data import load_image_dataset
+
+    data, _ = data_run
+    train, evaluation, _ = load_image_dataset(data, "img", max_train_samples=100, seed=0)
+    again, _, _ = load_image_dataset(data + "/", "img", max_train_samples=100, seed=0)
+    other, _, _ = load_image_dataset(data, "img", max_train_samples=100, seed=1)  # another sample of the split
+    fingerprints = [split_fingerprint(ds, "img", "label") for ds in (train, again, other, evaluation)]
+    assert fingerprints[0] == fingerprints[1] and len(set(fingerprints[1:])) == 3
+    relabelled = train.map(lambda row: {"label": (row["label"] + 1) % 4})
+    assert split_fingerprint(relabelled, "img", "label") != fingerprints[0]
+
+
+def test_an_image_size_equal_to_the_implicit_one_is_another_run(tmp_path):
+    """Without --image-size a backbone's own crop is used (here 32 px at crop_pct 0.875); --image-size 32
+    resizes whole images: other inputs, so a resume must refuse it."""
+    backbone = str(tmp_path / "small")
+    save_backbone(backbone, "resnet10t", pretrained_cfg_overlay=dict(input_size=(3, 32, 32), crop_pct=0.875))
+    data = _digits(tmp_path / "data")
+    model, data_args, fed = tiny_args(backbone, data, tmp_path / "run", rounds=1)
+    data_args.image_size = None
+    summary = run_federated(model, data_args, fed)
+    assert (summary["config"]["image_size"], summary["config"]["input_size"]) == (None, 32)
+    with pytest.raises(CheckpointError, match=r"another run: image_size None \(checkpoint\) vs 32"):
+        run_federated(*tiny_args(backbone, data, tmp_path / "run", rounds=2, resume=True))
+
+
+class _Interrupt(FederatedCallback):
+    def on_round_begin(self, args, state, control, **kwargs):
+        raise KeyboardInterrupt
+
+
+def test_starting_over_clears_the_previous_run_and_nothing_else(backbone_dir, data_run, tmp_path):
+    data, run = data_run
+    out = shutil.copytree(run, tmp_path / "run")
+    (out / "notes.txt").write_text("mine")
+    (out / "mine").mkdir()
+    (out / "mine" / "model.safetensors").write_bytes(b"not the run's")
+    before = {name for name in os.listdir(out)}
+    assert {"summary.json", "final", "best", "metrics.png", "partition.png", "checkpoints"} <= before
+    with pytest.raises(KeyboardInterrupt):  # the new run is cut short in its first round
+        run_federated(*tiny_args(backbone_dir("resnet10t"), data, out, rounds=1, lr=0.02, overwrite_output_dir=True),
+                      callbacks=[_Interrupt()])
+    assert sorted(os.listdir(out)) == ["mine", "notes.txt", "partition.json", "partition.png"]  # the new run's only
+    assert (out / "mine" / "model.safetensors").read_bytes() == b"not the run's"
+    summary = run_federated(*tiny_args(backbone_dir("resnet10t"), data, out, rounds=1, lr=0.02,
+                                       overwrite_output_dir=True))
+    assert summary["config"]["lr"] == 0.02 and (out / "notes.txt").read_text() == "mine"
+
+
+def test_a_full_disk_while_saving_is_one_line_and_the_run_resumes(backbone_dir, data_run, tmp_path, monkeypatch,
+                                                                 capsys):
+    from fedsq_hf.federated.io import checkpoint
+
+    data, _ = data_run
+    save, calls = checkpoint.save_weights, []
+
+    def full_disk(path, tensors):
+        calls.append(path)
+        if len(calls) == 2:  # round 2's checkpoint
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+        save(path, tensors)
+
+    monkeypatch.setattr(checkpoint, "save_weights", full_disk)
+    argv = cli_args(backbone_dir("resnet10t"), data, tmp_path / "run", rounds=3, disable_tqdm="true")
+    assert cli.main(argv) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"error: {calls[1]}: No space left on device; every file is written atomically, so ")
+    assert last.endswith("holds the last checkpoint whole: run the same command with --resume to continue")
+    monkeypatch.setattr(checkpoint, "save_weights", save)
+    assert cli.main([*argv, "--resume", "true"]) == 0
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["rounds"] == 3
+
+
+def test_an_interrupt_before_the_first_checkpoint_says_to_start_over(tmp_path, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "run_federated", interrupted)
+    assert cli.main(["--output-dir", str(tmp_path / "run")]) == 130
+    assert capsys.readouterr().err.strip() == (f"interrupted: no checkpoint was written to {str(tmp_path / 'run')!r} "
+                                               "yet: start over with --overwrite-output-dir")
