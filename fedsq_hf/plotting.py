@@ -10,7 +10,9 @@ import numpy as np
 
 from .serialization import atomic_write_bytes
 
-__all__ = ["pyplot", "save_figure", "plot_metrics", "plot_partition", "plot_drift"]
+__all__ = ["pyplot", "save_figure", "plot_metrics", "plot_partition", "plot_drift", "MAX_CELLS"]
+
+MAX_CELLS = 40  # labels (clients) a partition heatmap draws a column (row) for; beyond, neighbours are summed
 
 
 def pyplot() -> Any:
@@ -58,22 +60,39 @@ def plot_metrics(history: list[dict[str, Any]], path: str, label: str = "", best
     save_figure(fig, path)
 
 
+def _groups(count: int, cap: int) -> np.ndarray:
+    """First index of each of at most `cap` runs of neighbours that together cover range(count)."""
+    return np.unique(np.linspace(0, count, min(count, cap) + 1).astype(int)[:-1])
+
+
+def _run_names(starts: np.ndarray, count: int, names: list[str]) -> list[str]:
+    """A tick label per run: its own name when alone, else the range of ids it sums."""
+    ends = [*starts[1:], count]
+    return [names[a] if b - a == 1 else f"{a}\u2013{b - 1}" for a, b in zip(starts, ends)]
+
+
 def plot_partition(summary: dict[str, Any], path: str, title: str = "", label_names: list[str] | None = None) -> None:
-    """Heatmap of samples per (client, label), each cell with its count, each row with its client's total."""
-    hist = np.asarray(summary["label_histogram"])
+    """Heatmap of samples per (client, label), each cell with its count, each row with its client's total.
+    Beyond `MAX_CELLS` labels (or clients), neighbours are summed into one column (row), so that the figure,
+    its ticks and its drawing time stay bounded at any class count."""
+    hist = np.asarray(summary["label_histogram"]).reshape(len(summary["samples_per_client"]), -1)
     clients, labels = hist.shape
-    fig, ax = pyplot().subplots(figsize=(1.5 + 0.55 * labels, 1 + 0.4 * clients))
-    im = ax.imshow(hist, aspect="auto", cmap="viridis")
-    if clients * labels <= 400:  # counts stay legible
-        for (i, j), count in np.ndenumerate(hist):
+    cols, rows = _groups(labels, MAX_CELLS), _groups(clients, MAX_CELLS)
+    cells = np.add.reduceat(np.add.reduceat(hist, rows, axis=0), cols, axis=1) if hist.size else hist
+    fig, ax = pyplot().subplots(figsize=(1.5 + 0.55 * max(len(cols), 1), 1 + 0.4 * max(len(rows), 1)))
+    im = ax.imshow(cells, aspect="auto", cmap="viridis")
+    if cells.size <= 400:  # counts stay legible
+        for (i, j), count in np.ndenumerate(cells):
             ax.text(j, i, str(count), ha="center", va="center", fontsize=7,
-                    color="white" if count < hist.max() / 2 else "black")
-    names = label_names or [str(j) for j in range(labels)]
-    long = max(map(len, names)) > 3
-    ax.set_xticks(range(labels), names, rotation=45 if long else 0, ha="right" if long else "center")
-    ax.set_yticks(range(clients), [f"{i} ({n})" for i, n in enumerate(summary["samples_per_client"])])
-    ax.set_xlabel("label")
-    ax.set_ylabel("client (samples)")
+                    color="white" if count < cells.max() / 2 else "black")
+    names = _run_names(cols, labels, label_names or [str(j) for j in range(labels)])
+    long = max(map(len, names), default=0) > 3
+    ax.set_xticks(range(len(cols)), names, rotation=45 if long else 0, ha="right" if long else "center")
+    totals = np.add.reduceat(np.asarray(summary["samples_per_client"]), rows) if clients else []
+    ax.set_yticks(range(len(rows)), [f"{c} ({n})" for c, n in zip(_run_names(rows, clients, [str(i) for i in
+                                                                                          range(clients)]), totals)])
+    ax.set_xlabel("label" if len(cols) == labels else f"label ({labels} ids, neighbours summed)")
+    ax.set_ylabel("client (samples)" if len(rows) == clients else f"clients ({clients}, neighbours summed)")
     ax.set_title(title or "samples per client and label")
     fig.colorbar(im, ax=ax)
     save_figure(fig, path)

@@ -66,27 +66,40 @@ def _dirichlet(labels, num_clients, alpha, min_size, max_tries, rng) -> list[np.
             f"min_partition_size={min_size} x num_clients={num_clients} exceeds the {len(labels)} samples; "
             "lower min_partition_size or num_clients."
         )
-    classes = np.unique(labels)
+    order = np.argsort(labels, kind="stable")  # each class's indices once, ascending: not a scan per class
+    by_class = np.split(order, np.flatnonzero(np.diff(labels[order])) + 1)
     for _ in range(max_tries):
         parts: list[list[int]] = [[] for _ in range(num_clients)]
-        for k in classes:
-            idx = rng.permutation(np.flatnonzero(labels == k))
+        for members in by_class:
+            idx = rng.permutation(members)
             props = rng.dirichlet(np.full(num_clients, alpha))
             cuts = (np.cumsum(props)[:-1] * len(idx)).astype(int)
             for client, chunk in enumerate(np.split(idx, cuts)):
                 parts[client].extend(chunk.tolist())
         if min(len(p) for p in parts) >= min_size:
             return [np.array(p) for p in parts]
-    mean = len(labels) / num_clients
-    if alpha >= 10 or mean < 2 * min_size:  # clients are near their average size: skew is not the problem
-        advice = (f"each client gets about {mean:.0f} samples on average, too close to the minimum for random draws "
-                  "to clear it (raising alpha will not help); lower --min-partition-size or use fewer clients")
-    else:
-        advice = "raise --alpha (less label skew), lower --min-partition-size or use fewer clients"
     raise FedSQError(
         f"Could not draw a Dirichlet(alpha={alpha}) partition with every one of {num_clients} clients holding "
-        f">= {min_size} samples in {max_tries} tries: {advice}."
+        f">= {min_size} samples in {max_tries} tries: {_advice(by_class, num_clients, alpha, min_size)}."
     )
+
+
+def _advice(by_class: list[np.ndarray], num_clients: int, alpha: float, min_size: int) -> str:
+    """What would let a Dirichlet draw succeed; never "lower --min-partition-size" when it is already 1."""
+    mean, median = sum(map(len, by_class)) / num_clients, float(np.median([len(c) for c in by_class]))
+    lower = ["lower --min-partition-size"] if min_size > 1 else []
+    fewer, more = "use fewer clients", "use more training samples (raise --max-train-samples, if set)"
+    if median < num_clients:  # each class is cut into num_clients pieces, rounding down: most pieces are empty
+        why = (f"most classes hold fewer samples (median {median:g}) than there are clients ({num_clients}), so "
+               "each reaches only a few clients, whatever alpha is (raising alpha will not help)")
+        options = ["use --partition iid or shards", fewer, more, *lower]
+    elif alpha >= 10 or mean < 2 * min_size:  # clients are near their average size: skew is not the problem
+        why = (f"each client gets about {mean:.0f} samples on average, too close to the minimum for random draws "
+               "to clear it (raising alpha will not help)")
+        options = [*lower, fewer, more]
+    else:
+        why, options = "", ["raise --alpha (less label skew)", *lower, fewer, more]
+    return (f"{why}; " if why else "") + ", ".join(options[:-1]) + f" or {options[-1]}"
 
 
 def _shards(labels, num_clients, shards_per_client, rng) -> list[np.ndarray]:

