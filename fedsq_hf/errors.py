@@ -15,3 +15,7 @@ class BackboneLoadError(FedSQError, OSError):
 
 class CheckpointError(FedSQError, OSError):
     """A saved checkpoint is missing, corrupted or does not match the model."""
+
+
+class UnsupportedArgumentError(FedSQError, TypeError):
+    """An argument that transformers accepts but FedSQ models cannot honour (or do not know)."""

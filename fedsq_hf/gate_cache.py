@@ -3,7 +3,8 @@
 The structural copy is frozen, so a sample's gates never change as long as the sample's pixels do
 not (no random augmentation). Masks are stored bit-packed, max-pool argmaxes as int16/int32, one
 uint8 row per sample, up to `max_bytes`. Each row also keeps a fingerprint of the input; a cached
-sample whose pixels changed raises an error instead of silently using stale gates.
+sample whose pixels changed raises an error instead of silently using stale gates. The cache records
+the per-sample input shape, so a cache attached to a model it was not built for is refused up front.
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
+from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
-from .errors import GatingError
+from .errors import CheckpointError, GatingError
 from .serialization import atomic_write_bytes
 
 __all__ = ["GateCache"]
@@ -59,8 +62,12 @@ class _Field:
     @classmethod
     def described(cls, shape: list[int], dtype: str, store_dtype: str, nbytes: int) -> _Field:
         field = cls.__new__(cls)
-        field.shape, field.nbytes = tuple(shape), nbytes
+        field.shape = tuple(int(n) for n in shape)
         field.dtype, field.store_dtype = (getattr(torch, name.removeprefix("torch.")) for name in (dtype, store_dtype))
+        n = math.prod(field.shape)
+        field.nbytes = (n + 7) // 8 if field.dtype == torch.bool else n * field.store_dtype.itemsize
+        if nbytes != field.nbytes:
+            raise ValueError(f"a gate of shape {list(shape)} takes {field.nbytes} bytes, the layout says {nbytes}")
         return field
 
     def encode(self, tensor: torch.Tensor) -> torch.Tensor | None:
@@ -99,6 +106,15 @@ class GateCache:
         self._used = 0
         self._row_of_key = torch.empty(0, dtype=torch.long)
         self._probe: torch.Tensor | None = None
+        self.input_shape: tuple[int, ...] | None = None  # of one sample, set by the first `store`
+        self.path: str | None = None  # the file it was loaded from, for error messages
+        self._lock = threading.Lock()  # store and lookup from concurrent forward calls
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _lock=threading.Lock())
 
     @property
     def bytes_used(self) -> int:
@@ -112,22 +128,59 @@ class GateCache:
         layout = [[site, [f.describe() for f in fields], is_tuple] for site, fields, is_tuple in self._layout or []]
         tensors = {"rows": self._rows[: self._used], "fingerprints": self._fingerprints[: self._used],
                    "row_of_key": self._row_of_key}
-        atomic_write_bytes(path, save({k: t.contiguous() for k, t in tensors.items()},
-                                      metadata={"format": "pt", "layout": json.dumps(layout)}))
+        metadata = {"format": "pt", "layout": json.dumps(layout), "input_shape": json.dumps(self.input_shape)}
+        atomic_write_bytes(path, save({k: t.contiguous() for k, t in tensors.items()}, metadata=metadata))
 
     @classmethod
     def load(cls, path: str | os.PathLike, max_bytes: int, verify: bool = True) -> GateCache:
-        """The cache `save` wrote (empty if it holds more than `max_bytes`)."""
+        """The cache `save` wrote: empty if it holds more than `max_bytes` or predates recorded input shapes
+        (it then fills again); a damaged file raises `CheckpointError`. Attaching it to a model
+        (`model.dual_copy.gate_cache = cache`) checks that its gates fit that model."""
         cache = cls(max_bytes, verify)
-        with safe_open(os.fspath(path), framework="pt") as f:
-            layout = json.loads(f.metadata()["layout"])
-            rows, prints, row_of_key = (f.get_tensor(k) for k in ("rows", "fingerprints", "row_of_key"))
-        if not layout or rows.numel() + 4 * len(rows) > max_bytes:
-            return cache
-        cache._layout = [(site, [_Field.described(*f) for f in fields], is_tuple) for site, fields, is_tuple in layout]
-        cache._row_bytes = sum(f.nbytes for _, fields, _ in cache._layout for f in fields)
+        cache.path = os.fspath(path)
+        try:
+            with safe_open(cache.path, framework="pt") as f:
+                meta = f.metadata() or {}
+                layout = json.loads(meta["layout"])
+                input_shape = json.loads(meta.get("input_shape", "null"))
+                rows, prints, row_of_key = (f.get_tensor(k) for k in ("rows", "fingerprints", "row_of_key"))
+            if not layout or input_shape is None or rows.numel() + 4 * len(rows) > max_bytes:
+                return cache
+            fields = [(site, [_Field.described(*f) for f in fields], is_tuple) for site, fields, is_tuple in layout]
+            row_bytes = sum(f.nbytes for _, fs, _ in fields for f in fs)
+            if not (rows.dtype == torch.uint8 and rows.dim() == 2 and rows.shape[1] == row_bytes
+                    and prints.shape == (len(rows),) and row_of_key.dtype == torch.long and row_of_key.dim() == 1
+                    and bool(((row_of_key >= -1) & (row_of_key < len(rows))).all())):
+                raise ValueError(f"its tensors (rows {list(rows.shape)} {rows.dtype}, fingerprints {list(prints.shape)}, "
+                                 f"row_of_key {list(row_of_key.shape)} {row_of_key.dtype}) do not fit its layout of "
+                                 f"{len(fields)} gates, {row_bytes} bytes per sample")
+        except (SafetensorError, OSError, KeyError, ValueError, TypeError, AttributeError) as err:
+            raise CheckpointError(
+                f"{cache.path!r} is not a gate cache as GateCache.save writes it ({type(err).__name__}: {err}). "
+                "Delete it: the cache fills again from the structural copy."
+            ) from err
+        cache._layout, cache._row_bytes, cache.input_shape = fields, row_bytes, tuple(input_shape)
         cache._rows, cache._fingerprints, cache._row_of_key, cache._used = rows, prints, row_of_key, len(rows)
         return cache
+
+    def check_layout(self, gates: list) -> None:
+        """Raise `GatingError` unless `gates` (from `DualCopy.compute_gates`) have the sites, shapes and dtypes of
+        the cached ones: a cache built for another backbone, gated_ops or image size would feed wrong gates."""
+        if self._layout is None:
+            return
+        found = [(site, [(list(f.shape), f.dtype) for f in fields]) for site, fields, _ in self._layout]
+        expected = [(site, [(list(t.shape[1:]), t.dtype) for t in (g if isinstance(g, tuple) else (g,))])
+                    for site, g in gates]
+        if found == expected:
+            return
+        i = next((i for i, (a, b) in enumerate(zip(found, expected)) if a != b), min(len(found), len(expected)))
+        show = lambda gates: f"{gates[i][0]!r} of shape {[s for s, _ in gates[i][1]]}" if i < len(gates) else "none"  # noqa: E731
+        raise GatingError(
+            f"The gate cache {self.path or '(in memory)'} does not fit this model: it holds {len(found)} gates per "
+            f"sample, the model makes {len(expected)}; gate {i} is {show(found)} in the cache, {show(expected)} in "
+            "the model. It was built for another backbone, gated_ops or image size: delete the file, or call "
+            "enable_gate_cache() for a fresh cache."
+        )
 
     def _fingerprint(self, inputs: torch.Tensor) -> torch.Tensor:
         flat = inputs.detach().flatten(1).float()
@@ -138,6 +191,16 @@ class GateCache:
 
     def lookup(self, keys: torch.Tensor, inputs: torch.Tensor) -> list | None:
         """Gates for every sample of the batch, or None if any sample is not cached."""
+        with self._lock:
+            return self._lookup(keys, inputs)
+
+    def _lookup(self, keys: torch.Tensor, inputs: torch.Tensor) -> list | None:
+        if self._layout is not None and tuple(inputs.shape[1:]) != self.input_shape:
+            raise GatingError(
+                f"The gate cache {self.path or '(in memory)'} holds the gates of inputs of shape "
+                f"{list(self.input_shape)}, not {list(inputs.shape[1:])}. Keep the image size it was built for, or "
+                "call enable_gate_cache() for a fresh cache."
+            )
         keys = keys.detach().cpu().long()
         if self._layout is None or keys.numel() == 0 or int(keys.max()) >= len(self._row_of_key):
             self.misses += 1
@@ -169,8 +232,13 @@ class GateCache:
 
     def store(self, keys: torch.Tensor, inputs: torch.Tensor, gates: list) -> None:
         """Cache the gates of a batch (as returned by `DualCopy.compute_gates`)."""
+        with self._lock:
+            self._store(keys, inputs, gates)
+
+    def _store(self, keys: torch.Tensor, inputs: torch.Tensor, gates: list) -> None:
         keys = keys.detach().cpu().long()
         if self._layout is None:
+            self.input_shape = tuple(inputs.shape[1:])
             self._layout = [
                 (site, [_Field(t) for t in (g if isinstance(g, tuple) else (g,))], isinstance(g, tuple))
                 for site, g in gates

@@ -5,13 +5,14 @@ Gated units are the original modules with their class swapped for a gated subcla
 `torch.nn.utils.parametrize` uses), so parameter names, `isinstance` checks and state-dict keys are
 unchanged. Both copies share one `GateTape`: the structural pass appends one gate per unit call, in
 call order; the quantitative pass consumes them in the same order, so a module called twice in
-one forward gets the right gate each time.
+one forward gets the right gate each time. The tape is per thread, so threads may call one model at once.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import threading
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -56,6 +57,16 @@ class _GatedUnit:
 
     def apply(self, x: torch.Tensor, gate: Gate) -> torch.Tensor:
         raise NotImplementedError
+
+    def __reduce_ex__(self, protocol: int) -> tuple:
+        # The gated class is made at run time, so pickle cannot find it by name: rebuild it from its base.
+        return _new_gated, (self._fedsq_base, self._fedsq_kind), self.__getstate__()
+
+
+def _new_gated(base: type[nn.Module], kind: str) -> nn.Module:
+    """An empty instance of the gated subclass of `base` (for unpickling; its state is set after)."""
+    cls = _gated_class(base, kind)
+    return cls.__new__(cls)
 
 
 class ReLUGate(_GatedUnit):
@@ -209,7 +220,7 @@ def find_gateable_modules(
 def _gated_class(cls: type[nn.Module], kind: str) -> type[nn.Module]:
     if cls not in _GATED_CLASS_CACHE:
         mixin = GATE_KINDS[kind][1]
-        _GATED_CLASS_CACHE[cls] = type(f"Gated{cls.__name__}", (mixin, cls), {"_fedsq_base": cls})
+        _GATED_CLASS_CACHE[cls] = type(f"Gated{cls.__name__}", (mixin, cls), {"_fedsq_base": cls, "_fedsq_kind": kind})
     return _GATED_CLASS_CACHE[cls]
 
 
@@ -224,12 +235,16 @@ def remove_gates(module: nn.Module) -> nn.Module:
     return module
 
 
-class GateTape:
-    """Gates of one forward pass, in call order, shared by the two copies."""
+class GateTape(threading.local):
+    """Gates of one forward pass, in call order, shared by the two copies. Each thread has its own
+    entries and cursor (`threading.local`), so concurrent forward calls never read each other's gates."""
 
     def __init__(self) -> None:
         self.entries: list[tuple[str, Gate]] = []
         self.cursor = 0
+
+    def __reduce__(self) -> tuple:
+        return GateTape, ()  # a tape holds gates only during a forward pass: a copy starts empty
 
     def clear(self) -> None:
         self.entries = []
@@ -345,6 +360,18 @@ class DualCopy(nn.Module):
     @property
     def structural(self) -> nn.Module | None:
         return self._structural
+
+    @property
+    def gate_cache(self) -> GateCache | None:
+        return self._gate_cache
+
+    @gate_cache.setter
+    def gate_cache(self, cache: GateCache | None) -> None:
+        """Attach `cache` (e.g. `GateCache.load(path)`), refused if its gates do not fit this model."""
+        if cache is not None and cache.input_shape is not None and self._structural is not None:
+            like = next(self._structural.parameters(), torch.empty(0))  # the copy's dtype and device
+            cache.check_layout(self.compute_gates(like.new_zeros(1, *cache.input_shape)))
+        object.__setattr__(self, "_gate_cache", cache)
 
     @property
     def gating(self) -> bool:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import copy
 from concurrent.futures import Future
+import functools
 import json
 import os
+import re
 from typing import Any
 
 import timm
@@ -15,18 +17,19 @@ from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntr
 from torch import nn
 from huggingface_hub import ModelCard
 from huggingface_hub.hf_api import CommitInfo
-from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, PreTrainedModel
+from transformers import AutoConfig, AutoModelForImageClassification, PreTrainedModel
 from transformers.modeling_outputs import ImageClassifierOutput
-from transformers.models.timm_wrapper import TimmWrapperImageProcessor
 
 from .backbones import classifier_of, load_backbone, looks_like_path
 from .configuration_fedsq import FedSQConfig, as_torch_dtype
-from .errors import BackboneLoadError, CheckpointError, FedSQError
+from .errors import BackboneLoadError, CheckpointError, FedSQError, UnsupportedArgumentError
 from .gate_cache import GateCache
 from .gating import DualCopy
 from .hub import model_card as make_model_card
 from .hub import upload_model
-from .serialization import atomic_write_json, check_finite, check_state_dict, load_weights, save_weights, tensors_sha256
+from .image_processing_fedsq import FedSQImageProcessor  # noqa: F401  (registers it for AutoImageProcessor)
+from .serialization import (atomic_write_json, check_finite, check_state_dict, load_weights, save_tensors,
+                            shard_files, tensors_sha256, with_variant)
 
 __all__ = ["FedSQModel", "CONFIG_NAME", "WEIGHTS_NAME"]
 
@@ -35,9 +38,12 @@ WEIGHTS_NAME = "model.safetensors"
 STRUCTURAL_NAME = "structural.safetensors"  # only for calibrated models (re-frozen gates), whose structural copy is not the backbone
 # Passed along by AutoModel / pipeline; they do not apply to FedSQ checkpoints.
 _IGNORED_LOAD_KWARGS = {
-    "trust_remote_code", "use_safetensors", "low_cpu_mem_usage", "attn_implementation", "adapter_kwargs",
-    "code_revision", "proxies",
+    "trust_remote_code", "low_cpu_mem_usage", "attn_implementation", "adapter_kwargs", "code_revision", "proxies",
 }
+# transformers' save_pretrained options that change nothing here (no adapters, no weight renaming, no upload).
+_NOOP_SAVE_KWARGS = {"token", "save_peft_format", "save_original_format"}
+_SAFETENSORS_ONLY = ("FedSQ checkpoints are safetensors only: loading one never unpickles, since a pickle file can run "
+                     "code.")
 
 
 def _jsonable(obj: Any) -> Any:
@@ -116,6 +122,12 @@ class FedSQModel(PreTrainedModel):
         return_dict: bool | None = None,
         **kwargs: Any,
     ) -> ImageClassifierOutput | tuple:
+        if not pixel_values.is_floating_point():
+            raise FedSQError(
+                f"pixel_values must be a floating-point tensor of normalised images, got {pixel_values.dtype}. "
+                "Preprocess images with AutoImageProcessor.from_pretrained(<model folder or repo id>)."
+            )
+        pixel_values = pixel_values.to(self.dtype)  # as transformers models do: float32 images on a bfloat16 model
         try:
             logits = self.dual_copy(pixel_values, gate_keys=gate_keys)
         except RuntimeError as err:
@@ -140,13 +152,29 @@ class FedSQModel(PreTrainedModel):
         is_main_process: bool = True,
         state_dict: dict[str, torch.Tensor] | None = None,
         push_to_hub: bool = False,
+        max_shard_size: int | str = "50GB",
+        variant: str | None = None,
+        safe_serialization: bool = True,
         **kwargs: Any,
     ) -> None:
-        """Write `config.json` and `model.safetensors` (quantitative copy + head), each atomically."""
+        """Write `config.json` and the weights (quantitative copy + head) as safetensors, each file atomically.
+
+        Files are named as transformers names them: `model.safetensors`, `model.<variant>.safetensors`, or
+        shards `model-00001-of-0000N.safetensors` and `model.safetensors.index.json` past `max_shard_size`.
+        Files of other variants are left alone; this variant's files of an earlier save are replaced.
+        """
         if os.path.isfile(save_directory):
             raise CheckpointError(f"save_pretrained needs a folder, but {os.fspath(save_directory)!r} is a file.")
         if push_to_hub:
-            raise ValueError("Use model.push_to_hub(repo_id) to upload; save_pretrained only writes locally.")
+            raise UnsupportedArgumentError("Use model.push_to_hub(repo_id) to upload; save_pretrained only writes locally.")
+        if not safe_serialization:
+            raise UnsupportedArgumentError(f"save_pretrained(safe_serialization=False) would write a pickle. {_SAFETENSORS_ONLY} "
+                                           "Drop safe_serialization=False.")
+        unknown = sorted(set(kwargs) - _NOOP_SAVE_KWARGS)
+        if unknown:
+            raise UnsupportedArgumentError(f"FedSQModel.save_pretrained got unknown arguments: {unknown}.")
+        _check_variant(variant)
+        _check_shard_size(max_shard_size)
         if not is_main_process:
             return
         os.makedirs(save_directory, exist_ok=True)
@@ -154,9 +182,10 @@ class FedSQModel(PreTrainedModel):
         config = self.config.to_dict()
         if self.config.fixed_gating and not self.dual_copy.gating:  # gates disabled (a gate warm-up): a plain model
             config.update(fixed_gating=False, calibrated=False, gates_frozen_at_round=None)
-        save_weights(os.path.join(save_directory, WEIGHTS_NAME), state_dict or self.state_dict())
+        state = self.state_dict() if state_dict is None else state_dict
+        save_tensors(save_directory, WEIGHTS_NAME, state, variant, max_shard_size)
         if config["calibrated"] and self.dual_copy.gating:
-            save_weights(os.path.join(save_directory, STRUCTURAL_NAME), self.structural.state_dict())
+            save_tensors(save_directory, STRUCTURAL_NAME, self.structural.state_dict(), variant, max_shard_size)
         atomic_write_json(os.path.join(save_directory, CONFIG_NAME), config)
 
     def push_to_hub(
@@ -173,19 +202,30 @@ class FedSQModel(PreTrainedModel):
         license: str = "apache-2.0",
         extra_files: dict[str, str] | None = None,
         run_as_future: bool = False,
+        max_shard_size: int | str = "50GB",
+        tags: list[str] | None = None,
     ) -> CommitInfo | Future[CommitInfo]:
         """Upload `config.json`, `model.safetensors` and a generated `README.md` card in one commit.
 
         Needs Hub credentials (`hf auth login` or `HF_TOKEN`); `revision` names a branch, created if
         missing. `model_card` replaces the generated card (see `fedsq_hf.hub.model_card`);
         `extra_files` (repo path -> local file) go into the same commit; `run_as_future` uploads in the
-        background (the weights are staged first).
+        background (the weights are staged first). `max_shard_size` shards the weights as `save_pretrained`
+        does; `tags` are added to the card's.
         """
+        _check_shard_size(max_shard_size)
+
+        def make_card(full_id: str) -> ModelCard:
+            card = model_card or make_model_card(self.config, full_id, license=license)
+            if tags:
+                card.data.tags = list(dict.fromkeys([*(card.data.tags or []), *tags]))
+            return card
+
         return upload_model(
-            self.save_pretrained, repo_id, commit_message=commit_message, commit_description=commit_description,
-            private=private, token=token, revision=revision, create_pr=create_pr, extra_files=extra_files,
-            run_as_future=run_as_future,
-            make_card=lambda full_id: model_card or make_model_card(self.config, full_id, license=license),
+            functools.partial(self.save_pretrained, max_shard_size=max_shard_size), repo_id,
+            commit_message=commit_message, commit_description=commit_description, private=private, token=token,
+            revision=revision, create_pr=create_pr, extra_files=extra_files, run_as_future=run_as_future,
+            make_card=make_card,
         )
 
     @classmethod
@@ -201,19 +241,27 @@ class FedSQModel(PreTrainedModel):
         force_download: bool = False,
         subfolder: str = "",
         dtype: torch.dtype | str | None = None,
-        device_map: str | torch.device | None = None,
+        device_map: str | int | torch.device | dict[str, Any] | None = None,
+        variant: str | None = None,
         **kwargs: Any,
     ) -> FedSQModel:
         """Load a FedSQ checkpoint from a local folder or a Hub repo id.
 
-        Extra keyword arguments that name config fields override them, e.g.
-        `backbone="/path/to/local/backbone"` when the original backbone id cannot be reached.
+        As in transformers: `dtype` (default "auto": the checkpoint's own), `variant` (loads
+        `model.<variant>.safetensors`), sharded checkpoints through their index, `device_map` naming one
+        device (or "auto": the accelerator if there is one). Extra keyword arguments that name config
+        fields override them, e.g. `backbone="/path/to/local/backbone"` when the original backbone id
+        cannot be reached.
         """
         if model_args:
             raise TypeError("FedSQModel.from_pretrained takes no extra positional arguments.")
         dtype = kwargs.pop("torch_dtype", dtype)
         if dtype is not None and dtype != "auto":
             dtype = as_torch_dtype(dtype, "from_pretrained(dtype=...)")
+        if kwargs.pop("use_safetensors", None) is False:
+            raise UnsupportedArgumentError(f"from_pretrained(use_safetensors=False): {_SAFETENSORS_ONLY} Drop the argument.")
+        _check_variant(variant)
+        device = _one_device(device_map)
         source = os.fspath(pretrained_model_name_or_path)
         if subfolder and os.path.isdir(source):
             source, subfolder = os.path.join(source, subfolder), ""
@@ -232,22 +280,25 @@ class FedSQModel(PreTrainedModel):
         else:
             for key, value in overrides.items():
                 setattr(config, key, value)
+        state, weights_path = _load_tensors(source, WEIGHTS_NAME, hub, variant)
         model = cls(config)
-        weights_path = _resolve_file(source, WEIGHTS_NAME, hub)
-        state = load_weights(weights_path)
         check_state_dict(state, model.state_dict(), weights_path)
         model.load_state_dict(state, strict=True)
-        check_finite(model.state_dict(), repr(weights_path))  # after the cast to the model's dtypes: no overflow
+        structural_path = None
         if config.calibrated and model.structural is not None:
-            path = _resolve_file(source, STRUCTURAL_NAME, hub)
-            structural = load_weights(path)
-            check_state_dict(structural, model.structural.state_dict(), path)
+            structural, structural_path = _load_tensors(source, STRUCTURAL_NAME, hub, variant)
+            check_state_dict(structural, model.structural.state_dict(), structural_path)
             model.structural.load_state_dict(structural)
-            check_finite(model.structural.state_dict(), repr(path))
-        if dtype is not None and dtype != "auto":
+        if dtype in (None, "auto"):  # as transformers 5 by default: the dtype the weights were saved in
+            dtype = next((t.dtype for t in state.values() if t.is_floating_point()), None)
+        if dtype is not None:
             model.to(dtype)
-        if device_map is not None and device_map != "auto":
-            model.to(device_map)
+        # after the casts to the model's dtypes: no overflow
+        check_finite(model.state_dict(), repr(weights_path))
+        if structural_path is not None:
+            check_finite(model.structural.state_dict(), repr(structural_path))
+        if device is not None:
+            model.to(device)
         model.eval()
         return model
 
@@ -269,10 +320,66 @@ def _check_backbone_weights(config: FedSQConfig, backbone: nn.Module, head: nn.M
         )
 
 
-def _resolve_file(source: str, filename: str, hub: dict[str, Any]) -> str:
+def _check_variant(variant: str | None) -> None:
+    if variant is not None and not (isinstance(variant, str) and re.fullmatch(r"\w[\w.-]*", variant)):
+        raise FedSQError(f"variant must be a name such as 'fp16' (letters, digits, '_', '-', '.'), got {variant!r}.")
+
+
+def _check_shard_size(size: int | str) -> None:
+    if not (isinstance(size, int) and not isinstance(size, bool) and size > 0
+            or isinstance(size, str) and re.fullmatch(r"\d+(\.\d+)?\s*[KMGT]B", size, re.IGNORECASE)):
+        raise FedSQError(f"max_shard_size must be a number of bytes or a size such as '5GB' or '500MB', got {size!r}.")
+
+
+def _load_tensors(source: str, name: str, hub: dict[str, Any], variant: str | None) -> tuple[dict[str, torch.Tensor], str]:
+    """The tensors saved as `name` in `variant` (one file, or the shards its index names) and their path."""
+    index_name = with_variant(f"{name}.index.json", variant)
+    name = with_variant(name, variant)
+    path = _resolve_file(source, name, hub, missing_ok=True)
+    if path is not None:
+        return load_weights(path), path
+    index = _resolve_file(source, index_name, hub, missing_ok=True)
+    if index is None:
+        if variant and os.path.isdir(source):
+            variant_file = re.compile(r"model\.([\w.-]+?)(-\d{5}-of-\d{5})?\.safetensors")
+            found = sorted({m[1] for f in os.listdir(source) if (m := variant_file.fullmatch(f))})
+            raise CheckpointError(f"{source!r} has no {name}: it holds no variant {variant!r} (variants there: "
+                                  f"{found or 'none'}). Save one with save_pretrained(..., variant={variant!r}).")
+        _resolve_file(source, name, hub)  # raises, naming the missing file
+    state: dict[str, torch.Tensor] = {}
+    for shard in shard_files(index):
+        state.update(load_weights(_resolve_file(source, shard, hub)))
+    return state, index
+
+
+def _one_device(device_map: str | int | torch.device | dict[str, Any] | None) -> torch.device | None:
+    """The one device `device_map` names: a FedSQ model is never split across devices (its structural copy,
+    no submodule, could not follow the parts)."""
+    if device_map is None:
+        return None
+    if device_map == "auto":
+        return torch.accelerator.current_accelerator(check_available=True) or torch.device("cpu")
+    try:
+        (device,) = set(device_map.values()) if isinstance(device_map, dict) else {device_map}
+        device = torch.device(device)
+    except (ValueError, RuntimeError, TypeError):
+        device = None
+    if device is None or device.type == "meta":
+        raise UnsupportedArgumentError(
+            f"device_map={device_map!r}: a FedSQ model runs on one device. Pass device_map='auto', a device such as "
+            "'cuda:0', or {'': 'cuda:0'}."
+        )
+    return device
+
+
+def _resolve_file(source: str, filename: str, hub: dict[str, Any], missing_ok: bool = False) -> str | None:
+    """The local path of `filename` in the checkpoint `source` (a folder or a Hub repo id); None if it is
+    missing and `missing_ok`."""
     if os.path.isdir(source):
         path = os.path.join(source, filename)
         if not os.path.isfile(path):
+            if missing_ok:
+                return None
             raise CheckpointError(f"{source!r} has no {filename}: it is not a saved FedSQ model (save_pretrained writes one).")
         return path
     if looks_like_path(source):
@@ -281,6 +388,8 @@ def _resolve_file(source: str, filename: str, hub: dict[str, Any]) -> str:
     try:
         return hf_hub_download(source, filename, **hub)
     except (EntryNotFoundError, LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as err:
+        if missing_ok and isinstance(err, EntryNotFoundError):
+            return None
         raise CheckpointError(
             f"Could not get {filename} of {source!r} from the Hub ({type(err).__name__}: {err}). Check the repo id "
             "and revision, your access (hf auth login or HF_TOKEN), or pass a local folder."
@@ -310,8 +419,3 @@ def _load_config(path: str, overrides: dict[str, Any]) -> FedSQConfig:
 
 AutoConfig.register(FedSQConfig.model_type, FedSQConfig, exist_ok=True)
 AutoModelForImageClassification.register(FedSQConfig, FedSQModel, exist_ok=True)
-# The preprocessing is timm's, kept in config.json as `pretrained_cfg` like timm checkpoints keep it.
-AutoImageProcessor.register(
-    FedSQConfig, image_processor_classes={"pil": TimmWrapperImageProcessor, "torchvision": TimmWrapperImageProcessor},
-    exist_ok=True,
-)

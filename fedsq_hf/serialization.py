@@ -5,17 +5,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from typing import Any
 
 import torch
+from huggingface_hub import split_torch_state_dict_into_shards
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from .errors import CheckpointError
 
 __all__ = ["atomic_write_bytes", "atomic_write_json", "save_weights", "load_weights", "check_state_dict",
-           "check_finite", "is_of_type", "umask"]
+           "check_finite", "is_of_type", "umask", "with_variant", "save_tensors", "shard_files"]
 
 
 def umask() -> int:
@@ -128,3 +130,42 @@ def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
         digest.update(tensor.view(-1).view(torch.uint8).numpy())  # the bytes in place, no copy
     return digest.hexdigest()
+
+
+def with_variant(name: str, variant: str | None) -> str:
+    """`model.safetensors` -> `model.<variant>.safetensors`, as transformers names variants."""
+    stem, ext = name.rsplit(".", 1)
+    return f"{stem}.{variant}.{ext}" if variant else name
+
+
+def save_tensors(folder: str | os.PathLike, name: str, state: dict[str, torch.Tensor], variant: str | None,
+                 max_shard_size: int | str) -> None:
+    """Save `state` as `name` in `variant`: one file, or shards and their index past `max_shard_size`."""
+    index_name = with_variant(f"{name}.index.json", variant)
+    name = with_variant(name, variant)
+    split = split_torch_state_dict_into_shards(
+        state, filename_pattern=name.replace(".safetensors", "{suffix}.safetensors"), max_shard_size=max_shard_size)
+    for file, keys in split.filename_to_tensors.items():
+        save_weights(os.path.join(folder, file), {k: state[k] for k in keys})
+    if split.is_sharded:
+        atomic_write_json(os.path.join(folder, index_name),
+                          {"metadata": split.metadata, "weight_map": split.tensor_to_filename})
+    # This variant's files from an earlier save in the other layout would shadow or outlive the new ones.
+    shard = re.compile(re.escape(name.removesuffix(".safetensors")) + r"-\d{5}-of-\d{5}\.safetensors")
+    for file in os.listdir(folder):
+        if file not in split.filename_to_tensors and (
+                file == name or shard.fullmatch(file) or file == index_name and not split.is_sharded):
+            os.remove(os.path.join(folder, file))
+
+
+def shard_files(index: str) -> list[str]:
+    """The shard files a `*.safetensors.index.json` names: plain file names beside it."""
+    try:
+        with open(index, encoding="utf-8") as f:
+            files = sorted(set(json.load(f)["weight_map"].values()))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError, KeyError, TypeError, AttributeError):
+        files = []
+    if not files or not all(isinstance(f, str) and re.fullmatch(r"[\w.-]+\.safetensors", f) for f in files):
+        raise CheckpointError(f"{index!r} is not a shard index as save_pretrained writes it (a weight_map of tensor "
+                              "names to .safetensors files beside it). Download or save the model again.")
+    return files

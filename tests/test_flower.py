@@ -104,9 +104,12 @@ def test_the_examples_run_config_is_the_offline_example():
 
 def test_node_config_is_checked():
     assert SiteConfig.from_node_config({"partition-id": 1, "num-partitions": 2}).partition_id == 1
-    for bad, match in [({}, "lacks partition-id"), ({"partition-id": "1"}, "partition-id must be an integer"),
+    assert SiteConfig.from_node_config({"partition-id": 1, "dataset": ""}).dataset is None  # "": the run's
+    for bad, match in [({}, "lacks partition-id"),
+                       ({"partition-id": "1"}, "The node config's 'partition-id' must be int, got '1' \\(str\\)"),
+                       ({"partition-id": True}, "'partition-id' must be int, got True"),
                        ({"partition-id": 0, "num-partition": 2}, "unknown keys \\['num-partition'\\]"),
-                       ({"partition-id": 0, "dataset": 3}, "dataset must be a string")]:
+                       ({"partition-id": 0, "dataset": 3}, "'dataset' must be str, got 3 \\(int\\)")]:
         with pytest.raises(FedSQError, match=match):
             SiteConfig.from_node_config(bad)
 

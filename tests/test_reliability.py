@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from fedsq_hf import BackboneLoadError, CheckpointError, FedSQConfig, FedSQError, FedSQModel, GatingError
 from fedsq_hf.federated import FedAvg, FederatedArguments, FederatedTrainer, run_federated
-from fedsq_hf.federated import diverged, dropped_clients, sample_clients
+from fedsq_hf.federated import dropped_clients, sample_clients
 from helpers import ROOT, cli_args, run_example, tiny_args
 
 

@@ -4,15 +4,13 @@ the example's command line, mixed precision, user metrics and process placement.
 import json
 import math
 import os
-import sys
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from fedsq_hf import FedSQError, FedSQModel, model_card
-from fedsq_hf.federated import ClientState, assign_clients, build_trainer, parse_arguments, run_federated
+from fedsq_hf.federated import assign_clients, build_trainer, parse_arguments, run_federated
 from helpers import StopAfter, TORCHRUN, assert_same_run, cli_args, run_example, tiny_args
 
 

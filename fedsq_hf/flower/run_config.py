@@ -17,7 +17,7 @@ from ..errors import FedSQError
 from ..federated.cli.arguments import DataArguments, FederatedArguments, ModelArguments, with_example_defaults
 from ..federated.fields import argument, check_fields, require
 
-__all__ = ["FlowerArguments", "RunArguments", "parse_run_config", "REQUIRED_KEYS"]
+__all__ = ["FlowerArguments", "RunArguments", "parse_run_config", "config_value", "REQUIRED_KEYS"]
 
 REQUIRED_KEYS = ("num-clients", "rounds", "output-dir")
 
@@ -85,7 +85,7 @@ def parse_run_config(run_config: Mapping[str, Any]) -> RunArguments:
                              "`fedsq-federated --help` and of FlowerArguments, without the leading dashes).")
         if name in given[groups[name]]:
             raise FedSQError(f"The run config sets {name.replace('_', '-')!r} twice (with '-' and with '_'); keep one.")
-        given[groups[name]][name] = _value(key, value, hints[name])
+        given[groups[name]][name] = config_value(key, value, hints[name])
     missing = [k for k in REQUIRED_KEYS if k.replace("-", "_") not in {n for g in given.values() for n in g}]
     if missing:
         raise FedSQError(f"The run config lacks {missing}: a deployment must state them (in "
@@ -96,9 +96,9 @@ def parse_run_config(run_config: Mapping[str, Any]) -> RunArguments:
     return run
 
 
-def _value(key: str, value: Any, hint: Any) -> Any:
+def config_value(key: str, value: Any, hint: Any, source: str = "run config") -> Any:
     """`value` as the field of type `hint` takes it (an int for a float, a list from a space-separated string,
-    None from "" where the field may be unset: TOML has no null)."""
+    None from "" where the field may be unset: TOML has no null); `FedSQError` naming `key` of `source`."""
     union = typing.get_origin(hint) in (typing.Union, types.UnionType)
     options = [h for h in typing.get_args(hint) if h is not type(None)] if union else [hint]
     if union and value == "":
@@ -118,4 +118,4 @@ def _value(key: str, value: Any, hint: Any) -> Any:
         if option in (int, str, bool) and type(value) is option:
             return value
     names = " or ".join(getattr(o, "__name__", None) or str(o) for o in options)
-    raise FedSQError(f"The run config's {key!r} must be {names}, got {value!r} ({type(value).__name__}).")
+    raise FedSQError(f"The {source}'s {key!r} must be {names}, got {value!r} ({type(value).__name__}).")

@@ -10,7 +10,6 @@ import logging
 import time
 from typing import Any
 
-import torch
 from flwr.app import Message, MessageType
 from flwr.serverapp import Grid
 
@@ -184,7 +183,7 @@ class FlowerServer(RoundLoop):
                 aggregate.add(client, reply, self.codec, self.global_model)
                 updates[client] = reply
             else:
-                aggregate.failed.append(client)
+                aggregate.fail(client)
                 errors[str(client)] = f"node {node}: {reply}"
         if errors:
             logger.warning("round %d: no update from %s", round_, errors)

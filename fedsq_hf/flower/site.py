@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import time
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -31,7 +32,7 @@ from ..gate_cache import GateCache
 from ..modeling_fedsq import FedSQModel
 from ..serialization import load_weights, save_weights, tensors_sha256
 from .records import SiteTask
-from .run_config import RunArguments
+from .run_config import RunArguments, config_value
 
 __all__ = ["SiteConfig", "Site"]
 
@@ -68,14 +69,9 @@ class SiteConfig:
             raise FedSQError("The node config lacks partition-id: start the SuperNode with "
                              "--node-config \"partition-id=N\" (its client index, and num-partitions=M to train "
                              "partition N of M of a shared dataset).")
-        values = {k.replace("-", "_"): v for k, v in node_config.items()}
-        for key in ("partition_id", "num_partitions"):
-            if key in values and (isinstance(values[key], bool) or not isinstance(values[key], int)):
-                raise FedSQError(f"The node config's {key.replace('_', '-')} must be an integer, got {values[key]!r}.")
-        for key in ("dataset", "backbone", "state_dir"):
-            if key in values and not isinstance(values[key], str):
-                raise FedSQError(f"The node config's {key.replace('_', '-')} must be a string, got {values[key]!r}.")
-        return cls(**values)
+        hints = typing.get_type_hints(cls)
+        return cls(**{k.replace("-", "_"): config_value(k, v, hints[k.replace("-", "_")], "node config")
+                      for k, v in node_config.items()})
 
 
 class Site:
@@ -124,11 +120,7 @@ class Site:
             model.enable_gate_cache(self.run.model.gate_cache_mb << 20)
         if task.structural_sha256:
             model.structural.load_state_dict(self._structural(task))
-        with torch.no_grad():
-            tensors = ModelTensors.of(model)
-            for k, t in {**tensors.local, **tensors.counters}.items():
-                if k in task.initial:
-                    t.copy_(task.initial[k])
+        ModelTensors.of(model).load(task.initial)
         if task.gates == "own":
             model.dual_copy.disable_gates()
         elif model.dual_copy.gate_cache is not None:
@@ -209,13 +201,7 @@ class Site:
     def evaluate(self, task: SiteTask) -> dict[str, float]:
         """The global model (with this client's own BatchNorm under FedBN) on the site's evaluation split."""
         model, local = self.model(task), self.client_state(task.state_round).local_batchnorm
-        own = ModelTensors.of(model)
-        with torch.no_grad():
-            for k, t in own.shared.items():
-                t.copy_(task.params[k])
-            for k, t in own.local.items():
-                if k in local:
-                    t.copy_(local[k])
+        ModelTensors.of(model).load({**local, **task.params})
         samples, args = self.samples(model, "eval"), ClientArguments.from_arguments(self.run.fed)
         metrics = Evaluator(model, samples, 2 * args.batch_size, args.num_workers, make_accelerator(args)).evaluate()
         return {"num-examples": len(samples), **metrics}

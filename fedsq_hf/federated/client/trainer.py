@@ -79,13 +79,7 @@ class ClientTrainer:
         sample) as `config` says (a `FitConfig` as a dict), and return the update `local - global`."""
         fit, state, own = FitConfig.from_dict(config), self.state if state is None else state, self.tensors
         self._check(global_params, state, own)
-        with torch.no_grad():
-            for k, t in own.shared.items():
-                t.copy_(global_params[k])
-            for k, t in own.local.items():
-                t.copy_(state.local_batchnorm.get(k, self._initial_local[k]))
-            for k, t in own.counters.items():
-                t.copy_(self._initial_counters[k])
+        own.load({**self._initial_local, **self._initial_counters, **state.local_batchnorm, **global_params})
         indices = np.arange(len(self.samples)) if indices is None else indices
         result = self.train(indices, fit.seed, fit.lr, fit.proximal_mu)
         metrics = {"train_loss": result.train_loss, "steps": len(result.losses)}

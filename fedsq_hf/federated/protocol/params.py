@@ -45,6 +45,13 @@ class ModelTensors:
                    local={k: t for k, t in state.items() if t.is_floating_point() and k in local},
                    counters={k: t for k, t in state.items() if not t.is_floating_point()})
 
+    def load(self, values: Mapping[str, torch.Tensor]) -> None:
+        """Copy `values` into the model's tensors of the same keys; the others keep theirs."""
+        with torch.no_grad():
+            for k, t in {**self.shared, **self.local, **self.counters}.items():
+                if k in values:
+                    t.copy_(values[k])
+
 
 class ParamLayout:
     """Names and shapes of some tensors, in order, and their packing into one flat fp32 vector."""

@@ -50,10 +50,14 @@ class RoundAggregate:
     def train_loss(self) -> float | None:
         return self.loss_sum / self.num_samples if self.num_samples else None
 
+    def fail(self, client: int) -> None:
+        """Record `client` as failed: its training went wrong, or it did not reply."""
+        self.failed.append(client)
+
     def add(self, client: int, update: ClientUpdate, codec: UpdateCodec, global_model: GlobalModel) -> None:
         """Take in `client`'s update: a diverged one is only recorded as failed."""
         if update.diverged:
-            self.failed.append(client)
+            self.fail(client)
             return
         tensors = codec.decode(update.tensors)
         if self.summed is None:

@@ -44,13 +44,8 @@ class GlobalModel:
 
     def write(self) -> None:
         """The global model into the model (under FedBN, with the clients' mean BatchNorm)."""
-        tensors = self.tensors
-        with torch.no_grad():
-            for k, view in self.params().items():
-                tensors.shared[k].copy_(view)
-            if self.local_states:
-                for k, view in self.local_layout.unflatten(self.local_states.mean()).items():
-                    tensors.local[k].copy_(view)
+        local = self.local_layout.unflatten(self.local_states.mean()) if self.local_states else {}
+        self.tensors.load({**self.params(), **local})
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """What a checkpoint keeps of it."""
