@@ -7,20 +7,19 @@ from concurrent.futures import Future
 import functools
 import json
 import os
-import re
 from typing import Any
 
 import timm
 import torch
-from huggingface_hub import hf_hub_download
-from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
 from torch import nn
 from huggingface_hub import ModelCard
 from huggingface_hub.hf_api import CommitInfo
 from transformers import AutoConfig, AutoModelForImageClassification, PreTrainedModel
 from transformers.modeling_outputs import ImageClassifierOutput
 
-from .backbones import classifier_of, load_backbone, looks_like_path
+from .backbones import classifier_of, load_backbone
+from .checkpoint_files import (CONFIG_NAME, STRUCTURAL_NAME, WEIGHTS_NAME, check_shard_size, check_variant, load_config,
+                               load_tensors, one_device, resolve_file)
 from .configuration_fedsq import FedSQConfig, as_torch_dtype
 from .errors import BackboneLoadError, CheckpointError, FedSQError, UnsupportedArgumentError
 from .gate_cache import GateCache
@@ -28,14 +27,11 @@ from .gating import DualCopy
 from .hub import model_card as make_model_card
 from .hub import upload_model
 from .image_processing_fedsq import FedSQImageProcessor  # noqa: F401  (registers it for AutoImageProcessor)
-from .serialization import (atomic_write_json, check_finite, check_state_dict, load_weights, save_tensors,
-                            shard_files, tensors_sha256, with_variant)
+from .serialization import (atomic_write_json, check_finite, check_state_dict, save_tensors,
+                            tensors_sha256)
 
 __all__ = ["FedSQModel", "CONFIG_NAME", "WEIGHTS_NAME"]
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-STRUCTURAL_NAME = "structural.safetensors"  # only for calibrated models (re-frozen gates), whose structural copy is not the backbone
 # Passed along by AutoModel / pipeline; they do not apply to FedSQ checkpoints.
 _IGNORED_LOAD_KWARGS = {
     "trust_remote_code", "low_cpu_mem_usage", "attn_implementation", "adapter_kwargs", "code_revision", "proxies",
@@ -173,8 +169,8 @@ class FedSQModel(PreTrainedModel):
         unknown = sorted(set(kwargs) - _NOOP_SAVE_KWARGS)
         if unknown:
             raise UnsupportedArgumentError(f"FedSQModel.save_pretrained got unknown arguments: {unknown}.")
-        _check_variant(variant)
-        _check_shard_size(max_shard_size)
+        check_variant(variant)
+        check_shard_size(max_shard_size)
         if not is_main_process:
             return
         os.makedirs(save_directory, exist_ok=True)
@@ -213,7 +209,7 @@ class FedSQModel(PreTrainedModel):
         background (the weights are staged first). `max_shard_size` shards the weights as `save_pretrained`
         does; `tags` are added to the card's.
         """
-        _check_shard_size(max_shard_size)
+        check_shard_size(max_shard_size)
 
         def make_card(full_id: str) -> ModelCard:
             card = model_card or make_model_card(self.config, full_id, license=license)
@@ -260,8 +256,8 @@ class FedSQModel(PreTrainedModel):
             dtype = as_torch_dtype(dtype, "from_pretrained(dtype=...)")
         if kwargs.pop("use_safetensors", None) is False:
             raise UnsupportedArgumentError(f"from_pretrained(use_safetensors=False): {_SAFETENSORS_ONLY} Drop the argument.")
-        _check_variant(variant)
-        device = _one_device(device_map)
+        check_variant(variant)
+        device = one_device(device_map)
         source = os.fspath(pretrained_model_name_or_path)
         if subfolder and os.path.isdir(source):
             source, subfolder = os.path.join(source, subfolder), ""
@@ -276,17 +272,17 @@ class FedSQModel(PreTrainedModel):
         if kwargs:
             raise TypeError(f"FedSQModel.from_pretrained got unknown arguments: {sorted(kwargs)}.")
         if config is None:
-            config = _load_config(_resolve_file(source, CONFIG_NAME, hub), overrides)
+            config = load_config(resolve_file(source, CONFIG_NAME, hub), overrides)
         else:
             for key, value in overrides.items():
                 setattr(config, key, value)
-        state, weights_path = _load_tensors(source, WEIGHTS_NAME, hub, variant)
+        state, weights_path = load_tensors(source, WEIGHTS_NAME, hub, variant)
         model = cls(config)
         check_state_dict(state, model.state_dict(), weights_path)
         model.load_state_dict(state, strict=True)
         structural_path = None
         if config.calibrated and model.structural is not None:
-            structural, structural_path = _load_tensors(source, STRUCTURAL_NAME, hub, variant)
+            structural, structural_path = load_tensors(source, STRUCTURAL_NAME, hub, variant)
             check_state_dict(structural, model.structural.state_dict(), structural_path)
             model.structural.load_state_dict(structural)
         if dtype in (None, "auto"):  # as transformers 5 by default: the dtype the weights were saved in
@@ -318,103 +314,6 @@ def _check_backbone_weights(config: FedSQConfig, backbone: nn.Module, head: nn.M
             f"{digest[:12]}... vs {config.backbone_sha256[:12]}... in its config.json): the structural copy, rebuilt "
             "from it, would give other gates. Point `backbone` at the weights the model was built from."
         )
-
-
-def _check_variant(variant: str | None) -> None:
-    if variant is not None and not (isinstance(variant, str) and re.fullmatch(r"\w[\w.-]*", variant)):
-        raise FedSQError(f"variant must be a name such as 'fp16' (letters, digits, '_', '-', '.'), got {variant!r}.")
-
-
-def _check_shard_size(size: int | str) -> None:
-    if not (isinstance(size, int) and not isinstance(size, bool) and size > 0
-            or isinstance(size, str) and re.fullmatch(r"\d+(\.\d+)?\s*[KMGT]B", size, re.IGNORECASE)):
-        raise FedSQError(f"max_shard_size must be a number of bytes or a size such as '5GB' or '500MB', got {size!r}.")
-
-
-def _load_tensors(source: str, name: str, hub: dict[str, Any], variant: str | None) -> tuple[dict[str, torch.Tensor], str]:
-    """The tensors saved as `name` in `variant` (one file, or the shards its index names) and their path."""
-    index_name = with_variant(f"{name}.index.json", variant)
-    name = with_variant(name, variant)
-    path = _resolve_file(source, name, hub, missing_ok=True)
-    if path is not None:
-        return load_weights(path), path
-    index = _resolve_file(source, index_name, hub, missing_ok=True)
-    if index is None:
-        if variant and os.path.isdir(source):
-            variant_file = re.compile(r"model\.([\w.-]+?)(-\d{5}-of-\d{5})?\.safetensors")
-            found = sorted({m[1] for f in os.listdir(source) if (m := variant_file.fullmatch(f))})
-            raise CheckpointError(f"{source!r} has no {name}: it holds no variant {variant!r} (variants there: "
-                                  f"{found or 'none'}). Save one with save_pretrained(..., variant={variant!r}).")
-        _resolve_file(source, name, hub)  # raises, naming the missing file
-    state: dict[str, torch.Tensor] = {}
-    for shard in shard_files(index):
-        state.update(load_weights(_resolve_file(source, shard, hub)))
-    return state, index
-
-
-def _one_device(device_map: str | int | torch.device | dict[str, Any] | None) -> torch.device | None:
-    """The one device `device_map` names: a FedSQ model is never split across devices (its structural copy,
-    no submodule, could not follow the parts)."""
-    if device_map is None:
-        return None
-    if device_map == "auto":
-        return torch.accelerator.current_accelerator(check_available=True) or torch.device("cpu")
-    try:
-        (device,) = set(device_map.values()) if isinstance(device_map, dict) else {device_map}
-        device = torch.device(device)
-    except (ValueError, RuntimeError, TypeError):
-        device = None
-    if device is None or device.type == "meta":
-        raise UnsupportedArgumentError(
-            f"device_map={device_map!r}: a FedSQ model runs on one device. Pass device_map='auto', a device such as "
-            "'cuda:0', or {'': 'cuda:0'}."
-        )
-    return device
-
-
-def _resolve_file(source: str, filename: str, hub: dict[str, Any], missing_ok: bool = False) -> str | None:
-    """The local path of `filename` in the checkpoint `source` (a folder or a Hub repo id); None if it is
-    missing and `missing_ok`."""
-    if os.path.isdir(source):
-        path = os.path.join(source, filename)
-        if not os.path.isfile(path):
-            if missing_ok:
-                return None
-            raise CheckpointError(f"{source!r} has no {filename}: it is not a saved FedSQ model (save_pretrained writes one).")
-        return path
-    if looks_like_path(source):
-        found = "is a file, not a folder: pass the folder holding it" if os.path.exists(source) else "does not exist"
-        raise CheckpointError(f"Checkpoint folder {source!r} {found}.")
-    try:
-        return hf_hub_download(source, filename, **hub)
-    except (EntryNotFoundError, LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as err:
-        if missing_ok and isinstance(err, EntryNotFoundError):
-            return None
-        raise CheckpointError(
-            f"Could not get {filename} of {source!r} from the Hub ({type(err).__name__}: {err}). Check the repo id "
-            "and revision, your access (hf auth login or HF_TOKEN), or pass a local folder."
-        ) from err
-
-
-def _load_config(path: str, overrides: dict[str, Any]) -> FedSQConfig:
-    try:
-        with open(path, encoding="utf-8") as f:
-            raw = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
-        raise CheckpointError(
-            f"{path!r} is not a readable JSON config ({type(err).__name__}: {err}). It may be corrupted: "
-            "download it again, or write it again with save_pretrained."
-        ) from err
-    if not isinstance(raw, dict) or raw.get("model_type") != FedSQConfig.model_type:
-        found = raw.get("model_type") if isinstance(raw, dict) else type(raw).__name__
-        raise CheckpointError(
-            f"{path!r} is not a FedSQ config (model_type={found!r}, expected 'fedsq'). "
-            "Load other models with their own class."
-        )
-    try:  # overrides go through the same checks as the file's fields
-        return FedSQConfig.from_dict({**raw, **overrides})
-    except (TypeError, ValueError) as err:
-        raise CheckpointError(f"{path!r} is not a valid FedSQ config: {err}") from err
 
 
 AutoConfig.register(FedSQConfig.model_type, FedSQConfig, exist_ok=True)
