@@ -13,10 +13,13 @@ from transformers import AutoImageProcessor, ImageClassificationPipeline
 from transformers.image_transforms import convert_to_rgb
 from transformers.image_utils import make_flat_list_of_images
 from transformers.models.timm_wrapper import TimmWrapperImageProcessor
+from transformers.pipelines import SUPPORTED_TASKS
 
 from .configuration_fedsq import FedSQConfig
 
 __all__ = ["to_rgb", "FedSQImageProcessor", "FedSQImageClassificationPipeline"]
+
+STOCK_PIPELINE = "transformers.pipelines.image_classification.ImageClassificationPipeline"
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -49,17 +52,17 @@ class FedSQImageProcessor(TimmWrapperImageProcessor):
 
 
 class FedSQImageClassificationPipeline(ImageClassificationPipeline):
-    """The image-classification pipeline with training's mode conversion: the stock one converts images
-    with PIL before the image processor sees them, which clips 16-bit grey to white.
-
-    `pipeline("image-classification", model=path, pipeline_class=FedSQImageClassificationPipeline)`.
-    """
+    """The image-classification pipeline with training's mode conversion for FedSQ models: the stock one
+    converts images with PIL before the image processor sees them, which clips 16-bit grey to white. Other
+    models' images go through the stock preprocessing unchanged, so `pipeline("image-classification")`
+    uses this class for every model (set below, where the task still has the stock class)."""
 
     def preprocess(self, image: Any, timeout: float | None = None) -> Any:
-        if isinstance(image, str) and os.path.isfile(image):
-            image = Image.open(image)
-        if isinstance(image, Image.Image):
-            image = to_rgb(ImageOps.exif_transpose(image))
+        if getattr(self.model.config, "model_type", None) == FedSQConfig.model_type:
+            if isinstance(image, str) and os.path.isfile(image):
+                image = Image.open(image)
+            if isinstance(image, Image.Image):
+                image = to_rgb(ImageOps.exif_transpose(image))
         return super().preprocess(image, timeout=timeout)
 
 
@@ -67,3 +70,6 @@ AutoImageProcessor.register(
     FedSQConfig, image_processor_classes={"pil": FedSQImageProcessor, "torchvision": FedSQImageProcessor},
     exist_ok=True,
 )
+_TASK = SUPPORTED_TASKS["image-classification"]
+if _TASK["impl"] in (STOCK_PIPELINE, ImageClassificationPipeline):  # never over another library's override
+    _TASK["impl"] = FedSQImageClassificationPipeline

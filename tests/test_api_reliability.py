@@ -289,7 +289,8 @@ def _grey_images():
 def test_the_image_processor_and_pipeline_see_16_bit_grey_as_training_does(model, saved):
     processor = AutoImageProcessor.from_pretrained(saved)
     train = build_pipelines(model.config.pretrained_cfg)[1]  # the training pipeline's eval transform
-    classify = pipeline("image-classification", model=str(saved), pipeline_class=FedSQImageClassificationPipeline)
+    classify = pipeline("image-classification", model=str(saved))  # the task's own pipeline, as users call it
+    assert type(classify) is FedSQImageClassificationPipeline
     for image in _grey_images():
         expected = train.finish(train.prefix(image)[None])
         pixels = processor(image)["pixel_values"]
@@ -298,6 +299,18 @@ def test_the_image_processor_and_pipeline_see_16_bit_grey_as_training_does(model
         probs = logits(model, expected).softmax(-1)[0]
         scores = {r["label"]: r["score"] for r in classify(image, top_k=3)}
         assert scores == pytest.approx({model.config.id2label[i]: float(p) for i, p in enumerate(probs)}, abs=1e-5)
+
+
+def test_other_models_keep_the_stock_image_classification_preprocessing():
+    """The task's pipeline class is ours for every model, but only FedSQ models' images are converted."""
+    from transformers import ImageClassificationPipeline, ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    vit = ViTForImageClassification(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1,
+                                              num_attention_heads=2, intermediate_size=32, num_labels=3))
+    ours = pipeline("image-classification", model=vit, image_processor=ViTImageProcessor(size={"height": 32, "width": 32}))
+    stock = ImageClassificationPipeline(model=vit, image_processor=ours.image_processor)
+    for image in _grey_images():
+        torch.testing.assert_close(ours.preprocess(image)["pixel_values"], stock.preprocess(image)["pixel_values"])
 
 
 # -- more of the same: device_map, train(), compile, gradient checkpointing, push_to_hub ---------
