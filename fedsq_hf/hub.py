@@ -60,7 +60,7 @@ def _federation(run: dict[str, Any]) -> dict[str, Any]:
         data = (f"{run['num_train_samples']} training / {run.get('num_eval_samples')} evaluation samples at "
                 f"{size}x{size} px, augmentation: {run.get('augment', 'none')}")
     strategy = run.get("strategy_config") or {"name": run.get("strategy")}
-    params = ", ".join(f"{k} = {v}" for k, v in strategy.items() if k != "name")
+    params = ", ".join(f"{k} = {v}" for k, v in strategy.items() if k not in ("name", "dp"))
     if run.get("runtime") == "flower":
         runtime = "Flower deployment (a ClientApp at each site, fedsq-hf's round loop in the ServerApp)"
         if data and run.get("site_samples"):
@@ -87,6 +87,17 @@ def _gate_warmup(warmup: dict[str, Any] | None, frozen: int | None) -> str | Non
     measured = f"; gate step drift {100 * drift:.2f}% on {warmup['probe_samples']} probe samples" if drift is not None else ""
     return (f"rounds 1-{frozen - 1} without fixed gates, then gates frozen from the global model at round {frozen} "
             f"({warmup['rule']}{measured}; {warmup['bytes_structural'] / 1e6:.1f} MB of structural copies sent)")
+
+
+def _privacy(privacy: dict[str, Any] | None, strategy: dict[str, Any]) -> str | None:
+    """The federation table's line on client-level differential privacy."""
+    if not privacy:
+        return None
+    budget = f" (budget {privacy['target_epsilon']:g})" if privacy.get("target_epsilon") else ""
+    return (f"{privacy['mechanism']}: updates clipped to L2 norm {strategy.get('dp', {}).get('clip_norm')}, Gaussian "
+            f"noise multiplier {privacy['noise_multiplier']:.4g}; (epsilon {privacy['epsilon']:.3g}{budget}, delta "
+            f"{privacy['delta']:.3g}) after {privacy['rounds']} rounds at client sampling rate {privacy['sample_rate']:g} "
+            f"({privacy['accountant']})")
 
 
 def _metric(name: str, value: float | None) -> str:
@@ -173,6 +184,7 @@ def model_card(
         calibrated=config.calibrated,
         gates_frozen_at_round=config.gates_frozen_at_round,
         gate_warmup_md=_gate_warmup((summary or {}).get("gate_warmup"), config.gates_frozen_at_round),
+        privacy_md=_privacy((summary or {}).get("privacy"), run.get("strategy_config") or {}),
         input_size="(batch, " + ", ".join(map(str, (config.pretrained_cfg or {}).get("input_size", (3, "H", "W")))) + ")",
         federation=_federation({**run, "dataset": dataset_name}) if run else None,
         results=_results(summary, history or [], plot) if summary else None,

@@ -11,7 +11,8 @@ from ..client import ClientArguments
 from ..data import PARTITIONS, check_partition
 from ..fields import argument, expand_path, flag, require
 from ..protocol import make_codec
-from ..server import LR_SCHEDULERS, FedAdam, FedAvgM, FedProx, FedTrimmedAvg, Strategy, make_strategy
+from ..server import (DP_STRATEGIES, LR_SCHEDULERS, ClientLevelDP, FedAdam, FedAvgM, FedProx, FedTrimmedAvg,
+                      PrivacyAccount, Strategy, dp_noise_multiplier, make_strategy)
 
 __all__ = ["FederatedArguments", "STRATEGY_FLAGS"]
 
@@ -46,6 +47,19 @@ class FederatedArguments(ClientArguments):
         resume="any")
     server_momentum: float | None = argument(
         None, help=f"server momentum (fedavgm; default {FedAvgM.server_momentum})", resume="any")
+    dp_clip_norm: float | None = argument(
+        None, resume="same",
+        help="client-level differential privacy (DP-FedAvg): clip each client's update to this L2 norm, weight the "
+             "clients equally and add Gaussian noise to their sum on the server; needs --dp-noise-multiplier or "
+             "--dp-target-epsilon (README, Privacy)")
+    dp_noise_multiplier: float | None = argument(
+        None, help="the noise's standard deviation as a multiple of --dp-clip-norm (z > 0)", resume="same")
+    dp_target_epsilon: float | None = argument(
+        None, resume="same",
+        help="privacy budget epsilon: alone, picks the smallest --dp-noise-multiplier that keeps --rounds within it "
+             "(Opacus, RDP); with --dp-noise-multiplier, the run stops before a round would exceed it")
+    dp_delta: float | None = argument(
+        None, help="delta of the (epsilon, delta) guarantee (default 1 / num_clients^1.1)", resume="same")
     update_codec: str = argument("identity", resume="same",
                                  help="how client updates travel: identity (fp32), fp16 (half the bytes), or one "
                                       "added with register_codec")
@@ -130,14 +144,46 @@ class FederatedArguments(ClientArguments):
         ])
         if self.hub_model_id is not None:
             _check_repo_id(self.hub_model_id)
+        self._check_privacy()
         self.make_strategy()
         make_codec(self.update_codec)
 
     def make_strategy(self) -> Strategy:
-        """The strategy these arguments ask for; the strategy flags left unset take its own defaults, and one
-        it does not take is refused, naming the flag."""
+        """The strategy these arguments ask for (inside `ClientLevelDP` with `--dp-clip-norm`); the strategy flags
+        left unset take its own defaults, and one it does not take is refused, naming the flag."""
         given = {param: getattr(self, name) for name, param in STRATEGY_FLAGS.items() if getattr(self, name) is not None}
-        return make_strategy(self.strategy, {param: flag(name) for name, param in STRATEGY_FLAGS.items()}, **given)
+        strategy = make_strategy(self.strategy, {param: flag(name) for name, param in STRATEGY_FLAGS.items()}, **given)
+        privacy = self.privacy_account()
+        if privacy is None:
+            return strategy
+        return ClientLevelDP(strategy, self.dp_clip_norm, privacy.noise_multiplier,
+                             self.clients_per_round or self.num_clients, self.seed)
+
+    def privacy_account(self) -> PrivacyAccount | None:
+        """The run's (epsilon, delta) accounting under `--dp-clip-norm` (its noise multiplier picked from
+        `--dp-target-epsilon` where not given); None without DP."""
+        if self.dp_clip_norm is None:
+            return None
+        rate = (self.clients_per_round or self.num_clients) / self.num_clients
+        delta = self.dp_delta if self.dp_delta is not None else self.num_clients ** -1.1
+        z = self.dp_noise_multiplier
+        if z is None:
+            z = dp_noise_multiplier(self.dp_target_epsilon, rate, self.rounds, delta)
+        return PrivacyAccount(z, rate, delta, self.dp_target_epsilon)
+
+    def _check_privacy(self) -> None:
+        z, target, delta = self.dp_noise_multiplier, self.dp_target_epsilon, self.dp_delta
+        require([
+            (self.dp_clip_norm is None or self.dp_clip_norm > 0, f"--dp-clip-norm must be > 0, got {self.dp_clip_norm}"),
+            (z is None or z > 0, f"--dp-noise-multiplier must be > 0 (no noise is no privacy), got {z}"),
+            (target is None or target > 0, f"--dp-target-epsilon must be > 0, got {target}"),
+            (delta is None or 0 < delta < 1, f"--dp-delta must be in (0, 1), got {delta}"),
+            (self.dp_clip_norm is None or z is not None or target is not None,
+             "--dp-clip-norm needs --dp-noise-multiplier or --dp-target-epsilon (how much noise to add)"),
+            (self.dp_clip_norm is None or self.strategy in DP_STRATEGIES,
+             f"--dp-clip-norm needs --strategy {', '.join(DP_STRATEGIES)}: {self.strategy}'s step has no sensitivity "
+             "bound from clipping"),
+        ])
 
 
 def _check_repo_id(repo_id: str) -> None:

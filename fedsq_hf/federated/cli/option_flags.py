@@ -50,6 +50,8 @@ OPTION_FLAGS: tuple[OptionFlag, ...] = (
            lambda m, d, f: (m.backbone or "").startswith("torchvision:")),
     *_rows(("max_warmup_rounds", "gate_probe_samples"), "--freeze-gates-when-drift-below",
            lambda m, d, f: f.freeze_gates_when_drift_below is not None),
+    *_rows(("dp_noise_multiplier", "dp_target_epsilon", "dp_delta"), "--dp-clip-norm",
+           lambda m, d, f: f.dp_clip_norm is not None),
     *_rows(("hub_model_id", "hub_strategy", "hub_revision", "hub_private_repo", "hub_license"), "--push-to-hub",
            lambda m, d, f: f.push_to_hub, warn=True),
 )

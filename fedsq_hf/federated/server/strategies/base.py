@@ -41,6 +41,13 @@ class Strategy:
     name: ClassVar[str]
     needs_client_updates: ClassVar[bool] = False  # the server gathers every client's update
 
+    def begin_round(self, round_: int) -> None:
+        """Called at the start of every round, before any client trains (e.g. to seed the round's noise)."""
+
+    def round_metrics(self) -> dict[str, Scalar]:
+        """What the strategy records of the round just aggregated (added to its `history.jsonl` record)."""
+        return {}
+
     def configure_fit(self, round_: int) -> dict[str, Scalar]:
         """What every client of `round_` gets in its round config besides its seed and learning rate: fields
         of `FitConfig` that a client applies (`proximal_mu`)."""

@@ -1,0 +1,153 @@
+"""Client-level differential privacy (DP-FedAvg): clipping bounds each client, the noise is N(0, (z C)^2)
+and seeded by (seed, round), epsilon is Opacus's RDP accountant's, bad settings are refused, and a DP run
+is recorded, resumes exactly and is the same on 1 and 2 processes."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fedsq_hf import FedSQError, FedSQModel, model_card
+from fedsq_hf.federated import FedAvg, FederatedArguments, FlatUpdate, run_federated
+from fedsq_hf.federated.server import ClientLevelDP, FedAdam, PrivacyAccount, dp_epsilon, dp_noise_multiplier
+from helpers import TORCHRUN, StopAfter, assert_same_run, cli_args, run_example, tiny_args
+
+
+def _updates(*norms, size=1000):
+    torch.manual_seed(0)
+    directions = [torch.randn(size) for _ in norms]
+    return [FlatUpdate(i, d / d.norm() * n, num_samples=10 * (i + 1)) for i, (d, n) in enumerate(zip(directions, norms))]
+
+
+def _dp(inner=None, clip=1.0, z=0.0, m=3, seed=0, round_=1):
+    dp = ClientLevelDP(inner or FedAvg(), clip, z, m, seed)
+    dp.begin_round(round_)
+    return dp
+
+
+def test_clipping_bounds_every_clients_contribution():
+    dp = _dp(clip=1.0, m=3)
+    updates = _updates(0.5, 3.0, 100.0)
+    assert [round(float(dp.clip(u.update).norm()), 6) for u in updates] == [0.5, 1.0, 1.0]
+    assert dp.round_metrics() == {"dp_clipped_clients": 2}
+    honest = _dp(clip=1.0, m=3).aggregate_clients(updates[:2])
+    with_outlier = _dp(clip=1.0, m=3).aggregate_clients(updates)
+    assert float((with_outlier - honest).norm()) <= 1.0 / 3 + 1e-6  # one client moves the mean by at most C / m
+    # equal weights: the 10x and 20x sample counts do not count
+    expected = sum(dp.clip(u.update) for u in updates) / 3
+    torch.testing.assert_close(with_outlier, expected)
+
+
+def test_the_noise_is_gaussian_with_std_z_times_c_and_seeded_by_seed_and_round():
+    zero = [FlatUpdate(0, torch.zeros(1_000_000), 1)]
+    noise = _dp(clip=0.5, z=2.0, m=1).aggregate_clients(zero)
+    assert float(noise.std()) == pytest.approx(1.0, rel=0.01)  # z C = 1; the estimate's own error is ~0.07%
+    assert abs(float(noise.mean())) < 0.005
+    assert torch.equal(noise, _dp(clip=0.5, z=2.0, m=1).aggregate_clients(zero))  # reproducible
+    assert not torch.equal(noise, _dp(clip=0.5, z=2.0, m=1, round_=2).aggregate_clients(zero))
+    assert not torch.equal(noise, _dp(clip=0.5, z=2.0, m=1, seed=1).aggregate_clients(zero))
+
+
+def test_the_inner_strategy_steps_on_the_private_mean():
+    dp, adam = _dp(inner=FedAdam(server_lr=0.1), clip=1.0, m=2), FedAdam(server_lr=0.1)
+    updates = _updates(0.5, 0.8)
+    state, reference = torch.zeros(1000), torch.zeros(1000)
+    dp.server_update(state, dp.aggregate_clients(updates))
+    adam.server_update(reference, (updates[0].update + updates[1].update) / 2)  # no clipping, no noise: FedAdam's step
+    torch.testing.assert_close(state, reference)
+    assert dp.describe()["name"] == "fedadam" and dp.describe()["dp"]["clip_norm"] == 1.0
+
+
+@pytest.mark.parametrize("z, q, rounds, delta", [(1.0, 0.5, 10, 1e-5), (0.8, 0.1, 100, 1e-3), (3.0, 1.0, 5, 0.01)])
+def test_epsilon_is_the_accountants(z, q, rounds, delta):
+    from opacus.accountants import RDPAccountant
+
+    accountant = RDPAccountant()
+    for _ in range(rounds):  # one step per round, as a run takes them
+        accountant.step(noise_multiplier=z, sample_rate=q)
+    assert dp_epsilon(z, q, rounds, delta) == pytest.approx(accountant.get_epsilon(delta), abs=1e-6)
+    assert dp_epsilon(z, q, 0, delta) == 0.0
+
+
+def test_a_target_epsilon_picks_the_smallest_noise_that_meets_it():
+    z = dp_noise_multiplier(3.0, 0.25, 20, 1e-5)
+    assert dp_epsilon(z, 0.25, 20, 1e-5) <= 3.0 < dp_epsilon(z * 0.98, 0.25, 20, 1e-5)
+    account = FederatedArguments(num_clients=20, clients_per_round=5, rounds=20, dp_clip_norm=1.0, dp_delta=1e-5,
+                                 dp_target_epsilon=3.0).privacy_account()
+    assert account == PrivacyAccount(z, 0.25, 1e-5, 3.0) and account.allows(20) and not account.allows(40)
+    default = FederatedArguments(num_clients=10, dp_clip_norm=1.0, dp_noise_multiplier=1.0).privacy_account()
+    assert default.delta == pytest.approx(10 ** -1.1) and default.sample_rate == 1.0
+
+
+@pytest.mark.parametrize("settings, match", [
+    (dict(dp_clip_norm=0.0, dp_noise_multiplier=1.0), r"--dp-clip-norm must be > 0, got 0.0"),
+    (dict(dp_clip_norm=1.0, dp_noise_multiplier=0.0), r"--dp-noise-multiplier must be > 0 \(no noise is no privacy\)"),
+    (dict(dp_clip_norm=1.0, dp_noise_multiplier=-1.0), r"--dp-noise-multiplier must be > 0"),
+    (dict(dp_clip_norm=1.0, dp_noise_multiplier=1.0, dp_delta=1.0), r"--dp-delta must be in \(0, 1\), got 1.0"),
+    (dict(dp_clip_norm=1.0, dp_noise_multiplier=1.0, dp_delta=0.0), r"--dp-delta must be in \(0, 1\)"),
+    (dict(dp_clip_norm=1.0), "--dp-clip-norm needs --dp-noise-multiplier or --dp-target-epsilon"),
+    (dict(dp_clip_norm=1.0, dp_target_epsilon=-2.0), "--dp-target-epsilon must be > 0"),
+    (dict(dp_clip_norm=1.0, dp_target_epsilon=1e-4, rounds=500),
+     r"--dp-target-epsilon 0.0001 over 500 rounds .*Raise the target"),
+    (dict(dp_clip_norm=1.0, dp_noise_multiplier=1.0, strategy="fedmedian"),
+     "--dp-clip-norm needs --strategy fedavg, fedprox, fedavgm, fedadam: fedmedian's step has no sensitivity bound"),
+])
+def test_a_bad_privacy_setting_is_refused_with_the_arguments(settings, match):
+    with pytest.raises(FedSQError, match=match):
+        FederatedArguments(**settings)
+
+
+def test_privacy_flags_without_clipping_are_refused(tmp_path):
+    from fedsq_hf.federated import DataArguments, ModelArguments, check_run
+
+    with pytest.raises(FedSQError, match="--dp-noise-multiplier has no effect without --dp-clip-norm"):
+        check_run(ModelArguments(), DataArguments(), FederatedArguments(dp_noise_multiplier=1.0, output_dir=str(tmp_path)))
+
+
+DP = dict(dp_clip_norm=0.001, dp_noise_multiplier=0.01)  # every update clipped, little noise
+
+
+def test_a_dp_run_records_epsilon_and_resumes_exactly(backbone_dir, digits_dir, tmp_path):
+    backbone = backbone_dir("resnet10t")
+    straight = run_federated(*tiny_args(backbone, digits_dir, tmp_path / "straight", rounds=2, **DP))
+    history = [json.loads(line) for line in (tmp_path / "straight" / "history.jsonl").read_text().splitlines()]
+    account = FederatedArguments(num_clients=4, clients_per_round=2, rounds=2, **DP).privacy_account()
+    assert [h["dp_epsilon"] for h in history] == [account.epsilon(1), account.epsilon(2)]
+    assert all(h["dp_clipped_clients"] == 2 for h in history)  # C = 0.001 clips both clients of each round
+    assert straight["privacy"]["epsilon"] == account.epsilon(2) and straight["privacy"]["noise_multiplier"] == 0.01
+    assert straight["config"]["strategy_config"]["dp"]["clip_norm"] == 0.001
+    card = str(model_card(FedSQModel.from_pretrained(tmp_path / "straight" / "final").config, summary=straight,
+                          history=history))
+    assert (f"| privacy | DP-FedAvg (client level): updates clipped to L2 norm 0.001, Gaussian noise multiplier 0.01; "
+            f"(epsilon {account.epsilon(2):.3g}, delta {4 ** -1.1:.3g}) after 2 rounds at client sampling rate 0.5") in card
+    assert "| strategy | fedavg |" in card
+    run_federated(*tiny_args(backbone, digits_dir, tmp_path / "resumed", rounds=2, **DP), callbacks=[StopAfter(1)])
+    run_federated(*tiny_args(backbone, digits_dir, tmp_path / "resumed", rounds=2, resume=True, **DP))
+    assert_same_run(tmp_path / "straight", tmp_path / "resumed")
+    plain = load_file(tmp_path / "straight" / "final" / "model.safetensors")
+    run_federated(*tiny_args(backbone, digits_dir, tmp_path / "plain", rounds=2))
+    other = load_file(tmp_path / "plain" / "final" / "model.safetensors")
+    assert any(not torch.equal(plain[k], other[k]) for k in plain)  # DP changed the weights
+
+
+def test_the_run_stops_before_a_round_would_exceed_the_budget(backbone_dir, digits_dir, tmp_path):
+    account = PrivacyAccount(0.5, 0.5, 4 ** -1.1)  # 2 of 4 clients a round, the default delta
+    budget = (account.epsilon(2) + account.epsilon(3)) / 2  # two rounds fit, three do not
+    summary = run_federated(*tiny_args(backbone_dir("resnet10t"), digits_dir, tmp_path, rounds=4, dp_clip_norm=0.05,
+                                       dp_noise_multiplier=0.5, dp_target_epsilon=budget))
+    assert summary["rounds"] == 2 and summary["privacy"]["epsilon"] <= budget
+
+
+@pytest.mark.slow
+def test_a_dp_run_is_the_same_on_one_and_two_processes(backbone_dir, digits_dir, tmp_path):
+    backbone, flags = backbone_dir("resnet10t"), {k: str(v) for k, v in DP.items()}
+    one = run_example(cli_args(backbone, digits_dir, tmp_path / "one", rounds=2, **flags))
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = run_example(cli_args(backbone, digits_dir, tmp_path / "two", rounds=2, **flags), launcher=TORCHRUN)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = load_file(tmp_path / "one" / "final" / "model.safetensors"), load_file(tmp_path / "two" / "final" / "model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6, msg=k)
+    h1, h2 = ([json.loads(x) for x in (tmp_path / n / "history.jsonl").read_text().splitlines()] for n in ("one", "two"))
+    assert [h["dp_epsilon"] for h in h1] == [h["dp_epsilon"] for h in h2]
