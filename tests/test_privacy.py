@@ -131,6 +131,29 @@ def test_a_dp_run_records_epsilon_and_resumes_exactly(backbone_dir, digits_dir, 
     assert any(not torch.equal(plain[k], other[k]) for k in plain)  # DP changed the weights
 
 
+def test_noise_goes_only_where_clients_train(backbone_dir, digits_dir, tmp_path):
+    """BatchNorm's running statistics (never changed under --bn-mode frozen) get no noise: large noise on
+    them would make variances negative and the model NaN."""
+    from fedsq_hf import FedSQConfig
+
+    backbone = backbone_dir("resnet10t")
+    run_federated(*tiny_args(backbone, digits_dir, tmp_path, rounds=1, dp_clip_norm=1.0, dp_noise_multiplier=1.0))
+    final = load_file(tmp_path / "final" / "model.safetensors")
+    start = FedSQModel(FedSQConfig(backbone=backbone, num_labels=10)).state_dict()
+    stats = [k for k in final if k.endswith(("running_mean", "running_var"))]
+    assert stats and all(torch.equal(final[k], start[k]) for k in stats)
+    trained = [k for k in final if k.endswith("conv1.weight")]
+    assert all(not torch.equal(final[k], start[k]) for k in trained)
+
+
+def test_dp_with_batchnorm_trained_on_batches_is_refused(tmp_path):
+    from fedsq_hf.federated import DataArguments, ModelArguments, check_run
+
+    with pytest.raises(FedSQError, match="--dp-clip-norm with --bn-mode train: .*use --bn-mode frozen or local"):
+        check_run(ModelArguments(bn_mode="train"), DataArguments(),
+                  FederatedArguments(dp_clip_norm=1.0, dp_noise_multiplier=1.0, output_dir=str(tmp_path)))
+
+
 def test_the_run_stops_before_a_round_would_exceed_the_budget(backbone_dir, digits_dir, tmp_path):
     account = PrivacyAccount(0.5, 0.5, 4 ** -1.1)  # 2 of 4 clients a round, the default delta
     budget = (account.epsilon(2) + account.epsilon(3)) / 2  # two rounds fit, three do not

@@ -32,6 +32,9 @@ def check_run(model: ModelArguments, data: DataArguments, fed: FederatedArgument
          "--min-partition-size must be >= 2"),
         (model.model == "fedsq" or (fed.freeze_gates_at_round == 1 and fed.freeze_gates_when_drift_below is None),
          "--freeze-gates-at-round and --freeze-gates-when-drift-below need --model fedsq (a plain model has no gates)"),
+        (fed.dp_clip_norm is None or model.bn_mode != "train",
+         "--dp-clip-norm with --bn-mode train: BatchNorm's running statistics would be averaged without noise; use "
+         "--bn-mode frozen or local (FedBN: they stay at the client)"),
         (fed.mixed_precision != "fp16" or torch.cuda.is_available(),
          "--mixed-precision fp16 needs a CUDA GPU: without one Accelerate trains in fp32, which the run would record "
          "as fp16; use bf16 or no"),

@@ -80,6 +80,11 @@ class RoundLoop(TrainerCheckpoints):
                            "update_codec": self.codec.name}
         self.partition_summary = partition_summary
         self.global_model = GlobalModel(self.model, num_clients)
+        if isinstance(strategy, ClientLevelDP):
+            if model.config.bn_mode == "train":
+                raise FedSQError("--dp-clip-norm with --bn-mode train: BatchNorm's running statistics would be "
+                                 "averaged without noise; use --bn-mode frozen or local (FedBN: they stay at the client).")
+            strategy.noised_only(self.global_model.trained_mask())
         self.learning_rates = round_learning_rates(args.lr, args.rounds, args.lr_scheduler, args.warmup_rounds)
         self.gate_warmup = None if args.freeze_gates_at_round == 1 and args.freeze_gates_when_drift_below is None else \
             GateWarmup(args.freeze_gates_at_round, args.freeze_gates_when_drift_below, args.max_warmup_rounds,
@@ -211,8 +216,9 @@ class RoundLoop(TrainerCheckpoints):
         start = time.perf_counter()
         metrics = self.evaluator.evaluate()
         if not math.isfinite(metrics["loss"]):  # finite but huge weights (e.g. --server-lr 1e30): not written either
+            dp = ", or raise --dp-target-epsilon / lower --dp-noise-multiplier" if self.privacy is not None else ""
             raise FedSQError(f"Round {record['round']}: the global model's evaluation loss is {metrics['loss']} (its "
-                             "outputs are non-finite); lower --server-lr, --lr, --mu or --weight-decay.")
+                             f"outputs are non-finite); lower --server-lr, --lr, --mu or --weight-decay{dp}.")
         if self.state.metric_for_best_model not in metrics:
             raise FedSQError(f"--metric-for-best-model {self.state.metric_for_best_model!r} is not among the "
                              f"evaluation's metrics {sorted(metrics)}; pick one of them.")

@@ -31,6 +31,12 @@ class GlobalModel:
         """The model's own state tensors, by role (read anew: `model.to(...)` may replace them)."""
         return ModelTensors.of(self.model)
 
+    def trained_mask(self) -> torch.Tensor:
+        """True on the coordinates of `vector` that clients train: parameters, not BatchNorm's running
+        statistics (which `--bn-mode frozen` clients never change)."""
+        trained = {k for k, p in self.model.named_parameters() if p.requires_grad}
+        return torch.cat([torch.full((shape.numel(),), k in trained) for k, shape in self.layout.shapes.items()])
+
     def params(self) -> dict[str, torch.Tensor]:
         """The shared tensors by state-dict key (views into `vector`): what clients start a round from."""
         return self.layout.unflatten(self.vector)

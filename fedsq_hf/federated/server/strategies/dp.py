@@ -33,6 +33,7 @@ class ClientLevelDP(Strategy):
     seed: int = 0
     round: int = field(default=0, init=False)
     clipped: int = field(default=0, init=False)
+    trained: torch.Tensor | None = field(default=None, init=False)  # where clients can move the state (`noised_only`)
 
     name = "dp"
     needs_client_updates = True
@@ -61,10 +62,17 @@ class ClientLevelDP(Strategy):
         self.clipped += 1
         return update * (self.clip_norm / norm)
 
+    def noised_only(self, trained: torch.Tensor) -> None:
+        """Add noise only where `trained` (a bool mask of the flat state): a coordinate no client can move
+        (BatchNorm's running statistics under `--bn-mode frozen`) has a sum of zero whatever the data, so it
+        needs none, and noise there would corrupt it (a negative variance)."""
+        self.trained = trained
+
     def noise(self, like: torch.Tensor) -> torch.Tensor:
         """This round's noise, N(0, (z C)^2) per coordinate, the same on every process and every resume."""
         generator = torch.Generator().manual_seed(client_seed(self.seed, self.round))
-        return torch.randn(like.shape, generator=generator, dtype=torch.float32).mul_(self.noise_multiplier * self.clip_norm)
+        noise = torch.randn(like.shape, generator=generator, dtype=torch.float32).mul_(self.noise_multiplier * self.clip_norm)
+        return noise if self.trained is None else noise.mul_(self.trained.to(noise.device))
 
     def aggregate_clients(self, updates: list[FlatUpdate]) -> torch.Tensor:
         if not self.round:
