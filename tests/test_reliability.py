@@ -258,7 +258,7 @@ BAD_INPUT = [
     ("gate cache with a plain model", FedSQError, "--gate-cache-mb needs --model fedsq"),
     ("output dir inside the dataset", FedSQError, "--output-dir '.*/runs/a' is inside the dataset folder"),
     ("output dir holding a previous run", FedSQError, r"holds a previous run \(history.jsonl, summary.json, "
-     r"checkpoints/latest\); pass --resume to continue it, --overwrite-output-dir to start over"),
+     r"partition.json, partition.png and \d+ more\); pass --resume to continue it, --overwrite-output-dir to start over"),
     ("resume: other best-model metric", CheckpointError, "another run: metric_for_best_model 'accuracy' \\(checkpoint\\) vs 'loss'"),
     ("output dir with a file for a folder", FedSQError,
      "--output-dir '.*odd': 'checkpoints' is not a folder but the run writes one there; move it away"),

@@ -100,18 +100,34 @@ def test_starting_over_clears_the_previous_run_and_nothing_else(backbone_dir, da
     data, run = data_run
     out = shutil.copytree(run, tmp_path / "run")
     (out / "notes.txt").write_text("mine")
-    (out / "mine").mkdir()
+    for folder in ("mine", ".previous-run", "best", "checkpoints/round-manual-backup"):
+        (out / folder).mkdir(exist_ok=True)
+        (out / folder / "notes.txt").write_text("not the run's")
     (out / "mine" / "model.safetensors").write_bytes(b"not the run's")
     before = {name for name in os.listdir(out)}
     assert {"summary.json", "final", "best", "metrics.png", "partition.png", "checkpoints"} <= before
     with pytest.raises(KeyboardInterrupt):  # the new run is cut short in its first round
         run_federated(*tiny_args(backbone_dir("resnet10t"), data, out, rounds=1, lr=0.02, overwrite_output_dir=True),
                       callbacks=[_Interrupt()])
-    assert sorted(os.listdir(out)) == ["mine", "notes.txt", "partition.json", "partition.png"]  # the new run's only
+    # the new run's files only, beside everything that was not the previous run's
+    assert sorted(os.listdir(out)) == [".previous-run", "best", "checkpoints", "mine", "notes.txt", "partition.json",
+                                       "partition.png"]
+    assert os.listdir(out / "best") == ["notes.txt"] and os.listdir(out / "checkpoints") == ["round-manual-backup"]
     assert (out / "mine" / "model.safetensors").read_bytes() == b"not the run's"
     summary = run_federated(*tiny_args(backbone_dir("resnet10t"), data, out, rounds=1, lr=0.02,
                                        overwrite_output_dir=True))
     assert summary["config"]["lr"] == 0.02 and (out / "notes.txt").read_text() == "mine"
+    assert sorted(os.listdir(out / "checkpoints")) == ["latest", "round-00001", "round-manual-backup"]  # not pruned
+
+
+def test_any_output_of_a_run_counts_as_a_previous_run(backbone_dir, data_run, tmp_path):
+    from fedsq_hf import FedSQError
+
+    data, _ = data_run
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.png").write_bytes(b"a plot")  # a run that never wrote its history
+    with pytest.raises(FedSQError, match=r"holds a previous run \(metrics.png\); pass --resume"):
+        run_federated(*tiny_args(backbone_dir("resnet10t"), data, tmp_path / "run", rounds=1))
 
 
 def test_a_full_disk_while_saving_is_one_line_and_the_run_resumes(backbone_dir, data_run, tmp_path, monkeypatch,

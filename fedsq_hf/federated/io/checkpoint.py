@@ -42,7 +42,7 @@ def save_checkpoint(folder: str, state: FederatedState, tensors: dict[str, torch
     os.replace(tmp, final)
     atomic_write_bytes(os.path.join(folder, "latest"), name.encode())
     for old in os.listdir(folder):
-        if old.startswith("round-") and old != name:
+        if re.fullmatch(r"round-\d{5,}", old) and old != name:  # never a user's round-backup
             shutil.rmtree(os.path.join(folder, old), ignore_errors=True)
     return final
 

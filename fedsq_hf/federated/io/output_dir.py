@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+import re
 import shutil
+import tempfile
 
 import torch
 from accelerate import Accelerator
@@ -14,8 +17,11 @@ from ...errors import FedSQError
 
 __all__ = ["OutputDirLock", "claim_output_dir", "clear_previous_run"]
 
-SET_ASIDE = ".previous-run"  # where a run being cleared away goes first, so that an interrupted clear leaves no mix
-PREVIOUS_RUN = ("history.jsonl", "summary.json", os.path.join("checkpoints", "latest"))  # what a run leaves behind
+SET_ASIDE = ".fedsq-previous-run-"  # where a run being cleared away goes first: an interrupted clear leaves no mix
+# what a run writes inside its folders: checkpoints and their pointer; a saved model's files (and its card)
+CHECKPOINT_ENTRY = re.compile(r"round-\d{5,}|\.tmp-round-\d{5,}|latest")
+MODEL_FILE = re.compile(r"config\.json|README\.md|(model|structural)(\.[\w.-]+?)?(-\d{5}-of-\d{5})?\.safetensors"
+                        r"|(model|structural)\.safetensors\.index(\.[\w.-]+)?\.json|\.tmp-.*")
 # what a run writes there, by kind ("fedsq-hf": the --report-to trackers' logs)
 OUTPUT_FOLDERS = ("checkpoints", "best", "final", "fedsq-hf")
 OUTPUT_FILES = ("history.jsonl", "summary.json", "partition.json", "partition.png", "metrics.png", "gate_drift.png")
@@ -72,11 +78,19 @@ def _lock(path: str) -> int:
     return fd
 
 
+def previous_run(path: str) -> list[str]:
+    """What a run writes that `path` already holds (relative paths)."""
+    found = [n for n in OUTPUT_FILES if os.path.lexists(os.path.join(path, n))]
+    return found + [e for n in OUTPUT_FOLDERS if os.path.isdir(os.path.join(path, n)) for e in _own_entries(path, n)]
+
+
 def _refuse_previous_run(path: str) -> None:
-    found = [name for name in PREVIOUS_RUN if os.path.exists(os.path.join(path, name))]
+    found = previous_run(path)
     if found:
-        raise FedSQError(f"--output-dir {path!r} holds a previous run ({', '.join(found)}); pass --resume to continue "
-                         "it, --overwrite-output-dir to start over there, or pick another --output-dir.")
+        listed = ", ".join(found[:4]) + (f" and {len(found) - 4} more" if len(found) > 4 else "")
+        raise FedSQError(f"--output-dir {path!r} holds a previous run ({listed}); pass --resume to continue it, "
+                         "--overwrite-output-dir to start over there (only the run's own files are removed), or pick "
+                         "another --output-dir.")
 
 
 def claim_output_dir(path: str, accelerator: Accelerator, resume: bool = False, overwrite: bool = False) -> OutputDirLock:
@@ -103,15 +117,31 @@ def claim_output_dir(path: str, accelerator: Accelerator, resume: bool = False, 
     return OutputDirLock(fd)
 
 
+def _own_entries(folder: str, name: str) -> list[str]:
+    """What a run writes inside its folder `name`, found in `folder` (relative paths)."""
+    if name == "fedsq-hf":  # the trackers' logs: theirs to name
+        return [name]
+    pattern = CHECKPOINT_ENTRY if name == "checkpoints" else MODEL_FILE
+    inside = os.path.join(folder, name)
+    return [os.path.join(name, entry) for entry in sorted(os.listdir(inside)) if pattern.fullmatch(entry)]
+
+
 def clear_previous_run(path: str) -> list[str]:
-    """Remove what a previous run wrote in `path` (`OUTPUT_FILES`, `OUTPUT_FOLDERS`) and nothing else, so that
-    a run started over there never mixes with it; returns the names removed. Each is first renamed into one
-    hidden folder, removed last (and by the next clear, if this one is interrupted)."""
-    aside = os.path.join(path, SET_ASIDE)
-    names = [n for n in OUTPUT_FOLDERS + OUTPUT_FILES if os.path.lexists(os.path.join(path, n))]
-    if names:
-        os.makedirs(aside, exist_ok=True)
-        for name in names:
-            os.replace(os.path.join(path, name), os.path.join(aside, name))
-    shutil.rmtree(aside, ignore_errors=True)
-    return names
+    """Remove what a previous run wrote in `path` and nothing else: its files (`OUTPUT_FILES`), and inside its
+    folders (`OUTPUT_FOLDERS`) the entries a run writes there (a folder left empty goes too), so that a run
+    started over there never mixes with it; returns what was removed. Each entry is first renamed into a
+    fresh hidden folder, removed last (an interrupted clear leaves a `.fedsq-previous-run-*` folder, which
+    the next clear removes)."""
+    entries = previous_run(path)
+    leftovers = [e for e in os.listdir(path) if e.startswith(SET_ASIDE) and os.path.isdir(os.path.join(path, e))]
+    if entries:
+        aside = tempfile.mkdtemp(prefix=SET_ASIDE, dir=path)
+        for entry in entries:
+            os.replace(os.path.join(path, entry), os.path.join(aside, entry.replace(os.sep, "--")))
+        leftovers.append(os.path.basename(aside))
+    for name in OUTPUT_FOLDERS:
+        with contextlib.suppress(OSError):  # only if empty: a user's file inside keeps it
+            os.rmdir(os.path.join(path, name))
+    for leftover in leftovers:
+        shutil.rmtree(os.path.join(path, leftover), ignore_errors=True)
+    return entries
