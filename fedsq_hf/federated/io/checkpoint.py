@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -14,6 +15,8 @@ from ...serialization import atomic_write_bytes, check_finite, load_weights, sav
 from .state import FederatedState
 
 __all__ = ["save_checkpoint", "load_checkpoint", "checkpoint_name", "START_OVER"]
+
+logger = logging.getLogger(__name__)
 
 # the fix for a damaged checkpoint: a run without --resume would be refused, the folder holding a previous run
 START_OVER = "start over with --overwrite-output-dir (or another --output-dir)"
@@ -47,9 +50,12 @@ def save_checkpoint(folder: str, state: FederatedState, tensors: dict[str, torch
     return final
 
 
-def load_checkpoint(folder: str, run: dict, marks: dict[str, str]) -> tuple[FederatedState, dict[str, torch.Tensor]]:
+def load_checkpoint(folder: str, run: dict, marks: dict[str, str], defaults: dict | None = None,
+                    unverified: tuple[str, ...] = ()) -> tuple[FederatedState, dict[str, torch.Tensor]]:
     """The state and tensors of the newest checkpoint in `folder`, refused if it is of another run: one whose
-    `run` settings differ from this `run`'s on a key of `marks` (key: resume mark, as `fields.RESUME_MARKS`)."""
+    `run` settings differ from this `run`'s on a key of `marks` (key: resume mark, as `fields.RESUME_MARKS`).
+    A checkpoint of an older version may lack a key: one of `defaults` where this run has the default (an
+    option that version did not have), or one of `unverified` (logged as not compared)."""
     pointer = os.path.join(folder, "latest")
     if os.path.lexists(pointer) and not os.path.isfile(pointer):
         raise CheckpointError(f"--resume: {pointer!r} is not a file (a folder or a broken link); the checkpoint folder "
@@ -83,7 +89,13 @@ def load_checkpoint(folder: str, run: dict, marks: dict[str, str]) -> tuple[Fede
     if state.round > run.get("rounds", state.round):
         raise CheckpointError(f"--resume: the checkpoint in {path!r} is at round {state.round}, past --rounds "
                               f"{run['rounds']}; pass --rounds {state.round} or more.")
-    unrecorded = [k for k in marks if k not in state.run]
+    defaults = defaults or {}
+    missing = [k for k in marks if k not in state.run]
+    unrecorded = [k for k in missing if k not in unverified and not (k in defaults and run.get(k) == defaults[k])]
+    if set(missing) & set(unverified):
+        logger.warning("--resume: the checkpoint in %r records no %s (an older version of fedsq-hf wrote it): not "
+                       "compared.", path, ", ".join(k for k in missing if k in unverified))
+    state.run.update({k: run.get(k) for k in missing if k not in unrecorded})
     if unrecorded:
         raise CheckpointError(f"--resume: the checkpoint in {path!r} records no {', '.join(unrecorded)}: an older "
                               f"version of fedsq-hf wrote it. Resume it with that version, or {START_OVER}.")

@@ -15,11 +15,17 @@ class TrainerCheckpoints:
     (`global_state`), FedBN's local states, the server optimizer's buffers (`strategy.*`) and, once the
     gates were re-frozen (calibration or gate warm-up), the structural copy (`structural.*`)."""
 
+    def resume_groups(self) -> tuple[type, ...]:
+        """The argument classes of this runtime's run."""
+        from ..cli.arguments import DataArguments, ModelArguments
+
+        return ModelArguments, DataArguments, type(self.args)
+
     def resume_marks(self) -> dict[str, str]:
         """What a resume must share with the interrupted run (run-config key -> resume mark)."""
-        from ..cli.arguments import DataArguments, ModelArguments, resume_marks
+        from ..cli.arguments import resume_marks
 
-        return resume_marks(ModelArguments, DataArguments, type(self.args))
+        return resume_marks(*self.resume_groups())
 
     def save_checkpoint(self) -> str:
         """`checkpoints/round-N/` of the current state (written by the main process); returns its path."""
@@ -34,7 +40,10 @@ class TrainerCheckpoints:
     def load_checkpoint(self) -> None:
         """Continue from the newest checkpoint in `output_dir`, refused if it is of another run."""
         folder = os.path.join(self.args.output_dir, "checkpoints")
-        state, tensors = load_checkpoint(folder, self.state.run, self.resume_marks())
+        from ..cli.arguments import FINGERPRINT_KEYS, field_defaults
+
+        state, tensors = load_checkpoint(folder, self.state.run, self.resume_marks(), field_defaults(*self.resume_groups()),
+                                         FINGERPRINT_KEYS)
         if not self.global_model.load_state_tensors(tensors):
             raise CheckpointError(f"--resume: the checkpoint in {folder!r} does not match this model (missing tensors "
                                   f"or another size); it was damaged or is of another model: {START_OVER}.")

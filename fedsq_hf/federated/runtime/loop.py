@@ -10,6 +10,7 @@ holds the global state, the server optimizer state and the `FederatedState`.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -77,7 +78,9 @@ class RoundLoop(TrainerCheckpoints):
                              f"metrics {sorted(known)}; pick one of them, or pass a compute_metrics that returns it.")
         self.run_config = {**(run_config or {}), "num_labels": model.config.num_labels, "backbone": model.config.backbone,
                            "backbone_sha256": model.config.backbone_sha256, "strategy_config": strategy.describe(),
-                           "update_codec": self.codec.name}
+                           "update_codec": self.codec.name,  # what these lead to, as a resume compares them:
+                           "pretrained_cfg": json.loads(json.dumps(model.config.pretrained_cfg)),  # the preprocessing
+                           "greater_is_better": greater_is_better(args.metric_for_best_model, args.greater_is_better)}
         self.partition_summary = partition_summary
         self.global_model = GlobalModel(self.model, num_clients)
         if isinstance(strategy, ClientLevelDP):
@@ -91,7 +94,7 @@ class RoundLoop(TrainerCheckpoints):
                        args.gate_probe_samples)
         self.state = FederatedState(
             max_rounds=args.rounds, metric_for_best_model=args.metric_for_best_model,
-            greater_is_better=greater_is_better(args.metric_for_best_model, args.greater_is_better),
+            greater_is_better=self.run_config["greater_is_better"],
             run={k: self.run_config.get(k) for k in self.resume_marks()},
             is_world_process_zero=acc.is_main_process, is_local_process_zero=acc.is_local_main_process)
         self.privacy = args.privacy_account()
