@@ -29,6 +29,14 @@ REFUSED = [
     (["--backbone-weights", "w.pth"], "--backbone-weights has no effect without a torchvision:<name> --backbone"),
     (["--max-warmup-rounds", "5"], "--max-warmup-rounds has no effect without --freeze-gates-when-drift-below"),
     (["--gate-probe-samples", "256"], "--gate-probe-samples has no effect without --freeze-gates-when-drift-below"),
+    (["--allow-ungated", "true", "--model", "plain"], "--allow-ungated has no effect without --model fedsq"),
+    (["--local-steps", "1", "--local-epochs", "0", "--momentum", "0.5"], "--momentum has no effect without .* more "
+     "than one local step"),
+    (["--rounds", "1", "--lr-scheduler", "cosine"], r"--lr-scheduler has no effect without --rounds > 1"),
+    (["--strategy", "fedtrimmedavg", "--trim-beta", "0.1", "--clients-per-round", "2"],
+     r"--trim-beta has no effect without --clients-per-round large enough to trim one \(beta x clients >= 1\)"),
+    (["--push-to-hub", "true", "--hub-model-id", "me/x", "--hub-strategy", "every_save", "--save-every", "5",
+      "--rounds", "3"], r"--hub-strategy has no effect without --save-every < --rounds"),
     (["--partition", "iid", "--alpha", "0.1", "--shards-per-client", "3"],
      "--alpha has no effect without --partition dirichlet; --shards-per-client has no effect without --partition "
      "shards: drop it, or set what it needs"),
@@ -52,6 +60,8 @@ def test_a_flag_the_options_never_read_is_refused(argv, match, tmp_path):
     ["--preload", "auto", "--preload-budget-mb", "64"],
     ["--backbone", "torchvision:resnet18", "--backbone-weights", "w.pth"],
     ["--freeze-gates-when-drift-below", "0.05", "--max-warmup-rounds", "3", "--gate-probe-samples", "64"],
+    ["--strategy", "fedtrimmedavg", "--trim-beta", "0.1", "--num-clients", "20"],  # 10 a round: one cut at each end
+    ["--rounds", "3", "--lr-scheduler", "cosine"],
 ])
 def test_a_flag_its_option_reads_is_accepted(argv, tmp_path):
     _check(argv, tmp_path)

@@ -42,7 +42,12 @@ OPTION_FLAGS: tuple[OptionFlag, ...] = (
     *_rows(("shards_per_client",), "--partition shards", lambda m, d, f: f.partition == "shards"),
     *_rows(("local_epochs",), "--local-steps 0 (--local-steps replaces epochs)",
            lambda m, d, f: f.local_steps == 0 or f.local_epochs == 0),
-    *_rows(("momentum",), "an --optim that takes momentum (sgd, ...)", lambda m, d, f: optimizer_takes_momentum(f.optim)),
+    *_rows(("momentum",), "an --optim that takes momentum (sgd, ...) and more than one local step",
+           lambda m, d, f: optimizer_takes_momentum(f.optim) and f.local_steps != 1),
+    *_rows(("lr_scheduler",), "--rounds > 1 (a schedule across rounds)", lambda m, d, f: f.rounds > 1),
+    *_rows(("trim_beta",), "--clients-per-round large enough to trim one (beta x clients >= 1)",
+           lambda m, d, f: int(f.trim_beta * (f.clients_per_round or f.num_clients)) >= 1),
+    *_rows(("allow_ungated",), "--model fedsq (a plain model gates nothing)", lambda m, d, f: m.model == "fedsq"),
     *_rows(("calibration_epochs",), "--calibration-samples > 0", lambda m, d, f: d.calibration_samples > 0),
     *_rows(("auto_augment", "re_prob", "crop_scale"), "--augment timm", lambda m, d, f: d.augment == "timm"),
     *_rows(("preload_budget_mb",), "--preload auto", lambda m, d, f: d.preload == "auto"),
@@ -54,6 +59,8 @@ OPTION_FLAGS: tuple[OptionFlag, ...] = (
            lambda m, d, f: f.dp_clip_norm is not None),
     *_rows(("hub_model_id", "hub_strategy", "hub_revision", "hub_private_repo", "hub_license"), "--push-to-hub",
            lambda m, d, f: f.push_to_hub, warn=True),
+    *_rows(("hub_strategy",), "--save-every < --rounds (a checkpoint before the last round to push)",
+           lambda m, d, f: f.hub_strategy == "end" or f.save_every < f.rounds or not f.push_to_hub),
 )
 
 
