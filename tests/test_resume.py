@@ -189,3 +189,33 @@ def test_a_resume_with_other_preprocessing_of_the_same_weights_is_refused(tmp_pa
         json.dump(config, f)
     with pytest.raises(CheckpointError, match=r"another run: pretrained_cfg .*'mean': \[0.485"):
         run_federated(*tiny_args(backbone, data, tmp_path / "run", rounds=2, resume=True))
+
+
+def test_a_failed_atomic_write_names_the_file_meant_not_its_temporary(tmp_path, monkeypatch):
+    from fedsq_hf.serialization import atomic_write_bytes
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    target = tmp_path / "summary.json"
+    with pytest.raises(OSError) as caught:
+        atomic_write_bytes(target, b"{}")
+    assert (caught.value.errno, caught.value.filename) == (errno.ENOSPC, str(target))
+    assert os.listdir(tmp_path) == []  # no temporary file left
+
+
+def test_the_converter_on_a_full_disk_is_one_line(tmp_path, monkeypatch, capsys):
+    import timm
+    from safetensors import SafetensorError
+
+    from fedsq_hf import convert
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: IoError(No space left on device (os error 28))")
+
+    monkeypatch.setattr(timm.models, "save_for_hf", full)
+    assert convert.main(["--output-dir", str(tmp_path / "lite0")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {tmp_path / 'lite0'}: cannot write the converted weights (")
+    assert "No space left on device" in err[0] and os.listdir(tmp_path / "lite0") == []
