@@ -219,3 +219,30 @@ def test_the_converter_on_a_full_disk_is_one_line(tmp_path, monkeypatch, capsys)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {tmp_path / 'lite0'}: cannot write the converted weights (")
     assert "No space left on device" in err[0] and os.listdir(tmp_path / "lite0") == []
+
+
+class _KilledAfter(FederatedCallback):
+    """Interrupts the run once round `round_` is recorded (history and best/ written), before its checkpoint."""
+
+    def __init__(self, round_):
+        self.round = round_
+
+    def on_round_end(self, args, state, control, **kwargs):
+        if state.round == self.round:
+            raise KeyboardInterrupt
+
+
+def test_a_resume_drops_what_the_interrupted_run_wrote_after_its_checkpoint(backbone_dir, data_run, tmp_path, caplog):
+    data, _ = data_run
+    out, backbone = tmp_path / "run", backbone_dir("resnet10t")
+    with pytest.raises(KeyboardInterrupt):  # rounds 1-3 recorded, the last checkpoint is round 2's
+        run_federated(*tiny_args(backbone, data, out, rounds=4, save_every=2), callbacks=[_KilledAfter(3)])
+    lines = (out / "history.jsonl").read_text().splitlines()
+    third = json.loads(lines[2])
+    third["eval_accuracy"] = 1.0  # round 3 made best/ (whatever it held, it is of a round the checkpoint lacks)
+    (out / "history.jsonl").write_text("\n".join([*lines[:2], json.dumps(third)]) + "\n")
+    summary = run_federated(*tiny_args(backbone, data, out, rounds=2, resume=True))
+    assert [json.loads(line)["round"] for line in (out / "history.jsonl").read_text().splitlines()] == [1, 2]
+    assert summary["rounds"] == 2 and summary["best_round"] in (1, 2)
+    assert not (out / "best" / "model.safetensors").exists()
+    assert "best/ held the model of round 3, after the checkpoint of round 2: removed" in caplog.text

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import logging
 import os
 
 from ...errors import CheckpointError
-from ..io import START_OVER, checkpoint_name, load_checkpoint, save_checkpoint
+from ...serialization import atomic_write_bytes
+from ..io import MODEL_FILE, START_OVER, checkpoint_name, load_checkpoint, save_checkpoint
 
 __all__ = ["TrainerCheckpoints"]
+
+logger = logging.getLogger(__name__)
 
 
 class TrainerCheckpoints:
@@ -56,6 +62,32 @@ class TrainerCheckpoints:
         current.round, current.history, current.failed_streak = state.round, state.history, state.failed_streak
         for record in current.history:
             current.update_best(record)
+        if current.is_world_process_zero:
+            self._drop_lost_rounds()
+
+    def _drop_lost_rounds(self) -> None:
+        """What the interrupted run wrote of rounds after its last checkpoint, which the resumed run trains
+        again: their lines of `history.jsonl`, and `best/` if one of them made it (not the checkpoint's best)."""
+        out, state = self.args.output_dir, self.state
+        try:
+            with open(os.path.join(out, "history.jsonl"), encoding="utf-8") as f:
+                written = [json.loads(line) for line in f if line.strip()]
+        except (OSError, ValueError):
+            written = []
+        lost = [r for r in written if isinstance(r, dict) and isinstance(r.get("round"), int) and r["round"] > state.round]
+        if not lost:
+            return
+        atomic_write_bytes(os.path.join(out, "history.jsonl"), "".join(json.dumps(h) + "\n" for h in state.history).encode())
+        best = dataclasses.replace(state)  # the best of the checkpoint's rounds, then of the lost ones
+        for record in lost:
+            best.update_best(record)
+        best_dir = os.path.join(out, "best")
+        if best.best_round != state.best_round and os.path.isdir(best_dir):
+            for name in os.listdir(best_dir):
+                if MODEL_FILE.fullmatch(name):
+                    os.remove(os.path.join(best_dir, name))
+            logger.warning("--resume: best/ held the model of round %d, after the checkpoint of round %d: removed; "
+                           "the next best round writes it again.", best.best_round, state.round)
 
     def check_frozen_structural(self) -> None:
         """A run resumed after its gate warm-up froze the gates must have its re-frozen structural copy back."""
