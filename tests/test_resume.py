@@ -246,3 +246,17 @@ def test_a_resume_drops_what_the_interrupted_run_wrote_after_its_checkpoint(back
     assert summary["rounds"] == 2 and summary["best_round"] in (1, 2)
     assert not (out / "best" / "model.safetensors").exists()
     assert "best/ held the model of round 3, after the checkpoint of round 2: removed" in caplog.text
+
+
+def test_a_run_refused_while_loading_leaves_no_output_folder_behind(backbone_dir, tmp_path):
+    from fedsq_hf import FedSQError
+
+    model, data, fed = tiny_args(backbone_dir("resnet10t"), str(tmp_path / "no-such-data"), tmp_path / "new" / "run")
+    with pytest.raises(FedSQError, match="does not exist"):
+        run_federated(model, data, fed)
+    assert not (tmp_path / "new" / "run").exists()
+    (tmp_path / "mine").mkdir()  # a folder the user made stays
+    model, data, fed = tiny_args(backbone_dir("resnet10t"), str(tmp_path / "no-such-data"), tmp_path / "mine")
+    with pytest.raises(FedSQError, match="does not exist"):
+        run_federated(model, data, fed)
+    assert (tmp_path / "mine").is_dir()

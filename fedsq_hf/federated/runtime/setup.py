@@ -4,7 +4,9 @@ model, the samples pipelines, and the whole of it checked and loaded (`prepare_r
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -158,12 +160,17 @@ def choose_preload(data_args: DataArguments, splits: dict[str, StreamedSamples])
 
 
 def build_claimed(fed_args: FederatedArguments, accelerator: Accelerator, build: Callable[[], Loop]) -> Loop:
-    """`build()` with the output folder claimed first (before anything loads), its lock handed to the loop."""
+    """`build()` with the output folder claimed first (before anything loads), its lock handed to the loop; a
+    folder the claim created is removed again if `build()` fails (while still empty)."""
+    created = not os.path.lexists(fed_args.output_dir)
     lock = claim_output_dir(fed_args.output_dir, accelerator, fed_args.resume, fed_args.overwrite_output_dir)
     try:
         loop = build()
     except BaseException:
         lock.release()
+        if created and accelerator.is_main_process:
+            with contextlib.suppress(OSError):
+                os.rmdir(fed_args.output_dir)
         raise
     loop.output_lock = lock
     return loop
