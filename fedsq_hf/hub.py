@@ -3,6 +3,9 @@ uses it; this module never calls the model)."""
 
 from __future__ import annotations
 
+import fnmatch
+import glob
+import logging
 import os
 import shutil
 import tempfile
@@ -12,18 +15,29 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, get_token
+from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.hf_api import CommitInfo
 
 from .backbones import looks_like_path
 from .errors import FedSQError
+from .hub_names import check_branch_name
 
 if TYPE_CHECKING:
     from .configuration_fedsq import FedSQConfig
 
-__all__ = ["model_card", "upload_model", "ensure_repo", "eval_metric_keys", "require_credentials", "CARD_TEMPLATE", "TAGS"]
+__all__ = ["model_card", "upload_model", "ensure_repo", "eval_metric_keys", "require_credentials", "CARD_TEMPLATE", "TAGS",
+           "MODEL_FILE_PATTERNS"]
+
+logger = logging.getLogger(__name__)
 
 CARD_TEMPLATE = files("fedsq_hf.model_cards") / "fedsq_model_card.md"
 TAGS = ["federated-learning", "fedsq", "image-classification"]
+
+# The files `save_pretrained` writes for weights (one file, a variant, or shards and their index), at the repo's root:
+# a push deletes those of an earlier push that it does not write itself (a stale structural.safetensors, old shards)
+MODEL_FILE_PATTERNS = ("*.safetensors", "*.safetensors.index.json")
+
+_visibility_warned: set[tuple[str, bool]] = set()
 
 
 def _hub_id(name: str | None) -> str | None:
@@ -199,11 +213,38 @@ def require_credentials(what: str, token: str | bool | None = None) -> None:
 
 
 def ensure_repo(api: HfApi, repo_id: str, *, private: bool | None = None, revision: str | None = None) -> str:
-    """Create `repo_id` and the `revision` branch where missing; returns the full repo id."""
+    """Create `repo_id` and the `revision` branch where missing; returns the full repo id. An existing
+    repo whose visibility is not `private` is left as it is, with a warning (once per repo)."""
+    if revision is not None:
+        check_branch_name(revision)
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    if private is not None:
+        _warn_visibility(api, repo_id, private)
     if revision and revision != "main":
         api.create_branch(repo_id, branch=revision, exist_ok=True)
     return repo_id
+
+
+def _warn_visibility(api: HfApi, repo_id: str, private: bool) -> None:
+    try:
+        actual = api.repo_info(repo_id).private
+    except HfHubHTTPError:  # created (or reached) a moment ago; the push itself will say what is wrong
+        return
+    if actual is None or actual == private or (repo_id, private) in _visibility_warned:
+        return
+    _visibility_warned.add((repo_id, private))
+    asked, was = ("private", "public") if private else ("public", "private")
+    logger.warning(
+        "The Hub repo %s already exists and is %s, not %s as asked (--hub-private-repo / private=): pushing leaves "
+        "its visibility as it is. Change it in the repo's settings on the Hub or with `hf repos settings %s --%s`.",
+        repo_id, was, asked, repo_id, asked)
+
+
+def _stale_model_files(api: HfApi, repo_id: str, revision: str | None, folder: str) -> list[str]:
+    """The model files (`MODEL_FILE_PATTERNS`, at the repo's root) at `revision` that the staged `folder` lacks."""
+    staged = set(os.listdir(folder))
+    return [path for path in api.list_repo_files(repo_id, revision=revision)
+            if "/" not in path and path not in staged and any(fnmatch.fnmatchcase(path, p) for p in MODEL_FILE_PATTERNS)]
 
 
 def upload_model(
@@ -221,20 +262,29 @@ def upload_model(
     """Upload what `save(folder)` writes, the card `make_card(full repo id)` as `README.md` and
     `extra_files` (repo path -> local file) in one commit, creating the repo (and the `revision`
     branch) if needed. `commit` goes to `HfApi.upload_folder`: `commit_message`, `commit_description`,
-    `create_pr`. With `run_as_future`, the files are staged now and the upload runs in the background.
+    `create_pr`. The weights files (`MODEL_FILE_PATTERNS`, at the repo's root) of an earlier push that
+    `save` does not write are deleted in the same commit. With `run_as_future`, the files are staged now
+    and the upload runs in the background.
     """
     require_credentials("push_to_hub", token)
     api = HfApi(token=token)
     repo_id = ensure_repo(api, repo_id, private=private, revision=revision)
     folder = tempfile.mkdtemp(prefix="fedsq-push-")
+    commit["commit_message"] = commit.get("commit_message") or "Upload FedSQ model"
+
+    def upload() -> CommitInfo:
+        # the weights of an earlier push that this one does not write (a calibrated model's structural copy, old
+        # shards) would stay beside the new config.json; README.md and the repo's other files are kept
+        stale = _stale_model_files(api, repo_id, None if commit.get("create_pr") else revision, folder)
+        return api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision,
+                                 delete_patterns=[glob.escape(path) for path in stale] or None, **commit)
+
     try:
         save(folder)
         make_card(repo_id).save(os.path.join(folder, "README.md"))
         for path_in_repo, local in (extra_files or {}).items():
             shutil.copyfile(local, os.path.join(folder, path_in_repo))
-        commit["commit_message"] = commit.get("commit_message") or "Upload FedSQ model"
-        result = api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision,
-                                   run_as_future=run_as_future, **commit)
+        result = api.run_as_future(upload) if run_as_future else upload()
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise

@@ -7,6 +7,7 @@ loads run in fresh processes, as a second user of the model would.
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -240,3 +241,214 @@ def test_trainer_with_unreachable_repo_fails_before_training(hub, hub_env, backb
     assert "error: --push-to-hub: cannot create or reach the Hub repo 'someone-else/model'" in result.stderr
     assert not (tmp_path / "history.jsonl").exists()
 
+
+
+# -- the Hub fields are checked before anything loads; a failed push says how to push again -------------------------
+
+def test_hub_revision_is_checked_as_a_git_branch_name():
+    from fedsq_hf.errors import FedSQError
+    from fedsq_hf.federated import FederatedArguments
+    from fedsq_hf.hub_names import check_branch_name
+
+    with pytest.raises(FedSQError, match=r"--hub-revision 'bad\.\.rev~\^:' is not a valid git branch name \(it contains "
+                                         r"'\.\.', ':', '\^', '~'\): use letters, digits"):
+        FederatedArguments(hub_revision="bad..rev~^:")
+    for good in ("runs", "exp/alpha-0.1", "refs/pr/1", "v1.0", "main"):
+        assert FederatedArguments(hub_revision=good).hub_revision == good
+    names = ["a b", "a~1", "a^", "a:b", "a?", "a*", "a[b", "a\\b", "a\x01b", "a\x7fb", "-x", "/x", "x/", "x.", "x.lock",
+             "x.lock/y", ".x", "x/.y", "a@{b", "a//b", "a/./b", "x..", "", "a@b", "@x", "{a}", "a.lock.b", "ünï", "a/b_c"]
+    if shutil.which("git"):  # the same verdicts as git's own check
+        for name in names:
+            git = subprocess.run(["git", "check-ref-format", "--branch", name], capture_output=True).returncode == 0
+            try:
+                check_branch_name(name)
+                ours = True
+            except FedSQError:
+                ours = False
+            assert ours == git, (name, git)
+
+
+@pytest.mark.parametrize("license_, expected", [
+    ("my-own-license", "--hub-license 'my-own-license' is not a license id the Hub accepts "
+                       "(https://huggingface.co/docs/hub/repositories-licenses). Use 'other' for a license not on that list"),
+    ("", "--hub-license is empty: give a license id the Hub accepts"),
+    ("Apache2", "Did you mean 'apache-2.0'? Or use 'other'"),
+    ("mit-license", "Did you mean 'mit'?"),
+], ids=["own", "empty", "close", "suffix"])
+def test_hub_license_must_be_one_the_hub_accepts(license_, expected):
+    from fedsq_hf.errors import FedSQError
+    from fedsq_hf.federated import FederatedArguments
+    from fedsq_hf.hub_names import HUB_LICENSES
+
+    with pytest.raises(FedSQError) as err:
+        FederatedArguments(hub_license=license_)
+    assert expected in str(err.value)
+    assert {"apache-2.0", "mit", "cc-by-nc-4.0", "llama3.1", "other"} <= set(HUB_LICENSES)
+    assert FederatedArguments(hub_license="cc-by-nc-sa-4.0").hub_license == "cc-by-nc-sa-4.0"
+
+
+@pytest.mark.parametrize("flag, value, expected", [
+    ("hub_revision", "bad..rev~^:", "error: --hub-revision 'bad..rev~^:' is not a valid git branch name"),
+    ("hub_license", "my-own-license", "error: --hub-license 'my-own-license' is not a license id the Hub accepts"),
+], ids=["revision", "license"])
+def test_bad_hub_field_fails_before_the_repo_or_data(hub, hub_env, backbone_dir, digits_dir, tmp_path, flag, value,
+                                                     expected):
+    repo = f"{USER}/checked-{flag}"
+    args = cli_args(backbone_dir("resnet10t"), digits_dir, tmp_path / "run", rounds=1, push_to_hub=True,
+                    hub_model_id=repo, **{flag: value})
+    result = run_example(args, env=hub_env)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith(expected), result.stderr[-3000:]
+    assert repo not in hub.state.repos and not (tmp_path / "run").exists()
+
+
+def _fake_push_run(tmp_path, monkeypatch, push, **args):
+    """(callback, args, state, model) of a run whose model's push_to_hub is `push` (card and plot stubbed)."""
+    from types import SimpleNamespace
+
+    from fedsq_hf.federated.callbacks import hub_push
+
+    monkeypatch.setattr(hub_push, "plot_metrics", lambda *a, **k: None)
+    monkeypatch.setattr(hub_push, "model_card", lambda *a, **k: None)
+    args = SimpleNamespace(**{"output_dir": str(tmp_path), "hub_model_id": f"{USER}/fed", "hub_strategy": "every_save",
+                              "hub_revision": None, "hub_private_repo": None, "hub_license": "apache-2.0", **args})
+    summary = {"final_metrics": {"eval_accuracy": 0.5}}
+    state = SimpleNamespace(is_world_process_zero=True, history=[], best_round=1, best_key="eval_accuracy",
+                            metric_for_best_model="accuracy", round=1, max_rounds=3, summary=lambda: summary)
+    return hub_push.HubPushCallback(), args, state, SimpleNamespace(config=None, push_to_hub=push), summary
+
+
+def _http_error():
+    import httpx
+    from huggingface_hub.errors import HfHubHTTPError
+
+    return HfHubHTTPError("500 Server Error: Internal Server Error for url: http://hub/api/models/alice/fed/commit/main\n"
+                          "Request ID: abc", response=httpx.Response(500, request=httpx.Request("POST", "http://hub")))
+
+
+@pytest.mark.parametrize("error, cause", [
+    (ValueError('Invalid metadata in README.md.\n- "license" must be a known license id'),
+     'ValueError: Invalid metadata in README.md. - "license" must be a known license id'),
+    (_http_error, "HfHubHTTPError: 500 Server Error: Internal Server Error for url"),
+    (OSError(28, "No space left on device"), "OSError: [Errno 28] No space left on device"),
+    (RuntimeError("x" * 1000), "RuntimeError: xxx"),
+], ids=["card", "http", "disk", "long"])
+def test_failed_final_push_is_one_line_saying_how_to_push_again(tmp_path, monkeypatch, error, cause):
+    from fedsq_hf.errors import FedSQError
+
+    error = error() if callable(error) else error
+
+    def push(*args, **kwargs):
+        raise error
+
+    callback, args, state, model, summary = _fake_push_run(tmp_path, monkeypatch, push, hub_revision="runs")
+    with pytest.raises(FedSQError) as err:
+        callback.on_train_end(args, state, None, model=model, summary=summary)
+    message, final = str(err.value), str(tmp_path / "final")
+    assert "\n" not in message and len(message) < 800 and err.value.__cause__ is error
+    assert message.startswith(f"--push-to-hub: the final push to '{USER}/fed' failed ({cause}")
+    assert f"The run's outputs are saved in {tmp_path} (the model in {final})" in message
+    assert f"`FedSQModel.from_pretrained({final!r}).push_to_hub('{USER}/fed', revision='runs')`" in message
+    assert f"`hf upload {USER}/fed {final} . --revision runs`" in message
+
+
+def test_failed_checkpoint_push_is_a_warning_and_training_goes_on(tmp_path, monkeypatch, caplog):
+    from concurrent.futures import Future
+
+    calls = []
+
+    def push(*args, run_as_future=False, **kwargs):
+        calls.append(run_as_future)
+        if len(calls) == 1:  # staging or reaching the repo fails at once
+            raise OSError(28, "No space left on device")
+        future = Future()
+        if len(calls) == 2:  # the background upload fails
+            future.set_exception(ValueError("Invalid metadata in README.md.\n- bad"))
+        else:
+            future.set_result("ok")
+        return future
+
+    callback, args, state, model, summary = _fake_push_run(tmp_path, monkeypatch, push)
+    control = type("Control", (), {"should_training_stop": False})()
+    with caplog.at_level("WARNING", logger="fedsq_hf"):
+        callback.on_save(args, state, control, model=model, run_config={})
+        state.round = 2
+        callback.on_save(args, state, control, model=model, run_config={})
+        state.round = 3
+        callback.on_train_end(args, state, control, model=model, summary=summary)  # the final push works: no error
+    assert calls == [True, True, False]
+    warnings = [r.getMessage() for r in caplog.records]
+    assert warnings == ["round 1: push to the Hub failed (OSError: [Errno 28] No space left on device); training goes on",
+                        "round 2: push to the Hub failed (ValueError: Invalid metadata in README.md. - bad); training "
+                        "goes on"]
+
+
+@pytest.mark.slow
+def test_trainer_whose_pushes_the_hub_refuses_ends_in_one_line(hub, hub_env, backbone_dir, digits_dir, tmp_path):
+    """cc-by-sa-4.0 is a Hub license the stand-in Hub does not know: its README check refuses every push."""
+    out, repo = tmp_path / "run", f"{USER}/fed-refused"
+    args = cli_args(backbone_dir("resnet10t"), digits_dir, out, rounds=2, push_to_hub=True, hub_model_id=repo,
+                    hub_strategy="every_save", hub_license="cc-by-sa-4.0")
+    result = run_example(args, env=hub_env)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert "round 1: push to the Hub failed (ValueError: Invalid metadata in README.md." in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: --push-to-hub: the final push to '{repo}' failed (ValueError: Invalid metadata in "
+                           "README.md. - \"license\" must be a known license id, got 'cc-by-sa-4.0')")
+    assert f"FedSQModel.from_pretrained({str(out / 'final')!r}).push_to_hub('{repo}')" in last
+    assert (out / "final" / "model.safetensors").is_file() and (out / "summary.json").is_file()
+    assert hub.state.messages[repo] == []  # nothing was committed
+
+
+@pytest.mark.slow
+def test_push_deletes_the_model_files_of_an_earlier_push_only(hub, hub_env, backbone_dir):
+    """A calibrated model pushed in shards, then a plain one: the structural copy and the old shards go, the
+    user's files (a LICENSE, weights in a subfolder) stay."""
+    repo = f"{USER}/fedsq-replaced"
+    pushed = run_python(f"""
+        import torch
+        from huggingface_hub import HfApi
+        from fedsq_hf import FedSQConfig, FedSQModel
+        model = FedSQModel(FedSQConfig(backbone={backbone_dir("resnet10t")!r}, num_labels=3))
+        model.config.calibrated = True
+        model.push_to_hub("{repo}", max_shard_size="2MB")
+        api = HfApi()
+        api.upload_file(path_or_fileobj=b"my license", path_in_repo="LICENSE", repo_id="{repo}")
+        api.upload_file(path_or_fileobj=b"my own weights", path_in_repo="teacher/model.safetensors", repo_id="{repo}")
+        print(sorted(api.list_repo_files("{repo}")))
+        model.config.calibrated = False
+        with torch.no_grad():
+            next(model.parameters()).add_(1.0)
+        model.push_to_hub("{repo}", commit_message="plain")
+        loaded = FedSQModel.from_pretrained("{repo}")
+        assert not loaded.config.calibrated and loaded.state_dict().keys() == model.state_dict().keys()
+        assert all(loaded.state_dict()[k].equal(v) for k, v in model.state_dict().items())
+    """, hub_env)
+    assert pushed.returncode == 0, pushed.stderr[-3000:]
+    first = eval(pushed.stdout.strip().splitlines()[0])
+    assert "structural.safetensors.index.json" in first and "model.safetensors.index.json" in first
+    files = hub.state.repos[repo].resolve("main").files
+    assert sorted(files) == [".gitattributes", "LICENSE", "README.md", "config.json", "model.safetensors",
+                             "teacher/model.safetensors"]
+    assert json.loads(files["config.json"])["calibrated"] is False
+
+
+@pytest.mark.slow
+def test_push_warns_once_when_an_existing_repos_visibility_differs(hub, hub_env, backbone_dir):
+    pushed = run_python(f"""
+        from fedsq_hf import FedSQConfig, FedSQModel
+        model = FedSQModel(FedSQConfig(backbone={backbone_dir("resnet10t")!r}, num_labels=2))
+        model.push_to_hub("{USER}/public-one")
+        print("--- pushes", flush=True)
+        model.push_to_hub("{USER}/public-one", private=True)
+        model.push_to_hub("{USER}/public-one", private=True)
+        model.push_to_hub("{USER}/public-one", private=False)
+        model.push_to_hub("{USER}/private-new", private=True)
+    """, hub_env)
+    assert pushed.returncode == 0, pushed.stderr[-3000:]
+    warning = (f"The Hub repo {USER}/public-one already exists and is public, not private as asked (--hub-private-repo "
+               f"/ private=): pushing leaves its visibility as it is. Change it in the repo's settings on the Hub or "
+               f"with `hf repos settings {USER}/public-one --private`.")
+    assert pushed.stderr.count(warning) == 1 and "already exists" not in pushed.stderr.replace(warning, "")
+    assert not hub.state.repos[f"{USER}/public-one"].private and hub.state.repos[f"{USER}/private-new"].private

@@ -1,10 +1,13 @@
 """The default callback that shares a run on the Hub: the repo is reached before training, the model is
-pushed at each checkpoint (`--hub-strategy every_save`, in the background) and at the end."""
+pushed at each checkpoint (`--hub-strategy every_save`, in the background) and at the end. A checkpoint's
+push that fails is a warning (training goes on); the final push that fails is one `FedSQError` saying
+where the run's outputs are and how to push them again."""
 
 from __future__ import annotations
 
 import logging
 import os
+import shlex
 from concurrent.futures import Future
 
 from huggingface_hub import HfApi
@@ -40,10 +43,24 @@ class HubPushCallback(FederatedCallback):
 
     def on_save(self, args, state, control, model=None, run_config=None, **kwargs):
         if args.hub_strategy == "every_save" and state.round < state.max_rounds and not control.should_training_stop:
-            self._push(args, state, model, {**state.summary(), "config": run_config}, background=True)
+            try:
+                self._push(args, state, model, {**state.summary(), "config": run_config}, background=True)
+            except Exception as err:  # staging it (or reaching the repo) failed: the next push may work
+                logger.warning("round %d: push to the Hub failed (%s); training goes on", state.round, _cause(err))
 
     def on_train_end(self, args, state, control, model=None, summary=None, **kwargs):
-        self._push(args, state, model, summary, background=False)
+        try:
+            self._push(args, state, model, summary, background=False)
+        except Exception as err:
+            final = os.path.join(args.output_dir, "final")
+            branch = f" --revision {shlex.quote(args.hub_revision)}" if args.hub_revision else ""
+            raise FedSQError(
+                f"--push-to-hub: the final push to {args.hub_model_id!r} failed ({_cause(err)}). The run's outputs are "
+                f"saved in {args.output_dir} (the model in {final}); push them again with "
+                f"`FedSQModel.from_pretrained({final!r}).push_to_hub({args.hub_model_id!r}"
+                f"{f', revision={args.hub_revision!r}' if args.hub_revision else ''})` or "
+                f"`hf upload {args.hub_model_id} {shlex.quote(final)} .{branch}`."
+            ) from err
 
     def _push(self, args, state, model, summary: dict, background: bool) -> None:
         if not state.is_world_process_zero:
@@ -65,5 +82,11 @@ class HubPushCallback(FederatedCallback):
         if background:
             round_ = state.round
             result.add_done_callback(lambda f: f.exception() and logger.warning(
-                "round %d: push to the Hub failed (%s); training goes on", round_, f.exception()))
+                "round %d: push to the Hub failed (%s); training goes on", round_, _cause(f.exception())))
             self.pending.append(result)
+
+
+def _cause(err: BaseException, limit: int = 200) -> str:
+    """`err` on one line: its type and the start of its message."""
+    text = " ".join(f"{type(err).__name__}: {err}".split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."

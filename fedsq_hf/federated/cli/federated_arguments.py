@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from ...errors import FedSQError
+from ...hub_names import check_branch_name, check_license, check_repo_id
 from ..client import ClientArguments
 from ..data import PARTITIONS, check_partition
 from ..fields import argument, expand_path, flag, require
@@ -142,8 +142,7 @@ class FederatedArguments(ClientArguments):
             (not (self.resume and self.overwrite_output_dir),
              "--resume continues the run in --output-dir and --overwrite-output-dir starts over there: give one of them"),
         ])
-        if self.hub_model_id is not None:
-            _check_repo_id(self.hub_model_id)
+        _check_hub_fields(self.hub_model_id, self.hub_revision, self.hub_license)
         self._check_privacy()
         self.make_strategy()
         make_codec(self.update_codec)
@@ -186,12 +185,11 @@ class FederatedArguments(ClientArguments):
         ])
 
 
-def _check_repo_id(repo_id: str) -> None:
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError as err:
-        why = str(err).replace(" Use `repo_type` argument if needed.", "")
-        raise FedSQError(f"--hub-model-id {repo_id!r} is not a Hub repo id ({why}); use namespace/name, e.g. "
-                         "my-org/fedsq-cifar10.") from None
+def _check_hub_fields(repo_id: str | None, revision: str | None, license: str) -> None:
+    """The Hub's names checked before anything loads, not found out by the final push."""
+    if repo_id is not None:
+        check_repo_id(repo_id, "--hub-model-id")
+    if revision is not None:
+        check_branch_name(revision, "--hub-revision")
+    check_license(license, "--hub-license")
