@@ -56,7 +56,7 @@ def run_one(args: argparse.Namespace, method: str, split: str, seed: int) -> tup
     calibrate = spec.get("calibrate", False)
     run_args = (
         ModelArguments(backbone=args.backbone, backbone_weights=getattr(args, "backbone_weights", None),
-                       model=spec["model"], calibration_epochs=args.calibration_epochs,
+                       model=spec["model"], **({"calibration_epochs": args.calibration_epochs} if calibrate else {}),
                        gate_cache_mb=args.gate_cache_mb if spec["model"] == "fedsq" and args.augment == "none" else 0),
         DataArguments(dataset=args.dataset, image_column=args.image_column, label_column=args.label_column,
                       max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples,

@@ -11,7 +11,7 @@
 
 import sys
 
-from fedsq_hf.federated.cli.federated import main
+from fedsq_hf_cli import federated
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(federated())
