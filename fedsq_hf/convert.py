@@ -62,6 +62,10 @@ def convert_efficientnet_lite0(output_dir: str | None = None, overwrite: bool = 
     if theirs and not overwrite:
         if _is_conversion(output_dir) and len(theirs) == len(OWN_FILES):
             return output_dir
+        if theirs == ["model.safetensors"]:  # the conversion writes its config last
+            raise BackboneLoadError(f"{output_dir!r} holds a model.safetensors without config.json: a conversion "
+                                    "interrupted before it finished, or another model's weights. Pass --overwrite to "
+                                    "convert again there (nothing else is touched), or pick another --output-dir.")
         raise BackboneLoadError(f"{output_dir!r} already holds {theirs} of another model; pick another --output-dir, "
                                 f"or pass --overwrite to replace {list(OWN_FILES)} there (nothing else is touched).")
     try:

@@ -1,4 +1,5 @@
 import os
+import shutil
 
 import pytest
 import timm
@@ -46,6 +47,13 @@ def test_the_converter_writes_only_its_own_files(tmp_path):
     assert (other / "model.safetensors").read_bytes() == b"another model"
     convert_efficientnet_lite0(str(other), overwrite=True)
     assert sorted(os.listdir(other)) == ["config.json", "model.safetensors"]
+
+    half = tmp_path / "half"  # a conversion cut short: weights written, config (written last) not
+    half.mkdir()
+    (half / "model.safetensors").write_bytes(b"cut short")
+    with pytest.raises(FedSQError, match="holds a model.safetensors without config.json: a conversion interrupted"):
+        convert_efficientnet_lite0(str(half))
+    shutil.rmtree(half)
 
     (tmp_path / "a-file").write_text("x")
     for bad, match in [(tmp_path / "a-file", "is a file, not a folder"),

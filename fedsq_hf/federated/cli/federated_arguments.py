@@ -185,7 +185,6 @@ class FederatedArguments(ClientArguments):
         ])
 
 
-
 def _check_hub_fields(repo_id: str | None, revision: str | None, license: str) -> None:
     """The Hub's names checked before anything loads, not found out by the final push."""
     if repo_id is not None:
