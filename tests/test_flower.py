@@ -124,9 +124,9 @@ def in_process(backbone, dataset, tmp_path, nodes=None, name="flower", **extra):
 @pytest.mark.parametrize("extra", [
     dict(strategy="fedprox", mu=0.1, bn_mode="local", evaluate_sites=True, gate_cache_mb=8),
     pytest.param(dict(calibration_samples=40, rounds=3), marks=pytest.mark.slow),
-    pytest.param(dict(freeze_gates_at_round=2, rounds=3), marks=pytest.mark.slow),
-    pytest.param(dict(strategy="fedavgm", dp_clip_norm=0.001, dp_noise_multiplier=0.01), marks=pytest.mark.slow),
-], ids=["fedprox-fedbn", "calibrated", "warmup", "client-level-dp"])
+    pytest.param(dict(freeze_gates_at_round=2, rounds=3, strategy="fedavgm", dp_clip_norm=0.001,
+                      dp_noise_multiplier=0.01), marks=pytest.mark.slow),
+], ids=["fedprox-fedbn", "calibrated", "warmup-fedavgm-dp"])
 def test_in_process_gives_the_simulators_weights(backbone_dir, digits_dir, tmp_path, extra):
     summary, grid = in_process(backbone_dir(), digits_dir, tmp_path, **extra)
     extra.pop("evaluate_sites", None)
@@ -149,9 +149,6 @@ def test_in_process_gives_the_simulators_weights(backbone_dir, digits_dir, tmp_p
         assert [r["sites"]["0"]["gate_cache_hits"] for r in records][0] == 0
         assert records[1]["sites"]["0"]["gate_cache_hits"] > 0
         assert any(n.startswith("gate-cache-") for n in os.listdir(tmp_path / "site0" / "flower" / "client-0"))
-    elif "dp_clip_norm" in extra:  # the same private mean: clipped, noised by (seed, round), on the Grid too
-        assert [r["dp_epsilon"] for r in records] == [h["dp_epsilon"] for h in history(tmp_path / "sim")]
-        assert summary["privacy"] == reference["privacy"]
     else:  # the re-frozen structural copy goes to each site once: calibrated at the start, or frozen at round 2
         assert_same_weights(tmp_path / "flower" / "final", tmp_path / "sim" / "final", "structural.safetensors")
         size = sum(t.numel() * t.element_size() for t in FedSQModel.from_pretrained(
@@ -159,6 +156,9 @@ def test_in_process_gives_the_simulators_weights(backbone_dir, digits_dir, tmp_p
         warmup = "freeze_gates_at_round" in extra
         assert [r["bytes_structural"] for r in records] == ([0, 2 * size, 0] if warmup else [2 * size, 0, 0])
         assert [r.get("gates") for r in records] == (["own", "fixed", "fixed"] if warmup else [None] * 3)
+    if "dp_clip_norm" in extra:  # the same private mean: clipped, noised by (seed, round), on the Grid too
+        assert [r["dp_epsilon"] for r in records] == [h["dp_epsilon"] for h in history(tmp_path / "sim")]
+        assert summary["privacy"] == reference["privacy"]
 
 
 def test_a_site_of_its_own_data(backbone_dir, digits_dir, tmp_path):
