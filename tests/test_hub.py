@@ -291,14 +291,16 @@ def test_hub_license_must_be_one_the_hub_accepts(license_, expected):
     ("hub_revision", "bad..rev~^:", "error: --hub-revision 'bad..rev~^:' is not a valid git branch name"),
     ("hub_license", "my-own-license", "error: --hub-license 'my-own-license' is not a license id the Hub accepts"),
 ], ids=["revision", "license"])
-def test_bad_hub_field_fails_before_the_repo_or_data(hub, hub_env, backbone_dir, digits_dir, tmp_path, flag, value,
-                                                     expected):
+def test_bad_hub_field_fails_before_the_repo_or_data(hub, backbone_dir, digits_dir, tmp_path, flag, value, expected,
+                                                     capsys):
+    from fedsq_hf.federated.cli import federated as cli  # in process: the refusal comes before the Hub is reached
+
     repo = f"{USER}/checked-{flag}"
     args = cli_args(backbone_dir("resnet10t"), digits_dir, tmp_path / "run", rounds=1, push_to_hub=True,
                     hub_model_id=repo, **{flag: value})
-    result = run_example(args, env=hub_env)
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith(expected), result.stderr[-3000:]
+    assert cli.main(args) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(expected), lines
     assert repo not in hub.state.repos and not (tmp_path / "run").exists()
 
 
