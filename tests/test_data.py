@@ -270,4 +270,4 @@ def test_an_undecodable_image_names_its_row(tmp_path):
     rows[0]["img"] = {"bytes": None, "path": "missing.png"}  # relative to where the parquet was made
     first = Dataset.from_list(rows).cast_column("img", ImageFeature(decode=False)).cast_column("img", ImageFeature())
     with pytest.raises(FedSQError, match="Row 0 of the train split .* cannot be decoded"):
-        StreamedSamples(first, "img", "label", build_pipelines(_cfg())[1], 2, split="train").source_size()
+        StreamedSamples(first, "img", "label", build_pipelines(_cfg())[1], 2, split="train").image_sizes([0])

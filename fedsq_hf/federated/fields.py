@@ -11,7 +11,8 @@ from typing import Any, Literal
 
 from ..errors import FedSQError
 
-__all__ = ["argument", "RESUME_MARKS", "check_fields", "require", "flag", "expand_path", "real_path", "mark_given", "given_fields"]
+__all__ = ["argument", "RESUME_MARKS", "check_fields", "require", "flag", "expand_path", "real_path", "mark_given", "given_fields",
+           "field_default"]
 
 # How a field may differ between an interrupted run and the run that resumes it:
 #   same: it changes the weights (or what "best" means), so a resume must keep it;
@@ -75,10 +76,12 @@ def mark_given(group: Any, names: Any) -> Any:
     return group
 
 
+def field_default(f: dataclasses.Field) -> Any:
+    """The value a dataclass field takes when not given."""
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
 def given_fields(group: Any) -> set[str]:
     """The fields of `group` the user set: those off their default, and those `mark_given` recorded."""
-    def default(f: dataclasses.Field) -> Any:
-        return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-
     marked = getattr(group, "_given", frozenset())
-    return {f.name for f in dataclasses.fields(group) if f.name in marked or getattr(group, f.name) != default(f)}
+    return {f.name for f in dataclasses.fields(group) if f.name in marked or getattr(group, f.name) != field_default(f)}

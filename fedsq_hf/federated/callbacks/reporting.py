@@ -3,13 +3,13 @@ plots and Accelerate trackers. Only the main process writes."""
 
 from __future__ import annotations
 
-import json
 import os
 
 from tqdm.auto import tqdm
 
 from ...plotting import plot_drift, plot_metrics, plot_partition
-from ...serialization import atomic_write_bytes, atomic_write_json
+from ...serialization import atomic_write_json
+from ..io import write_history
 from .base import FederatedCallback
 
 __all__ = ["ProgressCallback", "HistoryCallback", "BestModelCallback", "PlotCallback", "TrackerCallback"]
@@ -36,8 +36,7 @@ class HistoryCallback(FederatedCallback):
 
     def on_round_end(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            lines = "".join(json.dumps(h) + "\n" for h in state.history)
-            atomic_write_bytes(os.path.join(args.output_dir, "history.jsonl"), lines.encode())
+            write_history(args.output_dir, state.history)
 
     def on_train_end(self, args, state, control, summary=None, **kwargs):
         if state.is_world_process_zero:

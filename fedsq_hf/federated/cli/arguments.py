@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import difflib
 import re
 import types
@@ -18,7 +17,7 @@ from transformers import HfArgumentParser
 from ...configuration_fedsq import BN_MODES
 from ...errors import FedSQError
 from ..data import AUGMENTATIONS, MNIST_PACKAGE
-from ..fields import argument, check_fields, expand_path, mark_given, real_path, require
+from ..fields import argument, check_fields, expand_path, field_default, mark_given, real_path, require
 from .federated_arguments import FederatedArguments
 
 __all__ = ["ModelArguments", "DataArguments", "FederatedArguments", "with_example_defaults", "parse_arguments",
@@ -198,8 +197,7 @@ def run_config(model: ModelArguments, data: DataArguments, fed: FederatedArgumen
 def field_defaults(*groups: type) -> dict[str, Any]:
     """Field name -> default of `groups` (default: the three argument classes)."""
     groups = groups or (ModelArguments, DataArguments, FederatedArguments)
-    return {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-            for group in groups for f in fields(group)}
+    return {f.name: field_default(f) for group in groups for f in fields(group)}
 
 
 def resume_marks(*groups: type) -> dict[str, str]:

@@ -39,9 +39,9 @@ class StreamedSamples(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def source_size(self) -> tuple[int, int]:
-        """(W, H) of the first image: what a preload of decoded images estimates from."""
-        return self._images([0])[0].size if len(self) else (0, 0)
+    def image_sizes(self, indices: list[int]) -> list[tuple[int, int]]:
+        """(W, H) of these samples' decoded images: what a preload of decoded images estimates from."""
+        return [image.size for image in self._images(indices)]
 
     def prefixed(self, indices: list[int]) -> list[torch.Tensor]:
         """The deterministic part of the pipeline, for these samples (one Arrow read)."""
@@ -108,8 +108,7 @@ def estimate_preload_bytes(samples: StreamedSamples, sample: int = SIZE_SAMPLE) 
     if pipeline.prefix_size is not None or n == 0:
         return n * pipeline.bytes_per_sample((0, 0))
     rows = np.sort(np.random.default_rng(0).choice(n, min(n, sample), replace=False)).tolist()
-    sizes = [image.size for image in samples._images(rows)]
-    return round(n * float(np.mean([pipeline.bytes_per_sample(size) for size in sizes])))
+    return round(n * float(np.mean([pipeline.bytes_per_sample(size) for size in samples.image_sizes(rows)])))
 
 
 def preload(samples: StreamedSamples, num_workers: int = 0, batch_size: int = 256) -> PreloadedSamples:

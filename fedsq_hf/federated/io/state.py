@@ -9,9 +9,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...serialization import atomic_write_json, is_of_type
+from ...serialization import atomic_write_bytes, atomic_write_json, is_of_type
 
-__all__ = ["FederatedState"]
+__all__ = ["FederatedState", "write_history"]
 
 
 _FIELD_TYPES = {"round": (int,), "max_rounds": (int,), "history": (list,), "best_metric": (int, float, type(None)),
@@ -93,3 +93,8 @@ class FederatedState:
         if wrong:
             raise TypeError(f"wrong type of {', '.join(dict.fromkeys(wrong))}")
         return state
+
+
+def write_history(output_dir: str, history: list[dict[str, Any]]) -> None:
+    """`history.jsonl` of `output_dir`: one JSON record per round, written atomically."""
+    atomic_write_bytes(os.path.join(output_dir, "history.jsonl"), "".join(json.dumps(h) + "\n" for h in history).encode())

@@ -8,8 +8,7 @@ import logging
 import os
 
 from ...errors import CheckpointError
-from ...serialization import atomic_write_bytes
-from ..io import MODEL_FILE, START_OVER, checkpoint_name, load_checkpoint, save_checkpoint
+from ..io import MODEL_FILE, START_OVER, checkpoint_name, load_checkpoint, save_checkpoint, write_history
 
 __all__ = ["TrainerCheckpoints"]
 
@@ -77,7 +76,7 @@ class TrainerCheckpoints:
         lost = [r for r in written if isinstance(r, dict) and isinstance(r.get("round"), int) and r["round"] > state.round]
         if not lost:
             return
-        atomic_write_bytes(os.path.join(out, "history.jsonl"), "".join(json.dumps(h) + "\n" for h in state.history).encode())
+        write_history(out, state.history)
         best = dataclasses.replace(state)  # the best of the checkpoint's rounds, then of the lost ones
         for record in lost:
             best.update_best(record)
