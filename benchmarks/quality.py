@@ -45,12 +45,14 @@ def parse_split(text: str) -> tuple[str, float]:
     return name, float(alpha or 0.5)
 
 
-def run_one(args: argparse.Namespace, method: str, split: str, seed: int) -> tuple[list[float], int | None, bool]:
+def run_one(args: argparse.Namespace, method: str, split: str, seed: int, *, variant: str = "",
+            **federated: object) -> tuple[list[float], int | None, bool]:
     """One run's accuracy per round, the round its gates froze at (None: never re-frozen) and whether it
-    stopped because every client failed (diverged) round after round."""
+    stopped because every client failed (diverged) round after round. `federated`: further
+    `FederatedArguments` fields, the run's `variant` (its folder's name under the method's)."""
     spec = METHODS[method]
     partition, alpha = parse_split(split)
-    out = os.path.join(args.output_dir, "runs", split.replace(":", "-"), method, f"seed{seed}")
+    out = os.path.join(args.output_dir, "runs", split.replace(":", "-"), method, variant, f"seed{seed}")
     drift = dict(freeze_gates_when_drift_below=args.drift_below, gate_probe_samples=args.gate_probe_samples,
                  max_warmup_rounds=min(args.max_warmup_rounds, args.rounds - 1)) if spec.get("drift") else {}
     calibrate = spec.get("calibrate", False)
@@ -66,7 +68,7 @@ def run_one(args: argparse.Namespace, method: str, split: str, seed: int) -> tup
                            partition=partition, alpha=alpha, strategy=spec.get("strategy", "fedavg"), lr=args.lr,
                            batch_size=args.batch_size, seed=seed, save_every=args.rounds, disable_tqdm=True,
                            num_workers=args.num_workers, output_dir=out, overwrite_output_dir=True, **drift,
-                           **({"mu": args.mu} if spec.get("strategy") == "fedprox" else {})),
+                           **({"mu": args.mu} if spec.get("strategy") == "fedprox" else {}), **federated),
     )
     try:
         config = {**run_config(*run_args), "strategy_config": run_args[2].make_strategy().describe()}

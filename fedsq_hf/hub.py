@@ -103,15 +103,21 @@ def _gate_warmup(warmup: dict[str, Any] | None, frozen: int | None) -> str | Non
             f"({warmup['rule']}{measured}; {warmup['bytes_structural'] / 1e6:.1f} MB of structural copies sent)")
 
 
-def _privacy(privacy: dict[str, Any] | None, strategy: dict[str, Any]) -> str | None:
-    """The federation table's line on client-level differential privacy."""
-    if not privacy:
-        return None
-    budget = f" (budget {privacy['target_epsilon']:g})" if privacy.get("target_epsilon") else ""
-    return (f"{privacy['mechanism']}: updates clipped to L2 norm {strategy.get('dp', {}).get('clip_norm')}, Gaussian "
-            f"noise multiplier {privacy['noise_multiplier']:.4g}; (epsilon {privacy['epsilon']:.3g}{budget}, delta "
-            f"{privacy['delta']:.3g}) after {privacy['rounds']} rounds at client sampling rate {privacy['sample_rate']:g} "
-            f"({privacy['accountant']})")
+def _privacy(summary: dict[str, Any], strategy: dict[str, Any]) -> str | None:
+    """The federation table's line on differential privacy: client level, sample level (DP-SGD), or both."""
+    lines = []
+    if privacy := summary.get("privacy"):
+        budget = f" (budget {privacy['target_epsilon']:g})" if privacy.get("target_epsilon") else ""
+        lines.append(f"{privacy['mechanism']}: updates clipped to L2 norm {strategy.get('dp', {}).get('clip_norm')}, "
+                     f"Gaussian noise multiplier {privacy['noise_multiplier']:.4g}; (epsilon {privacy['epsilon']:.3g}"
+                     f"{budget}, delta {privacy['delta']:.3g}) after {privacy['rounds']} rounds at client sampling rate "
+                     f"{privacy['sample_rate']:g} ({privacy['accountant']})")
+    if dp_sgd := summary.get("dp_sgd"):
+        delta = dp_sgd["delta"] if isinstance(dp_sgd["delta"], str) else f"{dp_sgd['delta']:.3g}"
+        lines.append(f"{dp_sgd['mechanism']}: per-sample gradients clipped, Gaussian noise multiplier "
+                     f"{dp_sgd['noise_multiplier']:.4g}, batch {dp_sgd['batch_size']}; the most exposed client's "
+                     f"(epsilon {dp_sgd['epsilon']:.3g}, delta {delta}) ({dp_sgd['accountant']})")
+    return "; ".join(lines) or None
 
 
 def _metric(name: str, value: float | None) -> str:
@@ -198,7 +204,7 @@ def model_card(
         calibrated=config.calibrated,
         gates_frozen_at_round=config.gates_frozen_at_round,
         gate_warmup_md=_gate_warmup((summary or {}).get("gate_warmup"), config.gates_frozen_at_round),
-        privacy_md=_privacy((summary or {}).get("privacy"), run.get("strategy_config") or {}),
+        privacy_md=_privacy(summary or {}, run.get("strategy_config") or {}),
         input_size="(batch, " + ", ".join(map(str, (config.pretrained_cfg or {}).get("input_size", (3, "H", "W")))) + ")",
         federation=_federation({**run, "dataset": dataset_name}) if run else None,
         results=_results(summary, history or [], plot) if summary else None,

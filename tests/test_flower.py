@@ -124,8 +124,10 @@ def in_process(backbone, dataset, tmp_path, nodes=None, name="flower", **extra):
 @pytest.mark.parametrize("extra", [
     dict(strategy="fedprox", mu=0.1, bn_mode="local", evaluate_sites=True, gate_cache_mb=8),
     pytest.param(dict(calibration_samples=40, rounds=3), marks=pytest.mark.slow),
-    pytest.param(dict(freeze_gates_at_round=2, rounds=3, strategy="fedavgm", dp_clip_norm=0.001,
-                      dp_noise_multiplier=0.01), marks=pytest.mark.slow),
+    pytest.param(dict(freeze_gates_at_round=2, rounds=3, strategy="fedavgm", dp_clip_norm=0.001, dp_noise_multiplier=0.01,
+                      dp_clip_quantile=0.5, dp_clipping="client", dp_noise_source="seeded", dp_sgd_noise_multiplier=1.0,
+                      local_steps=2),
+                 marks=pytest.mark.slow),
 ], ids=["fedprox-fedbn", "calibrated", "warmup-fedavgm-dp"])
 def test_in_process_gives_the_simulators_weights(backbone_dir, digits_dir, tmp_path, extra):
     summary, grid = in_process(backbone_dir(), digits_dir, tmp_path, **extra)
@@ -156,16 +158,19 @@ def test_in_process_gives_the_simulators_weights(backbone_dir, digits_dir, tmp_p
         warmup = "freeze_gates_at_round" in extra
         assert [r["bytes_structural"] for r in records] == ([0, 2 * size, 0] if warmup else [2 * size, 0, 0])
         assert [r.get("gates") for r in records] == (["own", "fixed", "fixed"] if warmup else [None] * 3)
-    if "dp_clip_norm" in extra:  # the same private mean: clipped, noised by (seed, round), on the Grid too
-        assert [r["dp_epsilon"] for r in records] == [h["dp_epsilon"] for h in history(tmp_path / "sim")]
-        assert summary["privacy"] == reference["privacy"]
+    if "dp_clip_norm" in extra:  # the same private mean: clipped at the sites, noised by (seed, round), on the Grid too
+        keys = ("dp_epsilon", "dp_clip_norm", "dp_clipped_clients", "dp_sgd_epsilon")
+        assert [[r[k] for k in keys] for r in records] == [[h[k] for k in keys] for h in history(tmp_path / "sim")]
+        assert summary["privacy"] == reference["privacy"] and summary["dp_sgd"] == reference["dp_sgd"]
 
 
 def test_a_site_of_its_own_data(backbone_dir, digits_dir, tmp_path):
     """Without num-partitions a site trains on the whole of its own dataset's train split."""
     nodes = {100 + i: {"partition-id": i, "dataset": digits_dir, "state-dir": str(tmp_path / f"s{i}")} for i in range(2)}
-    summary, grid = in_process(backbone_dir(), digits_dir, tmp_path, nodes, rounds=1)
+    summary, grid = in_process(backbone_dir(), digits_dir, tmp_path, nodes, rounds=1, dp_clip_norm=1.0,
+                               dp_noise_multiplier=0.1)
     assert summary["rounds"] == 1 and not history(tmp_path / "flower")[0]["failed_clients"]
+    assert summary["config"]["strategy_config"]["dp"]["noise_source"] == "os"  # a deployment's default: fresh noise
     run = parse_run_config(run_config(backbone_dir(), digits_dir, tmp_path / "x"))
     assert len(Site(run, SiteConfig(0, dataset=digits_dir)).indices) == 240  # max-train-samples, all its own
 

@@ -97,11 +97,13 @@ def test_every_strategy_warms_up_then_freezes(strategy, backbone_dir, digits_dir
 
 @pytest.mark.slow
 def test_warm_up_after_calibration_gives_the_same_weights_on_1_and_2_processes(backbone_dir, digits_dir, tmp_path):
-    """... with client-level DP on too: its noise is seeded by (seed, round), the same on every process."""
+    """... with client-level DP (adaptive, clipped at the clients) and DP-SGD on too: their noise is seeded by
+    (seed, round), the same on every process."""
     backbone = backbone_dir("resnet10t")
     torchrun = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29551")
     extra = dict(rounds=3, freeze_gates_when_drift_below=0.999, max_warmup_rounds=2, calibration_samples=40,
-                 gate_probe_samples=32, dp_clip_norm=0.001, dp_noise_multiplier=0.01)
+                 gate_probe_samples=32, dp_clip_norm=0.001, dp_noise_multiplier=0.01, dp_clip_quantile=0.5,
+                 dp_clipping="client", dp_sgd_noise_multiplier=1.0, local_steps=2)
     for name, launcher in (("one", (sys.executable,)), ("two", torchrun)):
         result = run_example(cli_args(backbone, digits_dir, tmp_path / name, **extra), launcher=launcher)
         assert result.returncode == 0, result.stderr[-3000:]
@@ -110,8 +112,8 @@ def test_warm_up_after_calibration_gives_the_same_weights_on_1_and_2_processes(b
         for k in a:
             torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6, msg=k)
     one, two = history(tmp_path / "one"), history(tmp_path / "two")
-    assert [(h["clients"], h["gates"], h["dp_epsilon"]) for h in one] == \
-        [(h["clients"], h["gates"], h["dp_epsilon"]) for h in two]
+    keys = ("clients", "gates", "dp_epsilon", "dp_clip_norm", "dp_clipped_clients", "dp_sgd_epsilon")
+    assert [[h[k] for k in keys] for h in one] == [[h[k] for k in keys] for h in two]
     config = json.loads((tmp_path / "two" / "final" / "config.json").read_text())
     assert config["calibrated"] and config["gates_frozen_at_round"] == 3  # round 1 never decides; the bound is 2
 

@@ -4,6 +4,7 @@ is recorded and resumes exactly. (1 vs 2 processes: tests/test_gate_warmup.py, w
 warm-up; the Flower runtime: tests/test_flower.py.)"""
 
 import json
+import statistics
 
 import pytest
 import torch
@@ -30,14 +31,78 @@ def _dp(inner=None, clip=1.0, z=0.0, m=3, seed=0, round_=1):
 def test_clipping_bounds_every_clients_contribution():
     dp = _dp(clip=1.0, m=3)
     updates = _updates(0.5, 3.0, 100.0)
-    assert [round(float(dp.clip(u.update).norm()), 6) for u in updates] == [0.5, 1.0, 1.0]
-    assert dp.round_metrics() == {"dp_clipped_clients": 2}
+    assert [(round(float(dp.clip(u)[0].norm()), 6), dp.clip(u)[1]) for u in updates] == \
+        [(0.5, True), (1.0, False), (1.0, False)]
     honest = _dp(clip=1.0, m=3).aggregate_clients(updates[:2])
-    with_outlier = _dp(clip=1.0, m=3).aggregate_clients(updates)
+    dp = _dp(clip=1.0, m=3)
+    with_outlier = dp.aggregate_clients(updates)
+    assert dp.round_metrics() == {"dp_clipped_clients": 2}
     assert float((with_outlier - honest).norm()) <= 1.0 / 3 + 1e-6  # one client moves the mean by at most C / m
     # equal weights: the 10x and 20x sample counts do not count
-    expected = sum(dp.clip(u.update) for u in updates) / 3
+    expected = sum(dp.clip(u)[0] for u in updates) / 3
     torch.testing.assert_close(with_outlier, expected)
+
+
+def test_client_side_clipping_bounds_the_update_and_the_server_enforces_it():
+    from fedsq_hf.federated.client.privacy import clip_update
+
+    update = {"a": torch.full((30,), 0.5), "b": torch.full((2, 3), -2.0)}  # norm sqrt(7.5 + 24)
+    clipped, within = clip_update(update, 1.0)
+    norm = float(torch.cat([t.flatten() for t in clipped.values()]).norm())
+    assert within == 0 and norm == pytest.approx(1.0) and torch.allclose(clipped["b"] / clipped["a"][0], update["b"] / 0.5)
+    assert clip_update(update, 10.0) == (update, 1)
+    # the server's aggregate of client-clipped updates is the server-side clipping's; a client that did not clip
+    # (no dp_unclipped) is clipped on arrival and counted clipped
+    updates = _updates(0.5, 3.0, 100.0)
+    by_clients = []
+    for u in updates[:2]:
+        tensors, within = clip_update({"x": u.update}, 1.0)
+        by_clients.append(FlatUpdate(u.client, tensors["x"], u.num_samples, {"dp_unclipped": within}))
+    client_side = ClientLevelDP(FedAvg(), 1.0, 0.5, 3, clipping="client")
+    client_side.begin_round(1)
+    assert client_side.configure_fit(1) == {"dp_clip_norm": 1.0}
+    server_side = _dp(clip=1.0, z=0.5, m=3)
+    torch.testing.assert_close(client_side.aggregate_clients([*by_clients, updates[2]]), server_side.aggregate_clients(updates))
+    assert client_side.round_metrics() == server_side.round_metrics() == {"dp_clipped_clients": 2}
+
+
+def test_adaptive_clipping_moves_the_bound_to_the_quantile_of_the_norms():
+    from fedsq_hf.federated import AdaptiveClipping
+
+    norms = torch.logspace(-1, 1, 20).tolist()  # 0.1 .. 10, median 1
+    dp = ClientLevelDP(FedAvg(), 0.05, 0.0, 20, adaptive=AdaptiveClipping(0.5, lr=0.2, count_stddev=1.0))
+    bounds = []
+    for round_ in range(1, 81):
+        dp.begin_round(round_)
+        dp.aggregate_clients(_updates(*norms, size=10))
+        bounds.append(dp.round_metrics()["dp_clip_norm"])
+    assert bounds[0] > 0.05 and 0.6 < statistics.median(bounds[40:]) < 1.6  # up from 0.05 to about the median norm
+    # the count is a second query: the updates get the larger share of the run's noise multiplier
+    clipping = AdaptiveClipping(0.5, count_stddev=2.0)
+    assert clipping.update_noise_multiplier(1.0, 40) == pytest.approx((1.0 - 1 / 16) ** -0.5)
+    assert ClientLevelDP(FedAvg(), 1.0, 1.0, 40, adaptive=clipping).update_noise_multiplier == pytest.approx(1.0328, abs=1e-4)
+    with pytest.raises(FedSQError, match=r"needs a count noise --dp-clipped-count-stddev above 2.*default clients per "
+                                         r"round / 20"):
+        AdaptiveClipping(0.5).update_noise_multiplier(4.0, 20)
+    state = dp.state_dict()
+    resumed = ClientLevelDP(FedAvg(), 0.05, 0.0, 20, adaptive=AdaptiveClipping(0.5, lr=0.2, count_stddev=1.0))
+    resumed.load_state_dict(state)
+    assert resumed.clip_norm == dp.clip_norm and resumed.describe()["dp"]["clip_norm"] == 0.05  # the first bound
+
+
+def test_os_noise_is_fresh_each_round_and_seeded_noise_is_not():
+    zero = [FlatUpdate(0, torch.zeros(1000), 1)]
+
+    def noise(source):
+        dp = ClientLevelDP(FedAvg(), 1.0, 1.0, 1, seed=3, noise_source=source)
+        dp.begin_round(1)
+        return dp.aggregate_clients(zero)
+
+    assert torch.equal(noise("seeded"), noise("seeded")) and not torch.equal(noise("os"), noise("os"))
+    args = FederatedArguments(num_clients=4, dp_clip_norm=1.0, dp_noise_multiplier=1.0)
+    assert args.make_strategy().noise_source == "seeded" and args.make_strategy(noise_source="os").noise_source == "os"
+    assert FederatedArguments(num_clients=4, dp_clip_norm=1.0, dp_noise_multiplier=1.0,
+                              dp_noise_source="seeded").make_strategy(noise_source="os").noise_source == "seeded"
 
 
 def test_the_noise_is_gaussian_with_std_z_times_c_and_seeded_by_seed_and_round():
@@ -91,6 +156,12 @@ def test_a_target_epsilon_picks_the_smallest_noise_that_meets_it():
     (dict(dp_clip_norm=1.0, dp_target_epsilon=-2.0), "--dp-target-epsilon must be > 0"),
     (dict(dp_clip_norm=1.0, dp_target_epsilon=1e-4, rounds=500),
      r"--dp-target-epsilon 0.0001 over 500 rounds .*Raise the target"),
+    (dict(dp_clip_norm=1.0, dp_noise_multiplier=1.0, dp_clip_quantile=1.5), r"--dp-clip-quantile must be in \[0, 1\]"),
+    (dict(dp_clip_norm=1.0, dp_noise_multiplier=1.0, dp_clip_quantile=0.5, dp_clip_lr=0.0), "--dp-clip-lr must be > 0"),
+    (dict(dp_clip_norm=1.0, dp_noise_multiplier=1.0, dp_clip_quantile=0.5, num_clients=10),
+     r"noise multiplier 1 needs a count noise --dp-clipped-count-stddev above 0.5 \(now 0.5"),
+    (dict(dp_clip_norm=1.0, dp_noise_multiplier=1.0, dp_clipping="secure"), r"--dp-clipping must be one of"),
+    (dict(dp_clip_norm=1.0, dp_noise_multiplier=1.0, dp_noise_source="urandom"), r"--dp-noise-source must be one of"),
     (dict(dp_clip_norm=1.0, dp_noise_multiplier=1.0, strategy="fedmedian"),
      "--dp-clip-norm needs --strategy fedavg, fedprox, fedavgm, fedadam: fedmedian's step has no sensitivity bound"),
 ])
@@ -104,9 +175,15 @@ def test_privacy_flags_without_clipping_are_refused(tmp_path):
 
     with pytest.raises(FedSQError, match="--dp-noise-multiplier has no effect without --dp-clip-norm"):
         check_run(ModelArguments(), DataArguments(), FederatedArguments(dp_noise_multiplier=1.0, output_dir=str(tmp_path)))
+    for flags, match in ((dict(dp_clipping="client"), "--dp-clipping has no effect without --dp-clip-norm"),
+                         (dict(dp_clip_norm=1.0, dp_noise_multiplier=1.0, dp_clip_lr=0.5),
+                          r"--dp-clip-lr has no effect without --dp-clip-quantile \(adaptive clipping\)")):
+        with pytest.raises(FedSQError, match=match):
+            check_run(ModelArguments(), DataArguments(), FederatedArguments(output_dir=str(tmp_path), **flags))
 
 
-DP = dict(dp_clip_norm=0.001, dp_noise_multiplier=0.01)  # every update clipped, little noise
+# every update clipped (by the clients), little noise, the bound adapted each round
+DP = dict(dp_clip_norm=0.001, dp_noise_multiplier=0.01, dp_clip_quantile=0.5, dp_clipping="client")
 
 
 def test_a_dp_run_records_epsilon_and_resumes_exactly(backbone_dir, digits_dir, tmp_path):
@@ -116,6 +193,7 @@ def test_a_dp_run_records_epsilon_and_resumes_exactly(backbone_dir, digits_dir, 
     account = FederatedArguments(num_clients=4, clients_per_round=2, rounds=2, **DP).privacy_account()
     assert [h["dp_epsilon"] for h in history] == [account.epsilon(1), account.epsilon(2)]
     assert all(h["dp_clipped_clients"] == 2 for h in history)  # C = 0.001 clips both clients of each round
+    assert 0.001 < history[0]["dp_clip_norm"] < history[1]["dp_clip_norm"]  # none within the bound: it grows
     assert straight["privacy"]["epsilon"] == account.epsilon(2) and straight["privacy"]["noise_multiplier"] == 0.01
     assert straight["config"]["strategy_config"]["dp"]["clip_norm"] == 0.001
     card = str(model_card(FedSQModel.from_pretrained(tmp_path / "straight" / "final").config, summary=straight,

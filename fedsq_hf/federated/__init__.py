@@ -7,8 +7,8 @@ none of simulation, cli, callbacks and io (README, Architecture)."""
 from .callbacks import (BestModelCallback, CallbackHandler, DefaultFlowCallback, EarlyStoppingCallback,
                         FederatedCallback, FederatedControl, GateDriftCallback, HistoryCallback, HubPushCallback,
                         PlotCallback, ProgressCallback, TrackerCallback, default_callbacks)
-from .cli import (OPTION_FLAGS, DataArguments, FederatedArguments, ModelArguments, OptionFlag, check_run,
-                  parse_arguments, with_example_defaults)
+from .cli import (OPTION_FLAGS, DataArguments, FederatedArguments, ModelArguments, OptionFlag, PrivacyArguments,
+                  check_run, parse_arguments, with_example_defaults)
 from .client import (CLIENT_OPTIMIZERS, ClientArguments, ClientState, ClientTrainer, TrainResult, calibrate,
                      create_optimizer, diverged, make_accelerator, register_optimizer)
 from .data import (AUGMENTATIONS, PARTITIONS, ClientBatches, ImagePipeline, OrderedBatches, PreloadedSamples,
@@ -17,17 +17,17 @@ from .data import (AUGMENTATIONS, PARTITIONS, ClientBatches, ImagePipeline, Orde
 from .io import FederatedState
 from .protocol import (CODECS, ClientUpdate, FitConfig, Float16Codec, IdentityCodec, UpdateCodec, client_seed,
                        register_codec)
-from .server import (LR_SCHEDULERS, STRATEGIES, Evaluator, FedAdam, FedAvg, FedAvgM, FedMedian, FedProx,
-                     FedTrimmedAvg, FlatUpdate, GateWarmup, GlobalModel, LocalStates, RoundAggregate, ServerOptimizer, Strategy,
-                     compute_classification_metrics, dropped_clients, make_strategy, register_strategy,
-                     round_learning_rates, sample_clients)
+from .server import (LR_SCHEDULERS, STRATEGIES, AdaptiveClipping, ClientLevelDP, Evaluator, FedAdam, FedAvg, FedAvgM, FedMedian, FedProx,
+                     FedTrimmedAvg, FlatUpdate, GateWarmup, GlobalModel, LocalStates, PrivacyAccount, RoundAggregate, SampleLevelAccount, ServerOptimizer,
+                     Strategy, compute_classification_metrics, dp_epsilon, dp_noise_multiplier, dropped_clients,
+                     make_strategy, register_strategy, round_learning_rates, sample_clients)
 from .runtime import RoundLoop, run_accelerator
 from .simulation import FederatedTrainer, assign_clients, build_trainer, choose_preload, run_federated
 
 __all__ = [
     # arguments and the command line
     "ModelArguments", "DataArguments", "FederatedArguments", "ClientArguments", "parse_arguments", "check_run",
-    "with_example_defaults", "OPTION_FLAGS", "OptionFlag",
+    "with_example_defaults", "OPTION_FLAGS", "OptionFlag", "PrivacyArguments",
     # the simulation runtime
     "run_federated", "build_trainer", "FederatedTrainer", "FederatedState", "choose_preload", "assign_clients",
     "run_accelerator", "RoundLoop",
@@ -43,6 +43,8 @@ __all__ = [
     "RoundAggregate",
     "Evaluator", "compute_classification_metrics", "sample_clients", "dropped_clients", "round_learning_rates",
     "LR_SCHEDULERS",
+    # privacy
+    "ClientLevelDP", "AdaptiveClipping", "PrivacyAccount", "SampleLevelAccount", "dp_epsilon", "dp_noise_multiplier",
     # callbacks
     "FederatedCallback", "FederatedControl", "CallbackHandler", "DefaultFlowCallback", "EarlyStoppingCallback",
     "GateDriftCallback", "HubPushCallback", "BestModelCallback", "HistoryCallback", "PlotCallback", "ProgressCallback",

@@ -82,6 +82,7 @@ class FlowerServer(RoundLoop):
         self.nodes = {c: n[0] for c, n in holders.items()}
         samples = {c: int(replies[n]["num-examples"]) for c, n in sorted(self.nodes.items())}
         self.run_config.update(num_train_samples=sum(samples.values()), site_samples=samples)  # the sites', not ours
+        self.privacy.start([samples[c] for c in range(need)])
         logger.info("Sites: %s", {c: f"node {n}, {samples[c]} samples" for c, n in sorted(self.nodes.items())})
 
     def _model_config(self, query: bool = False) -> dict[str, Any]:

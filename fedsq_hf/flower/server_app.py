@@ -29,7 +29,7 @@ def build_server(grid: Grid, run: RunArguments, callbacks: list[FederatedCallbac
                  compute_metrics: MetricsFn | None = None) -> FlowerServer:
     """The run's server on `grid`, checked and loaded (`train()` then waits for the sites and runs)."""
     check_run(run.model, run.data, run.fed)
-    strategy, accelerator = run.fed.make_strategy(), run_accelerator(run.fed)
+    strategy, accelerator = run.fed.make_strategy(noise_source="os"), run_accelerator(run.fed)
 
     def build() -> FlowerServer:
         config = {**run_config(run.model, run.data, run.fed), **asdict(run.flower), "runtime": "flower"}

@@ -35,6 +35,9 @@ def check_run(model: ModelArguments, data: DataArguments, fed: FederatedArgument
         (fed.dp_clip_norm is None or model.bn_mode != "train",
          "--dp-clip-norm with --bn-mode train: BatchNorm's running statistics would be averaged without noise; use "
          "--bn-mode frozen or local (FedBN: they stay at the client)"),
+        (fed.dp_sgd_noise_multiplier is None or model.bn_mode == "frozen",
+         f"DP-SGD with --bn-mode {model.bn_mode}: BatchNorm on batch statistics mixes the samples of a batch, so no "
+         "gradient is one sample's; use --bn-mode frozen (the pretrained statistics)"),
         (fed.mixed_precision != "fp16" or torch.cuda.is_available(),
          "--mixed-precision fp16 needs a CUDA GPU: without one Accelerate trains in fp32, which the run would record "
          "as fp16; use bf16 or no"),

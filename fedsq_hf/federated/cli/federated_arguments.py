@@ -11,8 +11,8 @@ from ..client import ClientArguments
 from ..data import PARTITIONS, check_partition
 from ..fields import argument, expand_path, flag, require
 from ..protocol import make_codec
-from ..server import (DP_STRATEGIES, LR_SCHEDULERS, ClientLevelDP, FedAdam, FedAvgM, FedProx, FedTrimmedAvg,
-                      PrivacyAccount, Strategy, dp_noise_multiplier, make_strategy)
+from ..server import LR_SCHEDULERS, FedAdam, FedAvgM, FedProx, FedTrimmedAvg, Strategy, make_strategy
+from .privacy_arguments import PrivacyArguments
 
 __all__ = ["FederatedArguments", "STRATEGY_FLAGS"]
 
@@ -21,7 +21,7 @@ STRATEGY_FLAGS = {"mu": "mu", "server_lr": "server_lr", "server_momentum": "serv
 
 
 @dataclass
-class FederatedArguments(ClientArguments):
+class FederatedArguments(PrivacyArguments, ClientArguments):
     num_clients: int = argument(10, help="number of simulated clients (silos)", resume="same")
     partition: Literal[PARTITIONS] = argument(
         "dirichlet", help="how training samples are split over clients: iid, dirichlet (label skew) or shards",
@@ -47,19 +47,6 @@ class FederatedArguments(ClientArguments):
         resume="any")
     server_momentum: float | None = argument(
         None, help=f"server momentum (fedavgm; default {FedAvgM.server_momentum})", resume="any")
-    dp_clip_norm: float | None = argument(
-        None, resume="same",
-        help="client-level differential privacy (DP-FedAvg): clip each client's update to this L2 norm, weight the "
-             "clients equally and add Gaussian noise to their sum on the server; needs --dp-noise-multiplier or "
-             "--dp-target-epsilon (README, Privacy)")
-    dp_noise_multiplier: float | None = argument(
-        None, help="the noise's standard deviation as a multiple of --dp-clip-norm (z > 0)", resume="same")
-    dp_target_epsilon: float | None = argument(
-        None, resume="same",
-        help="privacy budget epsilon: alone, picks the smallest --dp-noise-multiplier that keeps --rounds within it "
-             "(Opacus, RDP); with --dp-noise-multiplier, the run stops before a round would exceed it")
-    dp_delta: float | None = argument(
-        None, help="delta of the (epsilon, delta) guarantee (default 1 / num_clients^1.1)", resume="same")
     update_codec: str = argument("identity", resume="same",
                                  help="how client updates travel: identity (fp32), fp16 (half the bytes), or one "
                                       "added with register_codec")
@@ -143,46 +130,17 @@ class FederatedArguments(ClientArguments):
              "--resume continues the run in --output-dir and --overwrite-output-dir starts over there: give one of them"),
         ])
         _check_hub_fields(self.hub_model_id, self.hub_revision, self.hub_license)
-        self._check_privacy()
+        self.check_privacy()
         self.make_strategy()
         make_codec(self.update_codec)
 
-    def make_strategy(self) -> Strategy:
-        """The strategy these arguments ask for (inside `ClientLevelDP` with `--dp-clip-norm`); the strategy flags
-        left unset take its own defaults, and one it does not take is refused, naming the flag."""
+    def make_strategy(self, noise_source: str = "seeded") -> Strategy:
+        """The strategy these arguments ask for (inside `ClientLevelDP` with `--dp-clip-norm`, `noise_source` the
+        runtime's default of `--dp-noise-source`); the strategy flags left unset take its own defaults, and one it
+        does not take is refused, naming the flag."""
         given = {param: getattr(self, name) for name, param in STRATEGY_FLAGS.items() if getattr(self, name) is not None}
         strategy = make_strategy(self.strategy, {param: flag(name) for name, param in STRATEGY_FLAGS.items()}, **given)
-        privacy = self.privacy_account()
-        if privacy is None:
-            return strategy
-        return ClientLevelDP(strategy, self.dp_clip_norm, privacy.noise_multiplier,
-                             self.clients_per_round or self.num_clients, self.seed)
-
-    def privacy_account(self) -> PrivacyAccount | None:
-        """The run's (epsilon, delta) accounting under `--dp-clip-norm` (its noise multiplier picked from
-        `--dp-target-epsilon` where not given); None without DP."""
-        if self.dp_clip_norm is None:
-            return None
-        rate = (self.clients_per_round or self.num_clients) / self.num_clients
-        delta = self.dp_delta if self.dp_delta is not None else self.num_clients ** -1.1
-        z = self.dp_noise_multiplier
-        if z is None:
-            z = dp_noise_multiplier(self.dp_target_epsilon, rate, self.rounds, delta)
-        return PrivacyAccount(z, rate, delta, self.dp_target_epsilon)
-
-    def _check_privacy(self) -> None:
-        z, target, delta = self.dp_noise_multiplier, self.dp_target_epsilon, self.dp_delta
-        require([
-            (self.dp_clip_norm is None or self.dp_clip_norm > 0, f"--dp-clip-norm must be > 0, got {self.dp_clip_norm}"),
-            (z is None or z > 0, f"--dp-noise-multiplier must be > 0 (no noise is no privacy), got {z}"),
-            (target is None or target > 0, f"--dp-target-epsilon must be > 0, got {target}"),
-            (delta is None or 0 < delta < 1, f"--dp-delta must be in (0, 1), got {delta}"),
-            (self.dp_clip_norm is None or z is not None or target is not None,
-             "--dp-clip-norm needs --dp-noise-multiplier or --dp-target-epsilon (how much noise to add)"),
-            (self.dp_clip_norm is None or self.strategy in DP_STRATEGIES,
-             f"--dp-clip-norm needs --strategy {', '.join(DP_STRATEGIES)}: {self.strategy}'s step has no sensitivity "
-             "bound from clipping"),
-        ])
+        return self.make_private(strategy, noise_source)
 
 
 def _check_hub_fields(repo_id: str | None, revision: str | None, license: str) -> None:

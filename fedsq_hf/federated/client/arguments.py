@@ -30,6 +30,11 @@ class ClientArguments:
     divergence_factor: float = argument(
         10.0, resume="same",
         help="exclude a client whose loss at the end of local training exceeds this times its first loss (0: off)")
+    dp_sgd_noise_multiplier: float | None = argument(
+        None, resume="same",
+        help="sample-level differential privacy at every client (DP-SGD, Opacus): each local step clips every "
+             "sample's gradient to --dp-sgd-max-grad-norm and adds Gaussian noise of this multiple of it (README, Privacy)")
+    dp_sgd_max_grad_norm: float = argument(1.0, help="DP-SGD: the per-sample gradient clipping bound", resume="same")
     mixed_precision: Literal["no", "fp16", "bf16"] = argument("no", help="no, fp16 or bf16 (Accelerate)", resume="same")
     num_workers: int = argument(
         0, resume="any",
@@ -57,6 +62,16 @@ class ClientArguments:
              f"--divergence-factor must be >= 0 (0 turns the check off), got {self.divergence_factor}"),
             (self.num_workers >= 0, f"--num-workers must be >= 0, got {self.num_workers}"),
         ])
+        if self.dp_sgd_noise_multiplier is not None:
+            require([
+                (self.dp_sgd_noise_multiplier > 0,
+                 f"--dp-sgd-noise-multiplier must be > 0 (no noise is no privacy), got {self.dp_sgd_noise_multiplier}"),
+                (self.dp_sgd_max_grad_norm > 0, f"--dp-sgd-max-grad-norm must be > 0, got {self.dp_sgd_max_grad_norm}"),
+                (self.max_grad_norm == 0, "--max-grad-norm with DP-SGD: DP-SGD clips each sample's gradient "
+                                          "(--dp-sgd-max-grad-norm); drop --max-grad-norm"),
+                (self.mixed_precision == "no", f"DP-SGD computes per-sample gradients in fp32: drop --mixed-precision "
+                                               f"{self.mixed_precision}"),
+            ])
 
     @classmethod
     def from_arguments(cls, args: Any) -> ClientArguments:

@@ -37,7 +37,9 @@ def calibrate(
     if not model.dual_copy.gating:
         raise FedSQError("calibrate needs a FedSQ model with fixed gating (fixed_gating=True): a plain model "
                          "has no structural copy to re-freeze.")
-    run = dataclasses.replace(ClientArguments.from_arguments(args), local_epochs=epochs, local_steps=0)
+    # the server's own shared data: outside the clients' DP-SGD guarantee, so trained without it
+    run = dataclasses.replace(ClientArguments.from_arguments(args), local_epochs=epochs, local_steps=0,
+                              dp_sgd_noise_multiplier=None)
     data = as_samples(data)
     client = ClientTrainer(model, data, run, accelerator)
     seed = getattr(args, "seed", 0) if seed is None else seed

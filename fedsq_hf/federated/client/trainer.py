@@ -22,6 +22,7 @@ from .accelerator import make_accelerator
 from .arguments import ClientArguments
 from .objectives import diverged, proximal_term
 from .optim import create_optimizer
+from .privacy import clip_update, dp_optimizer, per_sample_gradients
 from .state import ClientState
 
 __all__ = ["ClientTrainer", "TrainResult"]
@@ -89,6 +90,8 @@ class ClientTrainer:
             return ClientUpdate({}, result.num_samples, metrics, diverged=True)
         update = {k: t.detach().float() - global_params[k].to(t.device, torch.float32)
                   for k, t in own.shared.items()}
+        if fit.dp_clip_norm > 0:
+            update, metrics["dp_unclipped"] = clip_update(update, fit.dp_clip_norm)
         state.local_batchnorm = {k: t.detach().clone() for k, t in own.local.items()}
         payload = self.codec.encode(update)
         return ClientUpdate(payload, result.num_samples, metrics, local_state=state.local_batchnorm,
@@ -109,8 +112,8 @@ class ClientTrainer:
 
     def train(self, indices: np.ndarray, seed: int, lr: float | None = None, proximal_mu: float = 0.0) -> TrainResult:
         """Train in place on the samples `indices` for `--local-epochs` (or `--local-steps`); every random
-        draw (data order, augmentation, dropout) derives from `seed`. `proximal_mu` > 0 adds FedProx's
-        proximal term towards the weights the model had when called."""
+        draw (data order, augmentation, dropout, DP-SGD's noise) derives from `seed`. `proximal_mu` > 0 adds
+        FedProx's proximal term towards the weights the model had when called."""
         args, model, device = self.args, self.model, self.accelerator.device
         torch.manual_seed(seed)
         self.batches.start(indices, seed, self.steps(len(indices)))
@@ -119,27 +122,47 @@ class ClientTrainer:
         scaler = self.accelerator.scaler  # fp16 on a GPU: loss scaling, through accelerator.backward
         if scaler is not None:  # every client starts from the initial scale: results do not depend on client order
             scaler.load_state_dict(self._initial_scale)
-        opt = AcceleratedOptimizer(create_optimizer(params, args, args.lr if lr is None else lr),
-                                   device_placement=False, scaler=scaler)
-        use_keys = getattr(model.dual_copy, "gate_cache", None) is not None
+        optimizer = create_optimizer(params, args, args.lr if lr is None else lr)
+        dp_sgd = args.dp_sgd_noise_multiplier is not None
+        if dp_sgd:  # the noise has a stream of its own, from the round's seed
+            optimizer = dp_optimizer(optimizer, args, torch.Generator(device).manual_seed(client_seed(seed, 0)))
+        opt = AcceleratedOptimizer(optimizer, device_placement=False, scaler=scaler)
+        use_keys = getattr(model.dual_copy, "gate_cache", None) is not None and not dp_sgd
         model.train()
         losses = []
         for step, (x, y, keys) in enumerate(self.loader):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if self.pipeline is not None:
                 x = self.pipeline.finish(x, seed=client_seed(seed, step))
-            with self.accelerator.autocast():
-                logits = model(x, gate_keys=keys if use_keys else None).logits
-                loss = torch.nn.functional.cross_entropy(logits.float(), y, label_smoothing=args.label_smoothing)
-                total = loss if anchor is None else loss + proximal_term(params, anchor, proximal_mu)
-            opt.zero_grad(set_to_none=True)
-            self.accelerator.backward(total)
-            if args.max_grad_norm:
-                if scaler is not None:
-                    scaler.unscale_(opt.optimizer)
-                torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
-            opt.step()
-            losses.append(loss.item())
+            if dp_sgd:
+                losses.append(self._private_step(opt, x, y))
+            else:
+                losses.append(self._step(opt, x, y, keys if use_keys else None, params, anchor, proximal_mu))
             if not np.isfinite(losses[-1]):
                 break
         return TrainResult(num_samples=len(indices), losses=losses)
+
+    def _step(self, opt: AcceleratedOptimizer, x: torch.Tensor, y: torch.Tensor, keys: torch.Tensor | None,
+              params: list[torch.nn.Parameter], anchor: list[torch.Tensor] | None, proximal_mu: float) -> float:
+        with self.accelerator.autocast():
+            logits = self.model(x, gate_keys=keys).logits
+            loss = torch.nn.functional.cross_entropy(logits.float(), y, label_smoothing=self.args.label_smoothing)
+            total = loss if anchor is None else loss + proximal_term(params, anchor, proximal_mu)
+        opt.zero_grad(set_to_none=True)
+        self.accelerator.backward(total)
+        if self.args.max_grad_norm:
+            if self.accelerator.scaler is not None:
+                self.accelerator.scaler.unscale_(opt.optimizer)
+            torch.nn.utils.clip_grad_norm_(params, self.args.max_grad_norm)
+        opt.step()
+        return loss.item()
+
+    def _private_step(self, opt: AcceleratedOptimizer, x: torch.Tensor, y: torch.Tensor) -> float:
+        """DP-SGD's step: per-sample gradients, which Opacus's optimizer clips, noises and averages."""
+        named = {k: p for k, p in self.model.named_parameters() if p.requires_grad}
+        grads, losses = per_sample_gradients(self.model, named, x, y, self.args.label_smoothing)
+        for k, p in named.items():
+            p.grad_sample = grads[k]
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return float(losses.mean())

@@ -21,11 +21,13 @@ class FitConfig:
     """The round config of one client's fit, as the server sends it (a flat dict of scalars, like a
     Flower `ConfigRecord`): `seed` drives every random draw of the client's round (data order,
     augmentation, dropout), `lr` is the round's learning rate (default: the client's own `--lr`), and
-    `proximal_mu` the weight of FedProx's proximal term (0: none)."""
+    `proximal_mu` the weight of FedProx's proximal term (0: none), `dp_clip_norm` the bound the client
+    clips its update to before sending it (0: none; client-side clipping of client-level DP)."""
 
     seed: int
     lr: float | None = None
     proximal_mu: float = 0.0
+    dp_clip_norm: float = 0.0
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Scalar]) -> FitConfig:
@@ -37,6 +39,8 @@ class FitConfig:
             raise FedSQError("The round config has no 'seed': the server must send the seed of the client's round.")
         if float(config.get("proximal_mu", 0.0)) < 0:
             raise FedSQError(f"The round config's proximal_mu must be >= 0, got {config['proximal_mu']}.")
+        if float(config.get("dp_clip_norm", 0.0)) < 0:
+            raise FedSQError(f"The round config's dp_clip_norm must be >= 0, got {config['dp_clip_norm']}.")
         return cls(**config)
 
 

@@ -27,10 +27,11 @@ from ..client import make_accelerator
 from ..data import as_samples
 from ..io import FederatedState, OutputDirLock, claim_output_dir, clear_previous_run
 from ..protocol import UpdateCodec, client_seed, make_codec
-from ..server import (ClientLevelDP, Evaluator, FlatUpdate, GateWarmup, GlobalModel, MetricsFn, RoundAggregate, Strategy,
+from ..server import (Evaluator, FlatUpdate, GateWarmup, GlobalModel, MetricsFn, RoundAggregate, Strategy,
                       classification_metric_names, dropped_clients, greater_is_better, round_learning_rates,
                       sample_clients)
 from .checkpoints import TrainerCheckpoints
+from .privacy import RunPrivacy
 
 if TYPE_CHECKING:
     from ..cli.arguments import FederatedArguments
@@ -83,11 +84,7 @@ class RoundLoop(TrainerCheckpoints):
                            "greater_is_better": greater_is_better(args.metric_for_best_model, args.greater_is_better)}
         self.partition_summary = partition_summary
         self.global_model = GlobalModel(self.model, num_clients)
-        if isinstance(strategy, ClientLevelDP):
-            if model.config.bn_mode == "train":
-                raise FedSQError("--dp-clip-norm with --bn-mode train: BatchNorm's running statistics would be "
-                                 "averaged without noise; use --bn-mode frozen or local (FedBN: they stay at the client).")
-            strategy.noised_only(self.global_model.trained_mask())
+        self.privacy = RunPrivacy(args, strategy, self.global_model, model.config.bn_mode)
         self.learning_rates = round_learning_rates(args.lr, args.rounds, args.lr_scheduler, args.warmup_rounds)
         self.gate_warmup = None if args.freeze_gates_at_round == 1 and args.freeze_gates_when_drift_below is None else \
             GateWarmup(args.freeze_gates_at_round, args.freeze_gates_when_drift_below, args.max_warmup_rounds,
@@ -97,10 +94,6 @@ class RoundLoop(TrainerCheckpoints):
             greater_is_better=self.run_config["greater_is_better"],
             run={k: self.run_config.get(k) for k in self.resume_marks()},
             is_world_process_zero=acc.is_main_process, is_local_process_zero=acc.is_local_main_process)
-        self.privacy = args.privacy_account()
-        if self.privacy is not None and not isinstance(strategy, ClientLevelDP):
-            raise FedSQError(f"--dp-clip-norm: the strategy {strategy.describe()['name']!r} adds no noise; pass "
-                             "args.make_strategy() (ClientLevelDP around it), or leave --dp-clip-norm out.")
         self.control = FederatedControl()
         self.output_lock: OutputDirLock | None = None  # held while training (the builder takes it earlier)
         self.callback_handler = CallbackHandler(default_callbacks(args) + list(callbacks or []))
@@ -144,12 +137,10 @@ class RoundLoop(TrainerCheckpoints):
         self._event("on_train_begin", partition_summary=self.partition_summary)
         while state.round < state.max_rounds and not self.control.should_training_stop:
             round_ = state.round + 1
-            if self.privacy is not None and not self.privacy.allows(round_):
-                if acc.is_main_process:
-                    logger.warning("Stopping before round %d: epsilon would be %.4g, past --dp-target-epsilon %g.",
-                                   round_, self.privacy.epsilon(round_), self.privacy.target_epsilon)
+            if not self.privacy.allows(round_, acc.is_main_process):
                 break
             self.strategy.begin_round(round_)
+            self.privacy.begin_round(acc)
             if self.gate_warmup is not None and self.gate_warmup.begin_round(self.model, round_, state.history) \
                     and acc.is_main_process:
                 logger.info("Round %d: gates frozen from the global model after %d warm-up round(s).", round_, round_ - 1)
@@ -209,17 +200,17 @@ class RoundLoop(TrainerCheckpoints):
                      start: float, trained: float) -> dict[str, Any]:
         """A round's history entry: who took part, the train loss and traffic, and where the time went."""
         end = time.perf_counter()
-        privacy = {} if self.privacy is None else {"dp_epsilon": self.privacy.epsilon(round_)}
-        return {"round": round_, "clients": clients, "dropped_clients": dropped, "failed_clients": aggregate.failed,
+        record = {"round": round_, "clients": clients, "dropped_clients": dropped, "failed_clients": aggregate.failed,
                 "lr": self.learning_rates[round_ - 1], "train_loss": aggregate.train_loss,
                 "bytes_aggregated": aggregate.num_bytes, "wall_time": end - start, "train_time": trained - start,
-                "aggregate_time": end - trained, "evaluation_time": 0.0, **self.strategy.round_metrics(), **privacy}
+                "aggregate_time": end - trained, "evaluation_time": 0.0, **self.strategy.round_metrics()}
+        return {**record, **self.privacy.record(round_, self.state.history, record)}
 
     def _evaluate_into(self, record: dict[str, Any]) -> None:
         start = time.perf_counter()
         metrics = self.evaluator.evaluate()
         if not math.isfinite(metrics["loss"]):  # finite but huge weights (e.g. --server-lr 1e30): not written either
-            dp = ", or raise --dp-target-epsilon / lower --dp-noise-multiplier" if self.privacy is not None else ""
+            dp = ", or raise --dp-target-epsilon / lower --dp-noise-multiplier" if self.privacy.dp is not None else ""
             raise FedSQError(f"Round {record['round']}: the global model's evaluation loss is {metrics['loss']} (its "
                              f"outputs are non-finite); lower --server-lr, --lr, --mu or --weight-decay{dp}.")
         if self.state.metric_for_best_model not in metrics:
@@ -235,8 +226,7 @@ class RoundLoop(TrainerCheckpoints):
     def summary(self) -> dict[str, Any]:
         """What `train()` returns and `summary.json` holds."""
         summary = {**self.state.summary(), "num_processes": self.accelerator.num_processes, "config": self.run_config}
-        if self.privacy is not None:
-            summary["privacy"] = self.privacy.describe(self.state.round)
+        summary.update(self.privacy.summary(self.state.round, self.state.history))
         if self.gate_warmup is not None:
             summary["gate_warmup"] = self.gate_warmup.summary(self.model, self.state.history, len(self.eval_set))
         return summary

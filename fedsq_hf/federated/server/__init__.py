@@ -7,15 +7,16 @@ from .gate_warmup import GateWarmup
 from .global_model import GlobalModel
 from .local_states import LocalStates
 from .metrics import MetricsFn, classification_metric_names, compute_classification_metrics, greater_is_better
-from .privacy import PrivacyAccount, dp_epsilon, dp_noise_multiplier
+from .privacy import PrivacyAccount, SampleLevelAccount, dp_epsilon, dp_noise_multiplier
 from .schedule import LR_SCHEDULERS, round_learning_rates
 from .selection import dropped_clients, sample_clients
-from .strategies import (DP_STRATEGIES, STRATEGIES, ClientLevelDP, FedAdam, FedAvg, FedAvgM, FedMedian, FedProx,
-                         FedTrimmedAvg, FlatUpdate, ServerOptimizer, Strategy, make_strategy, register_strategy,
+from .strategies import (DP_CLIPPING, DP_NOISE_SOURCES, DP_STRATEGIES, STRATEGIES, AdaptiveClipping, ClientLevelDP,
+                         FedAdam, FedAvg, FedAvgM, FedMedian, FedProx, FedTrimmedAvg, FlatUpdate, ServerOptimizer, Strategy, make_strategy, register_strategy,
                          strategy_parameters)
 
 __all__ = ["RoundAggregate", "Evaluator", "GateWarmup", "GlobalModel", "LocalStates", "MetricsFn", "classification_metric_names",
            "compute_classification_metrics", "greater_is_better", "LR_SCHEDULERS", "round_learning_rates",
            "dropped_clients", "sample_clients", "STRATEGIES", "FedAdam", "FedAvg", "FedAvgM", "FedMedian", "FedProx",
            "FedTrimmedAvg", "FlatUpdate", "ServerOptimizer", "Strategy", "make_strategy", "register_strategy",
-           "strategy_parameters", "ClientLevelDP", "DP_STRATEGIES", "PrivacyAccount", "dp_epsilon", "dp_noise_multiplier"]
+           "strategy_parameters", "ClientLevelDP", "DP_STRATEGIES", "DP_CLIPPING", "DP_NOISE_SOURCES", "AdaptiveClipping",
+           "PrivacyAccount", "SampleLevelAccount", "dp_epsilon", "dp_noise_multiplier"]

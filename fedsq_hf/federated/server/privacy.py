@@ -1,5 +1,6 @@
-"""Privacy accounting of client-level DP (DP-FedAvg): Opacus's RDP accountant for the subsampled Gaussian
-mechanism, one step per round with the round's client sampling rate.
+"""Privacy accounting with Opacus's RDP accountant for the subsampled Gaussian mechanism: client-level DP
+(DP-FedAvg), one step per round with the round's client sampling rate; sample-level DP-SGD, each client's
+local steps at its batch sampling rate.
 
 The RDP bound is Poisson subsampling's (each client in a round with probability q = clients per round /
 clients). The rounds here sample a fixed number of clients without replacement; the bound is the one
@@ -8,17 +9,20 @@ Privacy)."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from typing import Any
 
 from ...errors import FedSQError
 
-__all__ = ["dp_epsilon", "dp_noise_multiplier", "PrivacyAccount", "MAX_NOISE_MULTIPLIER"]
+__all__ = ["dp_epsilon", "dp_noise_multiplier", "PrivacyAccount", "SampleLevelAccount", "MAX_NOISE_MULTIPLIER"]
 
 MAX_NOISE_MULTIPLIER = 100  # beyond it a target epsilon is refused: noise of 100x the clipping bound per coordinate
 
 
+@functools.lru_cache(maxsize=4096)
 def dp_epsilon(noise_multiplier: float, sample_rate: float, rounds: int, delta: float) -> float:
-    """Epsilon after `rounds` rounds of the subsampled Gaussian mechanism (RDP, Opacus)."""
+    """Epsilon after `rounds` steps of the subsampled Gaussian mechanism (RDP, Opacus)."""
     from opacus.accountants import RDPAccountant
 
     if rounds == 0:
@@ -69,3 +73,35 @@ class PrivacyAccount:
         return {"mechanism": "DP-FedAvg (client level)", "accountant": "RDP (Opacus), Poisson subsampling bound",
                 "noise_multiplier": self.noise_multiplier, "sample_rate": self.sample_rate, "delta": self.delta,
                 "target_epsilon": self.target_epsilon, "rounds": rounds, "epsilon": self.epsilon(rounds)}
+
+
+@dataclass(frozen=True)
+class SampleLevelAccount:
+    """Each client's record-level (epsilon, delta) under DP-SGD: `steps_per_round[c]` local steps at sampling
+    rate batch size / `sizes[c]` in every round it trains (sampled and not dropped out: a client whose reply
+    never came counts, its records may have been used). `delta` default: 1 / sizes[c]^1.1 for each client."""
+
+    noise_multiplier: float
+    batch_size: int
+    sizes: tuple[int, ...]
+    steps_per_round: tuple[int, ...]
+    delta: float | None = None
+
+    def client_delta(self, client: int) -> float:
+        return self.delta if self.delta is not None else self.sizes[client] ** -1.1
+
+    def epsilons(self, history: list[dict]) -> list[float]:
+        """Every client's epsilon after the rounds of `history` (records with `clients` and `dropped_clients`)."""
+        rounds = [0] * len(self.sizes)
+        for record in history:
+            for c in set(record["clients"]) - set(record["dropped_clients"]):
+                rounds[c] += 1
+        return [dp_epsilon(self.noise_multiplier, min(1.0, self.batch_size / n), k * s, self.client_delta(c))
+                for c, (n, s, k) in enumerate(zip(self.sizes, self.steps_per_round, rounds))]
+
+    def describe(self, history: list[dict]) -> dict[str, Any]:
+        epsilons = self.epsilons(history)
+        return {"mechanism": "DP-SGD (sample level, Opacus)", "accountant": "RDP (Opacus), Poisson subsampling bound",
+                "noise_multiplier": self.noise_multiplier, "batch_size": self.batch_size,
+                "delta": self.delta if self.delta is not None else "1 / client samples^1.1",
+                "epsilon": max(epsilons), "epsilon_by_client": epsilons}

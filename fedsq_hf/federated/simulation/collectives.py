@@ -3,6 +3,8 @@ linear strategy, the summed update) and the gather of per-client updates. On one
 
 from __future__ import annotations
 
+import math
+
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather, reduce
@@ -29,14 +31,20 @@ def reduce_aggregate(accelerator: Accelerator, mine: RoundAggregate) -> RoundAgg
                           mine.updates)
 
 
+GATHERED_METRICS = ("train_loss", "dp_unclipped")  # what a per-client strategy reads of a client's metrics
+
+
 def gather_updates(accelerator: Accelerator, mine: list[FlatUpdate], rows: int, size: int) -> list[FlatUpdate]:
     """Every process's client updates on every process, in client order. `rows` is the most clients any
     process trained this round (the same number on every process); shorter lists are padded."""
     updates = torch.zeros(rows, size, device=accelerator.device)
-    meta = torch.full((rows, 3), -1.0, dtype=torch.float64, device=accelerator.device)  # client, samples, loss
-    for i, u in enumerate(mine):
+    meta = torch.full((rows, 2 + len(GATHERED_METRICS)), -1.0, dtype=torch.float64, device=accelerator.device)
+    for i, u in enumerate(mine):  # client, samples, metrics (NaN: not reported)
         updates[i] = u.update
-        meta[i] = torch.tensor([u.client, u.num_samples, u.metrics.get("train_loss", float("nan"))], dtype=torch.float64)
+        meta[i] = torch.tensor([u.client, u.num_samples, *(u.metrics.get(k, float("nan")) for k in GATHERED_METRICS)],
+                               dtype=torch.float64)
     updates, meta = gather(updates).cpu(), gather(meta).cpu()
     found = [(int(m[0]), i) for i, m in enumerate(meta) if m[0] >= 0]
-    return [FlatUpdate(client, updates[i], int(meta[i, 1]), {"train_loss": float(meta[i, 2])}) for client, i in sorted(found)]
+    return [FlatUpdate(client, updates[i], int(meta[i, 1]),
+                       {k: v for k, v in zip(GATHERED_METRICS, meta[i, 2:].tolist()) if not math.isnan(v)})
+            for client, i in sorted(found)]

@@ -52,6 +52,7 @@ class FederatedTrainer(RoundLoop):
         self.client = ClientTrainer(model, self.train_set, ClientArguments.from_arguments(args), accelerator, codec)
         super().__init__(model, strategy, eval_data, len(partitions), args, run_config, partition_summary, accelerator,
                          callbacks, compute_metrics, codec)
+        self.privacy.start([len(p) for p in partitions])
 
     def run_round(self, round_: int) -> dict[str, Any]:
         """Sample clients, train this process's share, aggregate across processes, update the global model."""
