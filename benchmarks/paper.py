@@ -70,8 +70,8 @@ def main() -> None:
     if args.offline:
         weights, grid_data = offline_inputs(scratch)
         for key, value in dict(rounds=min(args.rounds, 2), num_clients=4,
-                               clients_per_round=2, image_size=64, max_train_samples=300, max_eval_samples=100,
-                               batch_size=32).items():
+                               clients_per_round=2, image_size=64, max_train_samples=96, max_eval_samples=32,
+                               batch_size=16).items():
             setattr(args, key, value)
     else:
         weights = dict.fromkeys(BACKBONES)

@@ -23,6 +23,7 @@ import datasets
 from fedsq_hf import FedSQError
 from fedsq_hf.federated import DataArguments, FederatedArguments, ModelArguments, run_federated
 from fedsq_hf.federated.cli import resume_marks, run_config
+from fedsq_hf.federated.server import greater_is_better
 from fedsq_hf.plotting import pyplot, save_figure
 from report import write_json
 
@@ -71,7 +72,8 @@ def run_one(args: argparse.Namespace, method: str, split: str, seed: int, *, var
                            **({"mu": args.mu} if spec.get("strategy") == "fedprox" else {}), **federated),
     )
     try:
-        config = {**run_config(*run_args), "strategy_config": run_args[2].make_strategy().describe()}
+        config = {**run_config(*run_args), "strategy_config": run_args[2].make_strategy().describe(),
+                  "greater_is_better": greater_is_better(run_args[2].metric_for_best_model, run_args[2].greater_is_better)}
         summary = (args.reuse_runs and finished_run(out, config)) or run_federated(*run_args)
     except FedSQError as err:  # every client failed --max-failed-rounds rounds in a row: the run stopped there
         print(f"{method} {split} seed {seed}: {err}", flush=True)

@@ -78,12 +78,25 @@ def test_memory(backbone_dir, digits_dir, tmp_path):
 def test_quality(backbone_dir, digits_dir, tmp_path):
     out = run_script("quality.py", "--backbone", backbone_dir("resnet10t"), "--dataset", digits_dir,
                      "--max-train-samples", "100", "--max-eval-samples", "20", "--num-clients", "4",
-                     "--clients-per-round", "2", "--rounds", "2", "--seeds", "0", "1", "--splits", "dirichlet:0.5",
+                     "--clients-per-round", "2", "--rounds", "2", "--seeds", "0", "--splits", "dirichlet:0.5",
                      "--calibration-samples", "20", "--output-dir", tmp_path)
     results = json.loads((tmp_path / "results.json").read_text())["results"]["dirichlet:0.5"]
     assert set(results) == {"FedSQ", "FedSQ+drift", "FedSQ+calib", "FedAvg", "FedProx"}
-    assert len(results["FedSQ"]["curves"]) == 2 and "| dirichlet:0.5 | FedSQ |" in out
-    assert results["FedSQ+drift"]["frozen_at_round"] == [2, 2] and results["FedSQ"]["frozen_at_round"] == [None, None]
+    assert len(results["FedSQ"]["curves"]) == 1 and "| dirichlet:0.5 | FedSQ |" in out
+    assert results["FedSQ+drift"]["frozen_at_round"] == [2] and results["FedSQ"]["frozen_at_round"] == [None]
+
+
+def test_privacy(backbone_dir, digits_dir, tmp_path):
+    out = run_script("privacy.py", "--backbone", backbone_dir("resnet10t"), "--dataset", digits_dir, "--image-column",
+                     "img", "--max-train-samples", "80", "--max-eval-samples", "20", "--num-clients", "8",
+                     "--clients-per-round", "4", "--rounds", "2", "--seeds", "0", "--splits", "iid", "--epsilons", "3",
+                     "none", "--output-dir", tmp_path)
+    results = json.loads((tmp_path / "results.json").read_text())["results"]["iid"]
+    assert set(results) == {"FedSQ", "FedAvg"} and set(results["FedSQ"]) == {"3", "none"}
+    assert results["FedSQ"]["3"]["noise_multiplier"] > 0 == results["FedSQ"]["none"]["noise_multiplier"]
+    summary = json.loads((tmp_path / "runs" / "iid" / "FedAvg" / "epsilon-3" / "seed0" / "summary.json").read_text())
+    assert summary["privacy"]["epsilon"] <= 3 and summary["privacy"]["delta"] == 1e-5
+    assert "| iid | FedSQ |" in out and (tmp_path / "privacy.png").exists()
 
 
 @pytest.mark.skipif(not os.path.isdir(os.path.join(ROOT, "..", "shared", "data", "cifar10")),

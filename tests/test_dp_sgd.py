@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from fedsq_hf import FedSQConfig, FedSQError, FedSQModel
+from fedsq_hf import FedSQConfig, FedSQError, FedSQModel, model_card
 from fedsq_hf.federated import (ClientArguments, DataArguments, FederatedArguments, ModelArguments, SampleLevelAccount,
                                 check_run, run_federated)
 from fedsq_hf.federated.client.privacy import dp_optimizer, per_sample_gradients
@@ -85,6 +85,11 @@ def test_a_dp_sgd_run_records_each_clients_epsilon_and_resumes_exactly(backbone_
     assert [h["dp_sgd_epsilon"] for h in history] == [max(account.epsilons(history[:1])), max(account.epsilons(history))]
     assert straight["dp_sgd"]["epsilon_by_client"] == account.epsilons(history)
     assert straight["dp_sgd"]["epsilon"] == history[-1]["dp_sgd_epsilon"] > 0
+    card = str(model_card(FedSQModel.from_pretrained(tmp_path / "straight" / "final").config, summary=straight,
+                          history=history))
+    assert (f"| privacy | DP-SGD (sample level, Opacus): per-sample gradients clipped, Gaussian noise multiplier 1, "
+            f"batch 16; the most exposed client's (epsilon {straight['dp_sgd']['epsilon']:.3g}, delta 1 / client "
+            "samples^1.1)") in card
     run_federated(*tiny_args(backbone, digits_dir, tmp_path / "resumed", **dp), callbacks=[StopAfter(1)])
     run_federated(*tiny_args(backbone, digits_dir, tmp_path / "resumed", resume=True, **dp))
     assert_same_run(tmp_path / "straight", tmp_path / "resumed")

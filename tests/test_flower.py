@@ -122,7 +122,8 @@ def in_process(backbone, dataset, tmp_path, nodes=None, name="flower", **extra):
 
 
 @pytest.mark.parametrize("extra", [
-    dict(strategy="fedprox", mu=0.1, bn_mode="local", evaluate_sites=True, gate_cache_mb=8),
+    dict(strategy="fedprox", mu=0.1, bn_mode="local", evaluate_sites=True, gate_cache_mb=8, dp_clip_norm=1.0,
+         dp_noise_multiplier=0.01, dp_noise_source="seeded"),  # client-level DP with FedBN: BatchNorm stays home
     pytest.param(dict(calibration_samples=40, rounds=3), marks=pytest.mark.slow),
     pytest.param(dict(freeze_gates_at_round=2, rounds=3, strategy="fedavgm", dp_clip_norm=0.001, dp_noise_multiplier=0.01,
                       dp_clip_quantile=0.5, dp_clipping="client", dp_noise_source="seeded", dp_sgd_noise_multiplier=1.0,
@@ -160,8 +161,8 @@ def test_in_process_gives_the_simulators_weights(backbone_dir, digits_dir, tmp_p
         assert [r.get("gates") for r in records] == (["own", "fixed", "fixed"] if warmup else [None] * 3)
     if "dp_clip_norm" in extra:  # the same private mean: clipped at the sites, noised by (seed, round), on the Grid too
         keys = ("dp_epsilon", "dp_clip_norm", "dp_clipped_clients", "dp_sgd_epsilon")
-        assert [[r[k] for k in keys] for r in records] == [[h[k] for k in keys] for h in history(tmp_path / "sim")]
-        assert summary["privacy"] == reference["privacy"] and summary["dp_sgd"] == reference["dp_sgd"]
+        assert [[r.get(k) for k in keys] for r in records] == [[h.get(k) for k in keys] for h in history(tmp_path / "sim")]
+        assert summary["privacy"] == reference["privacy"] and summary.get("dp_sgd") == reference.get("dp_sgd")
 
 
 def test_a_site_of_its_own_data(backbone_dir, digits_dir, tmp_path):
@@ -217,19 +218,9 @@ def deployment(tmp_path_factory):
 
 @pytest.mark.slow
 def test_deployment_gives_the_simulators_weights_and_resumes(deployment, backbone_dir, digits_dir, tmp_path):
-    backbone = backbone_dir()
-    app = write_app(tmp_path / "app", run_config(backbone, digits_dir, tmp_path / "flower", resume=False))
-    _, status = deployment.run(app)
-    assert status == "finished:completed", deployment.last_run()
-    simulate(backbone, digits_dir, tmp_path / "sim", threads=1)
-    assert_same_weights(tmp_path / "flower" / "final", tmp_path / "sim" / "final")
-    FedSQModel.from_pretrained(str(tmp_path / "flower" / "best"))
-    records = history(tmp_path / "flower")
-    assert [r["clients"] for r in records] == [[0, 1], [0, 1]] and all(not r["failed_clients"] for r in records)
-
-    # FedProx + FedBN, stopped on the server after round 1 (flwr stop), then resumed (a new Flower run; the
-    # sites find their BatchNorm of round 1 by run-name): the uninterrupted simulator's weights.
-    fedbn = dict(strategy="fedprox", mu=0.1, bn_mode="local")
+    """FedProx + FedBN, stopped on the server after round 1 (flwr stop), then resumed (a new Flower run; the
+    sites find their BatchNorm of round 1 by run-name): the uninterrupted simulator's weights."""
+    backbone, fedbn = backbone_dir(), dict(strategy="fedprox", mu=0.1, bn_mode="local")
     stopped = write_app(tmp_path / "app2", run_config(backbone, digits_dir, tmp_path / "resumed", resume=False,
                                                       **fedbn))
 
@@ -246,12 +237,16 @@ def test_deployment_gives_the_simulators_weights_and_resumes(deployment, backbon
     assert status == "finished:completed", deployment.last_run()
     simulate(backbone, digits_dir, tmp_path / "sim-fedbn", threads=1, **fedbn)
     assert_same_weights(tmp_path / "resumed" / "final", tmp_path / "sim-fedbn" / "final")
-    assert [r["round"] for r in history(tmp_path / "resumed")] == [1, 2]
+    FedSQModel.from_pretrained(str(tmp_path / "resumed" / "best"))
+    records = history(tmp_path / "resumed")
+    assert [r["round"] for r in records] == [1, 2]
+    assert [r["clients"] for r in records] == [[0, 1], [0, 1]] and all(not r["failed_clients"] for r in records)
 
 
 @pytest.mark.slow
 def test_deployment_survives_a_killed_node(deployment, backbone_dir, digits_dir, tmp_path):
-    app = write_app(tmp_path / "app", run_config(backbone_dir(), digits_dir, tmp_path / "flower", round_timeout=30.0))
+    app = write_app(tmp_path / "app", run_config(backbone_dir(), digits_dir, tmp_path / "flower", round_timeout=30.0,
+                                                 rounds=1))  # the dead node's round waits the whole round-timeout
     killed = threading.Event()
 
     def kill_node_1_while_it_trains():  # once its ClientApp process for round 1 runs
@@ -268,7 +263,7 @@ def test_deployment_survives_a_killed_node(deployment, backbone_dir, digits_dir,
     _, status = deployment.run(app, on_line=on_line)
     assert killed.is_set() and status == "finished:completed", deployment.last_run()
     records = history(tmp_path / "flower")
-    assert [r["failed_clients"] for r in records] == [[1], [1]]
+    assert [r["failed_clients"] for r in records] == [[1]]
     assert "node" in records[0]["client_errors"]["1"]
     FedSQModel.from_pretrained(str(tmp_path / "flower" / "final"))
 

@@ -7,6 +7,7 @@ loads run in fresh processes, as a second user of the model would.
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -47,25 +48,111 @@ def run_python(code: str, env: dict, drop=()) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
-@pytest.mark.slow
-def test_push_then_load_in_a_fresh_process(hub, hub_env, backbone_dir, tmp_path):
-    backbone = backbone_dir("resnet10t")
-    pushed = run_python(f"""
-        import torch
-        from fedsq_hf import FedSQConfig, FedSQModel
-        model = FedSQModel(FedSQConfig(backbone={backbone!r}, num_labels=3, id2label={{0: "cat", 1: "dog", 2: "fox"}}))
+# Pushes by the owner, then loads and pushes by someone without a token: each group one fresh process (an
+# interpreter with fedsq-hf imported takes seconds), its sections run in order and reported apart.
+OWNER_PUSHES = {
+    "demo": """
+        model = FedSQModel(FedSQConfig(backbone=BACKBONE, num_labels=3, id2label={0: "cat", 1: "dog", 2: "fox"}))
         torch.manual_seed(1)
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(0.01 * torch.randn_like(p))
-        model.save_pretrained({str(tmp_path / "main")!r})
-        print(model.push_to_hub("{USER}/fedsq-demo", commit_message="Upload round 7"))
+        model.save_pretrained(OUT + "/main")
+        model.push_to_hub(USER + "/fedsq-demo", commit_message="Upload round 7")
         with torch.no_grad():
             next(model.parameters()).add_(1.0)
-        model.save_pretrained({str(tmp_path / "dev")!r})
+        model.save_pretrained(OUT + "/dev")
         model.push_to_hub("fedsq-demo", revision="dev")  # no namespace: the token's user
-    """, hub_env)
-    assert pushed.returncode == 0, pushed.stderr[-3000:]
+    """,
+    "secret": """
+        FedSQModel(FedSQConfig(backbone=BACKBONE, num_labels=2)).push_to_hub(USER + "/secret", private=True)
+    """,
+    "replaced": """
+        # a calibrated model pushed in shards, then a plain one: the structural copy and the old shards go, the
+        # user's files (a LICENSE, weights in a subfolder) stay
+        repo = USER + "/fedsq-replaced"
+        model = FedSQModel(FedSQConfig(backbone=BACKBONE, num_labels=3))
+        model.config.calibrated = True
+        model.push_to_hub(repo, max_shard_size="2MB")
+        api = HfApi()
+        api.upload_file(path_or_fileobj=b"my license", path_in_repo="LICENSE", repo_id=repo)
+        api.upload_file(path_or_fileobj=b"my own weights", path_in_repo="teacher/model.safetensors", repo_id=repo)
+        print(sorted(api.list_repo_files(repo)))
+        model.config.calibrated = False
+        with torch.no_grad():
+            next(model.parameters()).add_(1.0)
+        model.push_to_hub(repo, commit_message="plain")
+        loaded = FedSQModel.from_pretrained(repo)
+        assert not loaded.config.calibrated and loaded.state_dict().keys() == model.state_dict().keys()
+        assert all(loaded.state_dict()[k].equal(v) for k, v in model.state_dict().items())
+    """,
+    "visibility": """
+        model = FedSQModel(FedSQConfig(backbone=BACKBONE, num_labels=2))
+        model.push_to_hub(USER + "/public-one")
+        model.push_to_hub(USER + "/public-one", private=True)
+        model.push_to_hub(USER + "/public-one", private=True)
+        model.push_to_hub(USER + "/public-one", private=False)
+        model.push_to_hub(USER + "/private-new", private=True)
+    """,
+}
+ANONYMOUS = {
+    "demo": """
+        for revision in ("main", "dev"):
+            model = FedSQModel.from_pretrained(USER + "/fedsq-demo", revision=None if revision == "main" else revision)
+            ref = load_file(OUT + "/" + revision + "/model.safetensors")
+            state = model.state_dict()
+            assert set(state) == set(ref) and all(state[k].equal(ref[k]) for k in ref), revision
+            assert model.structural is not None and model.config.id2label[2] == "fox"
+    """,
+    "secret": """
+        FedSQModel.from_pretrained(USER + "/secret")
+    """,
+    "nocreds": """
+        FedSQModel(FedSQConfig(backbone=BACKBONE, num_labels=2)).push_to_hub(USER + "/nocreds")
+    """,
+}
+PRELUDE = """
+    import sys, traceback
+    import torch
+    from huggingface_hub import HfApi
+    from safetensors.torch import load_file
+    from fedsq_hf import FedSQConfig, FedSQModel
+"""
+
+
+def run_sections(sections: dict, env: dict, drop=(), **names) -> dict:
+    """Run each section's code in one fresh process, in order: section -> (raised, its stdout, its stderr)."""
+    code = textwrap.dedent(PRELUDE) + "".join(f"{k} = {v!r}\n" for k, v in names.items())
+    for name, body in sections.items():
+        code += (f"print('@@ {name}', flush=True); print('@@ {name}', file=sys.stderr, flush=True)\n"
+                 f"try:\n{textwrap.indent(textwrap.dedent(body), '    ')}\nexcept Exception:\n"
+                 "    traceback.print_exc(); print('@@ raised', flush=True)\n")
+    result = run_python(code, env, drop)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    def by_section(text):
+        pieces = re.split(r"^@@ (%s)\n" % "|".join(map(re.escape, sections)), text, flags=re.M)
+        return dict(zip(pieces[1::2], pieces[2::2]))
+
+    out, err = by_section(result.stdout), by_section(result.stderr)
+    return {name: ("@@ raised" in out.get(name, ""), out.get(name, ""), err.get(name, "")) for name in sections}
+
+
+@pytest.fixture(scope="module")
+def hub_processes(hub, backbone_dir, tmp_path_factory):
+    """The owner's pushes, then the anonymous process's loads and push, against a fresh `hub`."""
+    folder = tmp_path_factory.mktemp("hub-processes")
+    env = {"HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN, "HF_HUB_OFFLINE": "0", "HF_HUB_CACHE": str(folder / "hf-cache"),
+           "HF_HOME": str(folder / "hf-home"), "OMP_NUM_THREADS": "1"}
+    names = dict(BACKBONE=backbone_dir("resnet10t"), OUT=str(folder), USER=USER)
+    owner = run_sections(OWNER_PUSHES, env, **names)
+    return owner, run_sections(ANONYMOUS, env, drop=("HF_TOKEN",), **names)
+
+
+@pytest.mark.slow
+def test_push_then_load_in_a_fresh_process(hub, hub_processes):
+    owner, anonymous = hub_processes
+    assert not owner["demo"][0], owner["demo"][2][-3000:]
     assert hub.state.messages[f"{USER}/fedsq-demo"] == [("main", "Upload round 7"), ("dev", "Upload FedSQ model")]
     files = hub.state.repos[f"{USER}/fedsq-demo"].resolve("main").files
     assert sorted(files) == [".gitattributes", "README.md", "config.json", "model.safetensors"]
@@ -73,44 +160,45 @@ def test_push_then_load_in_a_fresh_process(hub, hub_env, backbone_dir, tmp_path)
     assert weights and all(k.startswith("dual_copy.quantitative.") for k in weights)  # never the structural copy
     assert json.loads(files["config.json"])["model_type"] == "fedsq"
     assert ModelCard(files["README.md"].decode()).data.library_name == "fedsq-hf"
-
-    loaded = run_python(f"""
-        from fedsq_hf import FedSQModel
-        from safetensors.torch import load_file
-        for revision in ("main", "dev"):
-            model = FedSQModel.from_pretrained("{USER}/fedsq-demo", revision=None if revision == "main" else revision)
-            ref = load_file({str(tmp_path)!r} + "/" + revision + "/model.safetensors")
-            state = model.state_dict()
-            assert set(state) == set(ref) and all(state[k].equal(ref[k]) for k in ref), revision
-            assert model.structural is not None and model.config.id2label[2] == "fox"
-        print("ok")
-    """, hub_env)
-    assert loaded.returncode == 0 and "ok" in loaded.stdout, loaded.stderr[-3000:]
+    assert not anonymous["demo"][0], anonymous["demo"][2][-3000:]  # a public repo loads without a token
 
 
 @pytest.mark.slow
-def test_private_repo_needs_the_owners_token(hub, hub_env, backbone_dir):
-    code = f"""
-        from fedsq_hf import FedSQConfig, FedSQModel
-        FedSQModel(FedSQConfig(backbone={backbone_dir("resnet10t")!r}, num_labels=2)).push_to_hub("{USER}/secret", private=True)
-    """
-    assert run_python(code, hub_env).returncode == 0
-    assert hub.state.repos[f"{USER}/secret"].private
-    anonymous = run_python(f"""
-        from fedsq_hf import FedSQModel
-        FedSQModel.from_pretrained("{USER}/secret")
-    """, hub_env, drop=("HF_TOKEN",))
-    assert anonymous.returncode == 1
-    assert "CheckpointError" in anonymous.stderr and "hf auth login or HF_TOKEN" in anonymous.stderr
+def test_private_repo_needs_the_owners_token(hub, hub_processes):
+    owner, anonymous = hub_processes
+    assert not owner["secret"][0] and hub.state.repos[f"{USER}/secret"].private
+    raised, _, stderr = anonymous["secret"]
+    assert raised and "CheckpointError" in stderr and "hf auth login or HF_TOKEN" in stderr
 
 
-def test_push_without_credentials_fails_before_any_upload(hub, hub_env, backbone_dir):
-    result = run_python(f"""
-        from fedsq_hf import FedSQConfig, FedSQModel
-        FedSQModel(FedSQConfig(backbone={backbone_dir("resnet10t")!r}, num_labels=2)).push_to_hub("{USER}/nocreds")
-    """, hub_env, drop=("HF_TOKEN",))
-    assert "FedSQError: push_to_hub needs Hub credentials: run `hf auth login`" in result.stderr
+@pytest.mark.slow
+def test_push_without_credentials_fails_before_any_upload(hub, hub_processes):
+    raised, _, stderr = hub_processes[1]["nocreds"]
+    assert raised and "FedSQError: push_to_hub needs Hub credentials: run `hf auth login`" in stderr
     assert f"{USER}/nocreds" not in hub.state.repos
+
+
+@pytest.mark.slow
+def test_push_deletes_the_model_files_of_an_earlier_push_only(hub, hub_processes):
+    raised, stdout, stderr = hub_processes[0]["replaced"]
+    assert not raised, stderr[-3000:]
+    first = eval(stdout.strip().splitlines()[0])
+    assert "structural.safetensors.index.json" in first and "model.safetensors.index.json" in first
+    files = hub.state.repos[f"{USER}/fedsq-replaced"].resolve("main").files
+    assert sorted(files) == [".gitattributes", "LICENSE", "README.md", "config.json", "model.safetensors",
+                             "teacher/model.safetensors"]
+    assert json.loads(files["config.json"])["calibrated"] is False
+
+
+@pytest.mark.slow
+def test_push_warns_once_when_an_existing_repos_visibility_differs(hub, hub_processes):
+    raised, _, stderr = hub_processes[0]["visibility"]
+    assert not raised, stderr[-3000:]
+    warning = (f"The Hub repo {USER}/public-one already exists and is public, not private as asked (--hub-private-repo "
+               f"/ private=): pushing leaves its visibility as it is. Change it in the repo's settings on the Hub or "
+               f"with `hf repos settings {USER}/public-one --private`.")
+    assert stderr.count(warning) == 1 and "already exists" not in stderr.replace(warning, "")
+    assert not hub.state.repos[f"{USER}/public-one"].private and hub.state.repos[f"{USER}/private-new"].private
 
 
 def _run_summary():
@@ -403,54 +491,3 @@ def test_trainer_whose_pushes_the_hub_refuses_ends_in_one_line(hub, hub_env, bac
     assert hub.state.messages[repo] == []  # nothing was committed
 
 
-@pytest.mark.slow
-def test_push_deletes_the_model_files_of_an_earlier_push_only(hub, hub_env, backbone_dir):
-    """A calibrated model pushed in shards, then a plain one: the structural copy and the old shards go, the
-    user's files (a LICENSE, weights in a subfolder) stay."""
-    repo = f"{USER}/fedsq-replaced"
-    pushed = run_python(f"""
-        import torch
-        from huggingface_hub import HfApi
-        from fedsq_hf import FedSQConfig, FedSQModel
-        model = FedSQModel(FedSQConfig(backbone={backbone_dir("resnet10t")!r}, num_labels=3))
-        model.config.calibrated = True
-        model.push_to_hub("{repo}", max_shard_size="2MB")
-        api = HfApi()
-        api.upload_file(path_or_fileobj=b"my license", path_in_repo="LICENSE", repo_id="{repo}")
-        api.upload_file(path_or_fileobj=b"my own weights", path_in_repo="teacher/model.safetensors", repo_id="{repo}")
-        print(sorted(api.list_repo_files("{repo}")))
-        model.config.calibrated = False
-        with torch.no_grad():
-            next(model.parameters()).add_(1.0)
-        model.push_to_hub("{repo}", commit_message="plain")
-        loaded = FedSQModel.from_pretrained("{repo}")
-        assert not loaded.config.calibrated and loaded.state_dict().keys() == model.state_dict().keys()
-        assert all(loaded.state_dict()[k].equal(v) for k, v in model.state_dict().items())
-    """, hub_env)
-    assert pushed.returncode == 0, pushed.stderr[-3000:]
-    first = eval(pushed.stdout.strip().splitlines()[0])
-    assert "structural.safetensors.index.json" in first and "model.safetensors.index.json" in first
-    files = hub.state.repos[repo].resolve("main").files
-    assert sorted(files) == [".gitattributes", "LICENSE", "README.md", "config.json", "model.safetensors",
-                             "teacher/model.safetensors"]
-    assert json.loads(files["config.json"])["calibrated"] is False
-
-
-@pytest.mark.slow
-def test_push_warns_once_when_an_existing_repos_visibility_differs(hub, hub_env, backbone_dir):
-    pushed = run_python(f"""
-        from fedsq_hf import FedSQConfig, FedSQModel
-        model = FedSQModel(FedSQConfig(backbone={backbone_dir("resnet10t")!r}, num_labels=2))
-        model.push_to_hub("{USER}/public-one")
-        print("--- pushes", flush=True)
-        model.push_to_hub("{USER}/public-one", private=True)
-        model.push_to_hub("{USER}/public-one", private=True)
-        model.push_to_hub("{USER}/public-one", private=False)
-        model.push_to_hub("{USER}/private-new", private=True)
-    """, hub_env)
-    assert pushed.returncode == 0, pushed.stderr[-3000:]
-    warning = (f"The Hub repo {USER}/public-one already exists and is public, not private as asked (--hub-private-repo "
-               f"/ private=): pushing leaves its visibility as it is. Change it in the repo's settings on the Hub or "
-               f"with `hf repos settings {USER}/public-one --private`.")
-    assert pushed.stderr.count(warning) == 1 and "already exists" not in pushed.stderr.replace(warning, "")
-    assert not hub.state.repos[f"{USER}/public-one"].private and hub.state.repos[f"{USER}/private-new"].private

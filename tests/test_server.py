@@ -69,3 +69,25 @@ def test_a_round_aggregate_takes_updates_in_and_steps_the_global_model(backbone_
         empty = RoundAggregate.start(server, strategy, active=[1])
         assert not empty.step(strategy, server, 2)  # nothing usable: the model is kept
         torch.testing.assert_close(server.vector, start + 1)
+
+
+def test_the_round_records_how_much_its_client_updates_agree(backbone_dir):
+    """|mean update|^2 / mean squared norm: 1 for equal updates, 0 for cancelling ones, 1/2 for two orthogonal
+    ones of one norm; the same whether the strategy sums (FedAvg) or takes each update (FedMedian)."""
+    from fedsq_hf import FedSQConfig, FedSQModel
+    from fedsq_hf.federated import ClientUpdate, FedAvg, FedMedian, GlobalModel, IdentityCodec, RoundAggregate
+
+    model = FedSQModel(FedSQConfig(backbone=backbone_dir("resnet10t"), num_labels=3))
+    server = GlobalModel(model, num_clients=2)
+    params = server.params()
+    first = next(iter(params))
+    one_hot = [{k: torch.zeros_like(v) for k, v in params.items()} for _ in range(2)]
+    one_hot[0][first].view(-1)[0], one_hot[1][first].view(-1)[1] = 1.0, 1.0
+    ones = {k: torch.ones_like(v) for k, v in params.items()}
+    for updates, expected in (([ones, ones], 1.0), ([ones, {k: -v for k, v in ones.items()}], 0.0), (one_hot, 0.5)):
+        for strategy in (FedAvg(), FedMedian()):
+            aggregate = RoundAggregate.start(GlobalModel(model, num_clients=2), strategy, active=[0, 1])
+            for client, update in enumerate(updates):
+                aggregate.add(client, ClientUpdate(update, 10, {"train_loss": 1.0}), IdentityCodec(), server)
+            aggregate.step(strategy, GlobalModel(model, num_clients=2), 1)
+            assert aggregate.update_agreement == pytest.approx(expected, abs=1e-9), (strategy.name, expected)

@@ -25,6 +25,7 @@ def test_run_writes_all_outputs(backbone_dir, digits_dir, tmp_path):
     history = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
     assert [h["round"] for h in history] == [1, 2] and "eval_accuracy" not in history[0]
     assert {"clients", "train_loss", "eval_loss", "eval_accuracy", "wall_time", "bytes_aggregated"} <= set(history[1])
+    assert all(0 < h["update_agreement"] <= 1 for h in history)  # two clients from one warm start agree in part
     final = FedSQModel.from_pretrained(tmp_path / "final")
     assert final.config.id2label[3] == "3" and os.path.isdir(tmp_path / "best")
 
@@ -178,10 +179,10 @@ def test_fedbn_traffic_scales_with_the_rounds_clients(backbone_dir, digits_dir, 
     reduce = collectives.reduce
     monkeypatch.setattr(collectives, "reduce", lambda t, **kw: sizes.append(t.numel()) or reduce(t, **kw))
     trainer.run_round(1)
-    # one all-reduce: round totals (3, a failure flag and a sample count per client of the round), each of its
+    # one all-reduce: round totals (4, a failure flag and a sample count per client of the round), each of its
     # clients' BatchNorm, the summed update
     server = trainer.global_model
-    assert sizes == [3 + 2 + 2 + 2 * server.local_layout.numel + server.vector.numel()]
+    assert sizes == [4 + 2 + 2 + 2 * server.local_layout.numel + server.vector.numel()]
 
 
 @pytest.mark.slow

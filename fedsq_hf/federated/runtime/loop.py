@@ -203,7 +203,8 @@ class RoundLoop(TrainerCheckpoints):
         record = {"round": round_, "clients": clients, "dropped_clients": dropped, "failed_clients": aggregate.failed,
                 "lr": self.learning_rates[round_ - 1], "train_loss": aggregate.train_loss,
                 "bytes_aggregated": aggregate.num_bytes, "wall_time": end - start, "train_time": trained - start,
-                "aggregate_time": end - trained, "evaluation_time": 0.0, **self.strategy.round_metrics()}
+                "aggregate_time": end - trained, "evaluation_time": 0.0, "update_agreement": aggregate.update_agreement,
+                  **self.strategy.round_metrics()}
         return {**record, **self.privacy.record(round_, self.state.history, record)}
 
     def _evaluate_into(self, record: dict[str, Any]) -> None:

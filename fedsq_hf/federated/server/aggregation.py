@@ -25,9 +25,11 @@ class RoundAggregate:
         updates: each usable update, flat (per-client strategies).
         local: FedBN's local state of each active client that reported one (zero width otherwise).
         samples: the samples each active client reported (0 where it did not).
-        num_samples / loss_sum / num_bytes: over the usable updates (the loss weighted by samples; the bytes
-            their codec sent).
+        num_samples / loss_sum / num_bytes / sq_norm_sum: over the usable updates (the loss and the updates'
+            squared L2 norms weighted by samples; the bytes their codec sent).
         failed: the clients whose training went wrong (diverged or non-finite) or that did not reply.
+        update_agreement: set by `step`: |mean update|^2 / the mean squared update norm (sample-weighted),
+            1 when every client sent the same update, near 0 when they cancel out (Jensen: never above 1).
     """
 
     active: list[int]
@@ -39,6 +41,8 @@ class RoundAggregate:
     num_bytes: int = 0
     failed: list[int] = field(default_factory=list)
     updates: list[FlatUpdate] = field(default_factory=list)
+    sq_norm_sum: float = 0.0
+    update_agreement: float | None = None
 
     @classmethod
     def start(cls, global_model: GlobalModel, strategy: Strategy, active: list[int]) -> RoundAggregate:
@@ -69,6 +73,7 @@ class RoundAggregate:
         self.num_samples += update.num_samples
         self.loss_sum += update.metrics["train_loss"] * update.num_samples
         self.num_bytes += update.num_bytes
+        self.sq_norm_sum += update.num_samples * sum(float(t.float().pow(2).sum()) for t in tensors.values())
         self.samples[row] = update.num_samples
         if global_model.local_states:
             self.local[row] = global_model.local_layout.flatten(update.local_state).cpu().double()
@@ -84,10 +89,18 @@ class RoundAggregate:
                     global_model.local_states.update(client, row, int(samples))
         usable = self.num_samples > 0
         if usable:
+            updates = self.updates if updates is None else updates
+            self.update_agreement = self._agreement(updates)
             if self.summed is None:
-                update = strategy.aggregate_clients(self.updates if updates is None else updates)
+                update = strategy.aggregate_clients(updates)
             else:
                 update = strategy.aggregate(self.summed.float(), self.num_samples)
             global_model.step(strategy, update, round_)
         global_model.write()
         return usable
+
+    def _agreement(self, updates: list[FlatUpdate]) -> float | None:
+        total = self.summed.double() if self.summed is not None else \
+            torch.stack([u.update.double() * u.num_samples for u in updates]).sum(0)
+        mean_sq_norm = self.sq_norm_sum / self.num_samples
+        return float(total.div(self.num_samples).pow(2).sum()) / mean_sq_norm if mean_sq_norm > 0 else None

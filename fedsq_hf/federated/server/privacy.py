@@ -32,6 +32,7 @@ def dp_epsilon(noise_multiplier: float, sample_rate: float, rounds: int, delta: 
     return float(accountant.get_epsilon(delta))
 
 
+@functools.lru_cache(maxsize=256)  # a run's arguments ask for it more than once (checks, strategy, account)
 def dp_noise_multiplier(target_epsilon: float, sample_rate: float, rounds: int, delta: float) -> float:
     """The smallest noise multiplier that keeps `rounds` rounds within (`target_epsilon`, `delta`) (Opacus's
     `get_noise_multiplier`, RDP); `FedSQError` when no sane one can."""
