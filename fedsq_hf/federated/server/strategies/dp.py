@@ -51,6 +51,7 @@ class ClientLevelDP(Strategy):
     round: int = field(default=0, init=False)
     clipped: int = field(default=0, init=False)
     noise_seed: int = field(default=0, init=False)  # this round's; the round loop broadcasts an OS-drawn one
+    round_clip_norm: float = field(default=0.0, init=False)  # the bound this round clips to (adaptive: moves after)
     trained: torch.Tensor | None = field(default=None, init=False)  # where clients can move the state (`noised_only`)
 
     name = "dp"
@@ -73,7 +74,7 @@ class ClientLevelDP(Strategy):
             else self.adaptive.update_noise_multiplier(self.noise_multiplier, self.clients_per_round)
 
     def begin_round(self, round_: int) -> None:
-        self.round, self.clipped = round_, 0
+        self.round, self.clipped, self.round_clip_norm = round_, 0, self.clip_norm
         self.noise_seed = secrets.randbits(63) if self.noise_source == "os" else client_seed(self.seed, round_)
         self.inner.begin_round(round_)
 
@@ -106,7 +107,7 @@ class ClientLevelDP(Strategy):
         noise = torch.randn(total.shape, generator=generator, dtype=torch.float32)
         noise.mul_(self.update_noise_multiplier * self.clip_norm)
         if self.trained is not None:
-            noise.mul_(self.trained)
+            noise.mul_(self.trained.to(noise.device))
         unclipped = sum(within for _, within in clipped)
         self.clipped = len(updates) - unclipped
         if self.adaptive is not None:  # the next round's bound, from the same generator
@@ -117,7 +118,7 @@ class ClientLevelDP(Strategy):
         self.inner.server_update(global_state, update)
 
     def round_metrics(self) -> dict[str, Scalar]:
-        return {"dp_clipped_clients": self.clipped, **({"dp_clip_norm": self.clip_norm} if self.adaptive else {})}
+        return {"dp_clipped_clients": self.clipped, **({"dp_clip_norm": self.round_clip_norm} if self.adaptive else {})}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         bound = {"dp.clip_norm": torch.tensor(self.clip_norm, dtype=torch.float64)} if self.adaptive else {}
