@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch.func import functional_call, grad_and_value, vmap
 
+from ..protocol import squared_norm
+
 if TYPE_CHECKING:
     from opacus.optimizers import DPOptimizer
 
@@ -25,7 +27,7 @@ __all__ = ["clip_update", "per_sample_gradients", "dp_optimizer"]
 def clip_update(update: dict[str, torch.Tensor], bound: float) -> tuple[dict[str, torch.Tensor], int]:
     """`update` scaled to L2 norm at most `bound` over all its tensors, and 1 if it was within it already
     (what adaptive clipping counts), else 0."""
-    norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.float()) for t in update.values()])))
+    norm = squared_norm(update) ** 0.5
     if norm <= bound:
         return update, 1
     return {k: t * (bound / norm) for k, t in update.items()}, 0

@@ -14,12 +14,19 @@ import torch
 
 from ...modeling_fedsq import FedSQModel
 
-__all__ = ["ModelTensors", "ParamLayout", "batchnorm_keys", "tensor_bytes"]
+__all__ = ["ModelTensors", "ParamLayout", "batchnorm_keys", "tensor_bytes", "squared_norm"]
 
 
 def tensor_bytes(tensors: Mapping[str, torch.Tensor]) -> int:
     """The bytes of these tensors' values."""
     return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def squared_norm(tensors: Mapping[str, torch.Tensor]) -> float:
+    """The squared L2 norm of all of `tensors` together, in fp32, read back once (one device sync)."""
+    if not tensors:
+        return 0.0
+    return float(torch.stack([t.detach().float().pow(2).sum() for t in tensors.values()]).sum())
 
 
 def batchnorm_keys(model: FedSQModel) -> set[str]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..protocol import ClientUpdate, UpdateCodec
+from ..protocol import ClientUpdate, UpdateCodec, squared_norm
 from .global_model import GlobalModel
 from .strategies import FlatUpdate, Strategy
 
@@ -73,7 +73,7 @@ class RoundAggregate:
         self.num_samples += update.num_samples
         self.loss_sum += update.metrics["train_loss"] * update.num_samples
         self.num_bytes += update.num_bytes
-        self.sq_norm_sum += update.num_samples * sum(float(t.float().pow(2).sum()) for t in tensors.values())
+        self.sq_norm_sum += update.num_samples * squared_norm(tensors)
         self.samples[row] = update.num_samples
         if global_model.local_states:
             self.local[row] = global_model.local_layout.flatten(update.local_state).cpu().double()
