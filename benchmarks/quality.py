@@ -17,27 +17,32 @@ import json
 import os
 import shutil
 import statistics
+from typing import NamedTuple
 
 import datasets
 
 from fedsq_hf import FedSQError
 from fedsq_hf.federated import DataArguments, FederatedArguments, ModelArguments, run_federated
 from fedsq_hf.federated.cli import resume_marks, run_config
-from fedsq_hf.federated.server import greater_is_better
+from fedsq_hf.federated.server import GATE_ALIGNMENT_BELOW, greater_is_better
 from fedsq_hf.plotting import pyplot, save_figure
 from report import write_json
 
 # name -> what the method sets; all train the same backbone from the same warm start. FedSQ is fixed gating
 # + plain averaging, as in the paper; "+drift" warms the gates up in the federation until they settle
-# (--freeze-gates-when-drift-below); "+calib" re-freezes them after a central calibration warm-up.
+# (--freeze-gates-when-drift-below); "+auto" lets the clients' update alignment choose (--freeze-gates auto;
+# "-global": --skewed-gates global);
+# "+calib" re-freezes them after a central calibration warm-up.
 METHODS = {
     "FedSQ": dict(model="fedsq"),
     "FedSQ+drift": dict(model="fedsq", drift=True),
+    "FedSQ+auto": dict(model="fedsq", auto="pretrained"),
+    "FedSQ+auto-global": dict(model="fedsq", auto="global"),
     "FedSQ+calib": dict(model="fedsq", calibrate=True),
     "FedAvg": dict(model="plain"),
     "FedProx": dict(model="plain", strategy="fedprox"),
 }
-SHARED_CIFAR10 = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "cifar10")
+SHARED_CIFAR10 = os.path.realpath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "cifar10"))
 
 
 def parse_split(text: str) -> tuple[str, float]:
@@ -46,16 +51,29 @@ def parse_split(text: str) -> tuple[str, float]:
     return name, float(alpha or 0.5)
 
 
+class Run(NamedTuple):
+    """One run's accuracy per round, the round its gates were fixed at by a gate schedule (None: never, or
+    no schedule), which gates ("global", "pretrained", "own": never fixed; None: no schedule) and whether it
+    stopped because every client failed (diverged) round after round."""
+
+    curve: list[float]
+    frozen: int | None
+    gates: str | None
+    stopped: bool
+
+
 def run_one(args: argparse.Namespace, method: str, split: str, seed: int, *, variant: str = "",
-            **federated: object) -> tuple[list[float], int | None, bool]:
-    """One run's accuracy per round, the round its gates froze at (None: never re-frozen) and whether it
-    stopped because every client failed (diverged) round after round. `federated`: further
-    `FederatedArguments` fields, the run's `variant` (its folder's name under the method's)."""
+            **federated: object) -> Run:
+    """One run of `method` (see `Run`). `federated`: further `FederatedArguments` fields, the run's `variant`
+    (its folder's name under the method's)."""
     spec = METHODS[method]
     partition, alpha = parse_split(split)
     out = os.path.join(args.output_dir, "runs", split.replace(":", "-"), method, variant, f"seed{seed}")
     drift = dict(freeze_gates_when_drift_below=args.drift_below, gate_probe_samples=args.gate_probe_samples,
                  max_warmup_rounds=min(args.max_warmup_rounds, args.rounds - 1)) if spec.get("drift") else {}
+    if spec.get("auto"):
+        drift = dict(freeze_gates="auto", gate_alignment_below=args.alignment_below, skewed_gates=spec["auto"],
+                     max_warmup_rounds=min(args.max_warmup_rounds, args.rounds - 1))
     calibrate = spec.get("calibrate", False)
     run_args = (
         ModelArguments(backbone=args.backbone, backbone_weights=getattr(args, "backbone_weights", None),
@@ -86,7 +104,8 @@ def run_one(args: argparse.Namespace, method: str, split: str, seed: int, *, var
     curve = [h.get("eval_accuracy") for h in history]
     curve += curve[-1:] * (args.rounds - len(curve))  # a stopped run keeps its last global model
     frozen = next((h["round"] for h in history if h.get("gates_frozen")), None)
-    return curve, frozen, bool(summary.get("stopped"))
+    gates = next((h["gate_decision"]["gates"] for h in history if "gate_decision" in h), None)
+    return Run(curve, frozen, gates, bool(summary.get("stopped")))
 
 
 def finished_run(folder: str, config: dict) -> dict | None:
@@ -100,8 +119,8 @@ def finished_run(folder: str, config: dict) -> dict | None:
     return summary if same and summary["rounds"] == config["rounds"] else None
 
 
-def describe(runs: list[tuple[list[float], int | None, bool]], at_rounds: list[int]) -> dict:
-    curves = [curve for curve, _, _ in runs]
+def describe(runs: list[Run], at_rounds: list[int]) -> dict:
+    curves = [run.curve for run in runs]
     best = [max(c) for c in curves]
     to_best = [c.index(max(c)) + 1 for c in curves]
     mean = lambda xs: statistics.fmean(xs)  # noqa: E731
@@ -111,8 +130,8 @@ def describe(runs: list[tuple[list[float], int | None, bool]], at_rounds: list[i
         "rounds_to_best_mean": mean(to_best), "rounds_to_best": to_best,
         "accuracy_at": {r: {"mean": mean([c[r - 1] for c in curves]), "std": std([c[r - 1] for c in curves])}
                         for r in at_rounds},
-        "curves": curves, "frozen_at_round": [frozen for _, frozen, _ in runs],
-        "stopped": [stopped for _, _, stopped in runs],
+        "curves": curves, "frozen_at_round": [run.frozen for run in runs], "gates": [run.gates for run in runs],
+        "stopped": [run.stopped for run in runs],
     }
 
 
@@ -129,7 +148,10 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=0.003)
     parser.add_argument("--mu", type=float, default=0.01, help="FedProx proximal weight")
     parser.add_argument("--drift-below", type=float, default=0.02, help="FedSQ+drift: --freeze-gates-when-drift-below")
-    parser.add_argument("--max-warmup-rounds", type=int, default=5, help="FedSQ+drift: bound on the warm-up")
+    parser.add_argument("--max-warmup-rounds", type=int, default=5,
+                        help="FedSQ+drift: bound on the warm-up; FedSQ+auto: the rounds whose alignment decides")
+    parser.add_argument("--alignment-below", type=float, default=GATE_ALIGNMENT_BELOW,
+                        help="FedSQ+auto: --gate-alignment-below")
     parser.add_argument("--gate-probe-samples", type=int, default=256, help="FedSQ+drift: probe set (first eval samples)")
     parser.add_argument("--calibration-samples", type=int, default=300, help="FedSQ+calib: shared calibration set")
     parser.add_argument("--calibration-epochs", type=int, default=2, help="FedSQ+calib: epochs of the warm-up")
@@ -168,12 +190,30 @@ def print_table(results: dict) -> None:
     for split, by_method in results.items():
         for method, r in by_method.items():
             at = " | ".join(f"{100 * r['accuracy_at'][k]['mean']:.1f} ± {100 * r['accuracy_at'][k]['std']:.1f}" for k in at_rounds)
-            frozen = ", ".join(str(f) for f in r["frozen_at_round"]) if any(r["frozen_at_round"]) else \
-                ("1" if method.startswith("FedSQ") else "-")
+            frozen = ", ".join(_fixed_at(f, g) for f, g in zip(r["frozen_at_round"], r.get("gates", [None] * 3))) \
+                if any(r["frozen_at_round"]) or any(r.get("gates") or []) else ("1" if method.startswith("FedSQ") else "-")
             print(f"| {split} | {method} | {100 * r['bva_mean']:.1f} ± {100 * r['bva_std']:.1f} | "
                   f"{100 * r['bva_min']:.1f}-{100 * r['bva_max']:.1f} | {r['rounds_to_best_mean']:.1f} "
                   f"({', '.join(map(str, r['rounds_to_best']))}) | {frozen} | {at} |"
                   + (f" stopped: {sum(r['stopped'])} of {len(r['stopped'])}" if any(r["stopped"]) else ""))
+
+
+def _fixed_at(frozen: int | None, gates: str | None) -> str:
+    """A run's "gates frozen at" cell: R, R + "p" for the pretrained gates, "none" when never fixed."""
+    if frozen is None:
+        return "none" if gates == "own" else "-"
+    return f"{frozen}p" if gates == "pretrained" else str(frozen)
+
+
+def add_results(results: dict, path: str) -> dict:
+    """`results` with the methods of an earlier grid's results.json (same settings) before them; a method in
+    both is this grid's."""
+    with open(path) as f:
+        earlier = json.load(f)["results"]
+    for by_method in earlier.values():
+        for r in by_method.values():
+            r["accuracy_at"] = {int(k): v for k, v in r["accuracy_at"].items()}
+    return {split: {**earlier.get(split, {}), **by_method} for split, by_method in results.items()}
 
 
 def plot(results: dict, path: str) -> None:
@@ -204,11 +244,15 @@ def main() -> None:
     parser.add_argument("--max-eval-samples", type=int, default=500)
     parser.add_argument("--image-size", type=int, default=32)
     add_grid_arguments(parser)
+    parser.add_argument("--add-results", metavar="RESULTS_JSON",
+                        help="an earlier grid's results.json with the same settings: its methods join the table and plot")
     args = parser.parse_args()
     if args.dataset == SHARED_CIFAR10 and not os.path.isdir(SHARED_CIFAR10):
         parser.error(f"no CIFAR-10 at {SHARED_CIFAR10}; pass --dataset (a Hub id such as uoft-cs/cifar10, or a folder)")
     datasets.disable_progress_bars()
     results = run_grid(args)
+    if args.add_results:
+        results = add_results(results, args.add_results)
     print_table(results)
     path = write_json(args.output_dir, {"args": vars(args), "results": results})
     plot(results, os.path.join(args.output_dir, "quality.png"))

@@ -92,11 +92,16 @@ def _federation(run: dict[str, Any]) -> dict[str, Any]:
 
 
 def _gate_warmup(warmup: dict[str, Any] | None, frozen: int | None) -> str | None:
-    """The federation table's line on a gate warm-up (rounds without fixed gates, then frozen)."""
+    """The federation table's line on a gate warm-up (rounds without fixed gates, then fixed, or never)."""
     if not warmup:
         return None
+    decided = warmup.get("decided")
     if not frozen:
-        return f"{warmup['rule']}: the gates were not frozen before the run ended"
+        return f"{warmup['rule']}: " + (f"{decided}, never fixed" if decided else
+                                        "the gates were not frozen before the run ended")
+    if warmup.get("gates") == "pretrained":
+        return (f"rounds 1-{frozen - 1} without fixed gates, then the backbone's pretrained gates from round {frozen} "
+                f"({warmup['rule']}; {decided})")
     drift = warmup.get("step_drift_at_freeze")
     measured = f"; gate step drift {100 * drift:.2f}% on {warmup['probe_samples']} probe samples" if drift is not None else ""
     return (f"rounds 1-{frozen - 1} without fixed gates, then gates frozen from the global model at round {frozen} "

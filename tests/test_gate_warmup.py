@@ -1,4 +1,4 @@
-"""Gate warm-up inside the federation (--freeze-gates-at-round, --freeze-gates-when-drift-below)."""
+"""Gate warm-up inside the federation (--freeze-gates-at-round, --freeze-gates-when-drift-below, --freeze-gates auto)."""
 
 import json
 import sys
@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from fedsq_hf import FedSQConfig, FedSQModel, model_card
-from fedsq_hf.federated import STRATEGIES, GateWarmup, build_trainer, run_federated
+from fedsq_hf.federated import STRATEGIES, AlignmentRule, DriftRule, FixedRound, GateDecision, build_trainer, run_federated
 from helpers import StopAfter, assert_same_run, cli_args, run_example, tiny_args
 
 
@@ -41,10 +41,13 @@ def test_warmup_rounds_train_as_a_plain_model_then_gates_freeze_from_the_global_
     size = sum(t.numel() * t.element_size() for t in trainer.model.structural.state_dict().values())
     newcomers = len(set(warm[2]["clients"]) - set(warm[1]["clients"]))
     assert [h.get("bytes_structural") for h in warm] == [None, 2 * size, newcomers * size]
-    assert summary["gate_warmup"] == {"rule": "fixed round 2", "frozen_at_round": 2, "probe_samples": 60,
+    assert summary["gate_warmup"] == {"rule": "fixed round 2", "decided": "--freeze-gates-at-round 2", "gates": "global",
+                                      "frozen_at_round": 2, "statistic": "gate_step_drift",
+                                      "by_round": {1: warm[0]["gate_step_drift"]}, "probe_samples": 60,
                                       "step_drift_at_freeze": warm[0]["gate_step_drift"],
                                       "bytes_structural": (2 + newcomers) * size}
-    assert json.loads((tmp_path / "warm" / "summary.json").read_text())["gate_warmup"] == summary["gate_warmup"]
+    saved = json.loads((tmp_path / "warm" / "summary.json").read_text())["gate_warmup"]
+    assert saved == {**summary["gate_warmup"], "by_round": {"1": warm[0]["gate_step_drift"]}}
 
     loaded = FedSQModel.from_pretrained(tmp_path / "warm" / "final")
     assert loaded.config.gates_frozen_at_round == 2 and loaded.config.calibrated and loaded.dual_copy.gating
@@ -56,33 +59,124 @@ def test_warmup_rounds_train_as_a_plain_model_then_gates_freeze_from_the_global_
 
 
 def test_drift_rule_freezes_after_the_first_settled_round_or_the_bound():
-    rule = GateWarmup(drift_below=0.05, max_warmup_rounds=3)
+    rule = DriftRule(0.05, max_rounds=3)
 
-    def drifts(*ds, losses=(2.0, 1.5, 1.0)):
-        return [{"round": r, "gate_step_drift": d, "gate_probe_loss": l} for r, (d, l) in enumerate(zip(ds, losses), 1)]
+    def freeze(*ds, losses=(2.0, 1.5, 1.0)):
+        decision = rule.decide([{"round": r, "gate_step_drift": d, "gate_probe_loss": l}
+                                for r, (d, l) in enumerate(zip(ds, losses), 1)])
+        return None if decision is None else decision.round
 
-    assert rule.freeze_round([]) is None and rule.freeze_round(drifts(0.01)) is None  # round 1 alone never decides
-    assert rule.freeze_round(drifts(0.2, 0.04)) == 3
-    assert rule.freeze_round(drifts(0.01, 0.03)) is None  # below the threshold, but still rising
-    assert rule.freeze_round(drifts(0.01, 0.03, 0.02)) == 4
-    assert rule.freeze_round(drifts(0.2, 0.1, 0.09)) == 4  # the bound: at most 3 warm-up rounds
+    assert freeze() is None and freeze(0.01) is None  # round 1 alone never decides
+    assert freeze(0.2, 0.04) == 3
+    assert freeze(0.01, 0.03) is None  # below the threshold, but still rising
+    assert freeze(0.01, 0.03, 0.02) == 4
+    assert freeze(0.2, 0.1, 0.09) == 4  # the bound: at most 3 warm-up rounds
+    assert "--max-warmup-rounds 3" in rule.decide([{"round": r, "gate_step_drift": 0.2, "gate_probe_loss": 1.0}
+                                                   for r in (1, 2, 3)]).reason
     # a model whose probe loss rose has stopped learning (e.g. collapsed to one class): its still gates are not settled
-    assert rule.freeze_round(drifts(0.2, 0.04, losses=(2.3, 3.1))) is None
-    assert rule.freeze_round(drifts(0.2, 0.04, 0.03, losses=(2.3, 3.1, 2.9))) == 4
-    assert GateWarmup(freeze_at_round=4).freeze_round([]) == 4
+    assert freeze(0.2, 0.04, losses=(2.3, 3.1)) is None
+    assert freeze(0.2, 0.04, 0.03, losses=(2.3, 3.1, 2.9)) == 4
+    assert FixedRound(4).decide([]) == GateDecision(4, "global", "--freeze-gates-at-round 4")
 
 
-@pytest.mark.parametrize("stop", [1, 3], ids=["in-warm-up", "after-freeze"])
-def test_resume_during_and_after_the_warm_up_is_exact(stop, backbone_dir, digits_dir, tmp_path):
+def test_alignment_rule_keeps_the_pretrained_gates_when_clients_pull_apart_and_none_when_they_agree():
+    rule = AlignmentRule(0.4, max_rounds=3)
+
+    def decide(*alignments):
+        return rule.decide([{"round": r, "update_alignment": a} for r, a in enumerate(alignments, 1)])
+
+    assert decide() is None and decide(0.7) is None and decide(0.7, 0.5) is None  # aligned so far: watching
+    pulled = decide(0.7, 0.1)
+    assert (pulled.round, pulled.source) == (3, "pretrained") and "0.100 < 0.4 in round 2" in pulled.reason
+    assert decide(0.39).round == 2  # the first round below decides at once
+    agreed = decide(0.7, 0.5, 0.4)
+    assert (agreed.round, agreed.source) == (None, "global") and "rounds 1-3" in agreed.reason  # never fixed
+    assert decide(0.7, 0.5, 0.4, 0.0) == agreed  # rounds after the window do not count
+    assert decide(None, 0.6, 0.9).round is None  # a round with one usable update gives no alignment
+    assert decide(None, None, None) == GateDecision(4, "pretrained", "no two client updates to align in rounds 1-3; "
+                                                                       "the pretrained gates")
+
+    rule = AlignmentRule(0.4, max_rounds=3, skewed="global")  # pulled apart: warm up to the bound, then the global gates
+    assert decide(0.7, 0.1) is None and decide(0.7, 0.5) is None
+    assert decide(0.7, 0.1, 0.9) == GateDecision(4, "global", "update alignment 0.100 < 0.4 in round 2: the clients pull "
+                                                               "apart; the global model's gates after round 3")
+    assert decide(0.7, 0.5, 0.4).round is None
+
+
+AUTO = dict(freeze_gates="auto", max_warmup_rounds=2)
+PULL_APART = dict(AUTO, gate_alignment_below=0.999)  # any real round is below: the pretrained gates from round 2
+AGREE = dict(AUTO, gate_alignment_below=-0.999)  # none is: the gates follow the model
+
+
+def test_auto_keeps_the_pretrained_gates_when_the_clients_pull_apart(backbone_dir, digits_dir, tmp_path):
     backbone = backbone_dir("resnet10t")
-    settings = dict(rounds=4, strategy="fedprox", mu=0.1, freeze_gates_when_drift_below=1e-9, max_warmup_rounds=2,
-                    gate_drift_samples=8)  # drift from the starting model: a resumed run measures from it too
+    model, data, fed = tiny_args(backbone, digits_dir, tmp_path / "plain", rounds=1)
+    model.model = "plain"
+    run_federated(model, data, fed)
+    summary = run_federated(*tiny_args(backbone, digits_dir, tmp_path / "auto", rounds=3, **PULL_APART))
+    plain, auto = history(tmp_path / "plain"), history(tmp_path / "auto")
+    for key in ("clients", "train_loss", "eval_loss", "update_alignment"):  # round 1 is plain FedAvg, exactly
+        assert auto[0][key] == plain[0][key], key
+    assert [h["gates"] for h in auto] == ["own", "fixed", "fixed"]
+    assert [h.get("gates_frozen") for h in auto] == [None, True, False]
+    assert [h.get("bytes_structural") for h in auto] == [None, 0, 0]  # every client holds the backbone's copy
+    assert not any("gate_step_drift" in h or "gate_probe_loss" in h for h in auto)  # no server data
+    alignment = auto[0]["update_alignment"]
+    assert -1 <= alignment < 0.999
+    assert summary["gate_warmup"] == {
+        "rule": "auto: the pretrained gates if the client update alignment falls below 0.999 in rounds 1-2, else none "
+                "fixed (no server data)",
+        "decided": f"update alignment {alignment:.3f} < 0.999 in round 1: the clients pull apart; the pretrained gates",
+        "gates": "pretrained", "frozen_at_round": 2, "statistic": "update_alignment", "by_round": {1: alignment},
+        "bytes_structural": 0}
+
+    assert not (tmp_path / "auto" / "final" / "structural.safetensors").exists()
+    loaded = FedSQModel.from_pretrained(tmp_path / "auto" / "final")
+    assert loaded.config.gates_frozen_at_round == 2 and not loaded.config.calibrated and loaded.dual_copy.gating
+    pretrained = FedSQModel(FedSQConfig(backbone=backbone, num_labels=loaded.config.num_labels)).structural
+    assert all(torch.equal(v, pretrained.state_dict()[k]) for k, v in loaded.structural.state_dict().items())
+    card = model_card(loaded.config, summary=summary, history=auto).content
+    assert "| gate warm-up | rounds 1-1 without fixed gates, then the backbone's pretrained gates from round 2 (auto" in card
+
+
+def test_auto_lets_the_gates_follow_the_model_when_the_clients_agree(backbone_dir, digits_dir, tmp_path):
+    backbone = backbone_dir("resnet10t")
+    model, data, fed = tiny_args(backbone, digits_dir, tmp_path / "plain", rounds=3)
+    model.model = "plain"
+    run_federated(model, data, fed)
+    summary = run_federated(*tiny_args(backbone, digits_dir, tmp_path / "auto", rounds=3, **AGREE))
+    plain, auto = history(tmp_path / "plain"), history(tmp_path / "auto")
+    for key in ("clients", "train_loss", "eval_loss", "update_alignment"):  # FedAvg throughout, exactly
+        assert [h[key] for h in auto] == [h[key] for h in plain], key
+    assert [h["gates"] for h in auto] == ["own"] * 3 and not any("gates_frozen" in h for h in auto)
+    warmup = summary["gate_warmup"]
+    assert (warmup["gates"], warmup["frozen_at_round"], warmup["by_round"]) == \
+        ("own", None, {h["round"]: h["update_alignment"] for h in plain})
+    assert warmup["decided"] == "update alignment >= -0.999 in rounds 1-2: the clients agree; the gates follow the model"
+    saved = FedSQModel.from_pretrained(tmp_path / "auto" / "final")  # a plain model, as it trained
+    assert not saved.config.fixed_gating and not (tmp_path / "auto" / "final" / "structural.safetensors").exists()
+    card = model_card(saved.config, summary=summary, history=auto).content
+    assert "the clients agree; the gates follow the model, never fixed" in card
+
+
+@pytest.mark.parametrize("rule,stop", [("drift", 1), ("drift", 3), ("auto", 1), ("auto", 3)],
+                         ids=["drift-in-warm-up", "drift-after-freeze", "auto-in-warm-up", "auto-after-freeze"])
+def test_resume_during_and_after_the_warm_up_is_exact(rule, stop, backbone_dir, digits_dir, tmp_path):
+    backbone = backbone_dir("resnet10t")
+    settings = dict(rounds=4, strategy="fedprox", mu=0.1, gate_drift_samples=8, max_warmup_rounds=2,
+                    # drift from the starting model: a resumed run measures from it too
+                    **(dict(freeze_gates_when_drift_below=1e-9) if rule == "drift" else
+                       dict(freeze_gates="auto", gate_alignment_below=0.999)))
     run_federated(*tiny_args(backbone, digits_dir, tmp_path / "straight", **settings))
     run_federated(*tiny_args(backbone, digits_dir, tmp_path / "resumed", **settings), callbacks=[StopAfter(stop)])
     run_federated(*tiny_args(backbone, digits_dir, tmp_path / "resumed", resume=True, **settings))
     runs = assert_same_run(tmp_path / "straight", tmp_path / "resumed")
-    assert [h["gates"] for h in runs] == ["own", "own", "fixed", "fixed"]  # the bound: 2 warm-up rounds
     assert all(0 < h["gate_drift"] < 1 for h in runs)
+    if rule == "auto":  # the first round is below 0.999: the pretrained gates from round 2, no copy to keep
+        assert [h["gates"] for h in runs] == ["own", "fixed", "fixed", "fixed"]
+        assert not (tmp_path / "resumed" / "final" / "structural.safetensors").exists()
+        return
+    assert [h["gates"] for h in runs] == ["own", "own", "fixed", "fixed"]  # the bound: 2 warm-up rounds
     a, b = (load_file(tmp_path / run / "final" / "structural.safetensors") for run in ("straight", "resumed"))
     assert all(torch.equal(a[k], b[k]) for k in a)
 

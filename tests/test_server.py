@@ -73,7 +73,8 @@ def test_a_round_aggregate_takes_updates_in_and_steps_the_global_model(backbone_
 
 def test_the_round_records_how_much_its_client_updates_agree(backbone_dir):
     """|mean update|^2 / mean squared norm: 1 for equal updates, 0 for cancelling ones, 1/2 for two orthogonal
-    ones of one norm; the same whether the strategy sums (FedAvg) or takes each update (FedMedian)."""
+    ones of one norm; the alignment takes the orthogonal share out: 1, -1, 0, and 0 for orthogonal updates of
+    unequal weight; the same whether the strategy sums (FedAvg) or takes each update (FedMedian)."""
     from fedsq_hf import FedSQConfig, FedSQModel
     from fedsq_hf.federated import ClientUpdate, FedAvg, FedMedian, GlobalModel, IdentityCodec, RoundAggregate
 
@@ -84,10 +85,17 @@ def test_the_round_records_how_much_its_client_updates_agree(backbone_dir):
     one_hot = [{k: torch.zeros_like(v) for k, v in params.items()} for _ in range(2)]
     one_hot[0][first].view(-1)[0], one_hot[1][first].view(-1)[1] = 1.0, 1.0
     ones = {k: torch.ones_like(v) for k, v in params.items()}
-    for updates, expected in (([ones, ones], 1.0), ([ones, {k: -v for k, v in ones.items()}], 0.0), (one_hot, 0.5)):
+    cases = (([ones, ones], (10, 10), 1.0, 1.0), ([ones, {k: -v for k, v in ones.items()}], (10, 10), 0.0, -1.0),
+             (one_hot, (10, 10), 0.5, 0.0), (one_hot, (10, 30), 0.625, 0.0))  # (1 + 9) / 16; m = 1.6 clients
+    for updates, samples, agreement, alignment in cases:
         for strategy in (FedAvg(), FedMedian()):
             aggregate = RoundAggregate.start(GlobalModel(model, num_clients=2), strategy, active=[0, 1])
-            for client, update in enumerate(updates):
-                aggregate.add(client, ClientUpdate(update, 10, {"train_loss": 1.0}), IdentityCodec(), server)
+            for client, (update, n) in enumerate(zip(updates, samples)):
+                aggregate.add(client, ClientUpdate(update, n, {"train_loss": 1.0}), IdentityCodec(), server)
             aggregate.step(strategy, GlobalModel(model, num_clients=2), 1)
-            assert aggregate.update_agreement == pytest.approx(expected, abs=1e-9), (strategy.name, expected)
+            assert aggregate.update_agreement == pytest.approx(agreement, abs=1e-9), (strategy.name, agreement)
+            assert aggregate.update_alignment == pytest.approx(alignment, abs=1e-9), (strategy.name, alignment)
+    aggregate = RoundAggregate.start(GlobalModel(model, num_clients=2), FedAvg(), active=[0, 1])
+    aggregate.add(0, ClientUpdate(ones, 10, {"train_loss": 1.0}), IdentityCodec(), server)
+    aggregate.step(FedAvg(), GlobalModel(model, num_clients=2), 1)
+    assert aggregate.update_agreement == pytest.approx(1.0) and aggregate.update_alignment is None  # one update

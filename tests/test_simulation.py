@@ -82,11 +82,14 @@ def test_diverging_clients_are_excluded_then_run_stops(backbone_dir, digits_dir,
 # -- processes and the example ----------------------------------------------------------------
 
 @pytest.mark.slow
-def test_two_processes_give_the_same_global_weights(backbone_dir, digits_dir, tmp_path):
+def test_two_processes_give_the_same_global_weights_and_gate_schedule(backbone_dir, digits_dir, tmp_path):
+    """... with --freeze-gates auto: round 1 without fixed gates, its update alignment (reduced across the
+    processes) below the threshold, the pretrained gates from round 2 on both."""
     backbone = backbone_dir("resnet10t")
-    one = run_example(cli_args(backbone, digits_dir, tmp_path / "one", rounds=2))
+    auto = dict(rounds=2, freeze_gates="auto", gate_alignment_below=0.999, max_warmup_rounds=1)
+    one = run_example(cli_args(backbone, digits_dir, tmp_path / "one", **auto))
     assert one.returncode == 0, one.stderr[-3000:]
-    two = run_example(cli_args(backbone, digits_dir, tmp_path / "two", rounds=2), launcher=TORCHRUN)
+    two = run_example(cli_args(backbone, digits_dir, tmp_path / "two", **auto), launcher=TORCHRUN)
     assert two.returncode == 0, two.stderr[-3000:]
     assert json.loads((tmp_path / "two" / "summary.json").read_text())["num_processes"] == 2
     a = load_file(tmp_path / "one" / "final" / "model.safetensors")
@@ -96,6 +99,9 @@ def test_two_processes_give_the_same_global_weights(backbone_dir, digits_dir, tm
     h1 = [json.loads(x) for x in (tmp_path / "one" / "history.jsonl").read_text().splitlines()]
     h2 = [json.loads(x) for x in (tmp_path / "two" / "history.jsonl").read_text().splitlines()]
     assert [h["clients"] for h in h1] == [h["clients"] for h in h2]
+    assert [(h["gates"], h.get("gate_decision")) for h in h1] == [(h["gates"], h.get("gate_decision")) for h in h2]
+    assert [h["gates"] for h in h2] == ["own", "fixed"]
+    assert h1[0]["update_alignment"] == pytest.approx(h2[0]["update_alignment"], abs=1e-6)
     assert h1[-1]["eval_accuracy"] == pytest.approx(h2[-1]["eval_accuracy"], abs=1 / 60 + 1e-9)
 
 

@@ -18,7 +18,7 @@ from .io import FederatedState
 from .protocol import (CODECS, ClientUpdate, FitConfig, Float16Codec, IdentityCodec, UpdateCodec, client_seed,
                        register_codec)
 from .server import (LR_SCHEDULERS, STRATEGIES, AdaptiveClipping, ClientLevelDP, Evaluator, FedAdam, FedAvg, FedAvgM, FedMedian, FedProx,
-                     FedTrimmedAvg, FlatUpdate, GateWarmup, GlobalModel, LocalStates, PrivacyAccount, RoundAggregate, SampleLevelAccount, ServerOptimizer,
+                     FedTrimmedAvg, FlatUpdate, AlignmentRule, DriftRule, FixedRound, GateDecision, GateRule, GateWarmup, GlobalModel, LocalStates, PrivacyAccount, RoundAggregate, SampleLevelAccount, ServerOptimizer,
                      Strategy, compute_classification_metrics, dp_epsilon, dp_noise_multiplier, dropped_clients,
                      make_strategy, register_strategy, round_learning_rates, sample_clients)
 from .runtime import RoundLoop, run_accelerator
@@ -39,7 +39,8 @@ __all__ = [
     "register_codec",
     # server
     "Strategy", "ServerOptimizer", "FlatUpdate", "FedAvg", "FedProx", "FedAvgM", "FedAdam", "FedMedian",
-    "FedTrimmedAvg", "STRATEGIES", "register_strategy", "make_strategy", "GateWarmup", "GlobalModel", "LocalStates",
+    "FedTrimmedAvg", "STRATEGIES", "register_strategy", "make_strategy", "GateWarmup", "GateRule", "GateDecision",
+    "FixedRound", "DriftRule", "AlignmentRule", "GlobalModel", "LocalStates",
     "RoundAggregate",
     "Evaluator", "compute_classification_metrics", "sample_clients", "dropped_clients", "round_learning_rates",
     "LR_SCHEDULERS",

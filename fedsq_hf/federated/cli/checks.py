@@ -30,8 +30,12 @@ def check_run(model: ModelArguments, data: DataArguments, fed: FederatedArgument
         (model.bn_mode == "frozen" or fed.min_partition_size >= 2,
          f"--bn-mode {model.bn_mode} trains BatchNorm on batch statistics, which a one-sample client cannot give: "
          "--min-partition-size must be >= 2"),
-        (model.model == "fedsq" or (fed.freeze_gates_at_round == 1 and fed.freeze_gates_when_drift_below is None),
-         "--freeze-gates-at-round and --freeze-gates-when-drift-below need --model fedsq (a plain model has no gates)"),
+        (model.model == "fedsq" or fed.gate_rule() is None,
+         "--freeze-gates-at-round, --freeze-gates-when-drift-below and --freeze-gates auto need --model fedsq (a plain "
+         "model has no gates)"),
+        (not (data.calibration_samples and fed.freeze_gates == "auto"),
+         "--freeze-gates auto chooses between the backbone's gates and none, and --calibration-samples re-freezes "
+         "them from shared data: give one of them"),
         (fed.dp_clip_norm is None or model.bn_mode != "train",
          "--dp-clip-norm with --bn-mode train: BatchNorm's running statistics would be averaged without noise; use "
          "--bn-mode frozen or local (FedBN: they stay at the client)"),

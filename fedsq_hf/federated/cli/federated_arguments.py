@@ -11,7 +11,8 @@ from ..client import ClientArguments
 from ..data import PARTITIONS, check_partition
 from ..fields import argument, expand_path, flag, require
 from ..protocol import make_codec
-from ..server import LR_SCHEDULERS, FedAdam, FedAvgM, FedProx, FedTrimmedAvg, Strategy, make_strategy
+from ..server import (GATE_ALIGNMENT_BELOW, GATE_SOURCES, LR_SCHEDULERS, AlignmentRule, DriftRule, FedAdam, FedAvgM, FedProx,
+                      FedTrimmedAvg, FixedRound, GateRule, Strategy, make_strategy)
 from .privacy_arguments import PrivacyArguments
 
 __all__ = ["FederatedArguments", "STRATEGY_FLAGS"]
@@ -83,8 +84,25 @@ class FederatedArguments(PrivacyArguments, ClientArguments):
         help="choose that round by gate drift: freeze after the first warm-up round (from round 2) in which the "
              "global model's own gates changed on less than this fraction of the probe set's gates, and on fewer "
              "than in the round before, while the model's loss on the probe set fell (e.g. 0.01)")
+    freeze_gates: Literal["round", "auto"] = argument(
+        "round", resume="same",
+        help="gate schedule (--model fedsq): round (by --freeze-gates-at-round or --freeze-gates-when-drift-below), "
+             "or auto, from what the server sees without data of its own: rounds train without fixed gates while the "
+             "clients' updates align; the first round below --gate-alignment-below (the clients pull apart: label "
+             "skew) fixes the pretrained gates from the next round, and clients aligned through --max-warmup-rounds "
+             "rounds keep training the gates with the model (close to IID, where fixed gates cost accuracy)")
+    gate_alignment_below: float = argument(
+        GATE_ALIGNMENT_BELOW, resume="same",
+        help="--freeze-gates auto: the update alignment (1: the clients' updates are the same, 0: orthogonal) under "
+             "which the clients count as pulling apart")
+    skewed_gates: Literal[GATE_SOURCES] = argument(
+        "pretrained", resume="same",
+        help="--freeze-gates auto, when a round's clients pull apart: pretrained (the backbone's gates from the next "
+             "round: FedSQ) or global (train on without fixed gates through --max-warmup-rounds, then fix the global "
+             "model's)")
     max_warmup_rounds: int = argument(
-        5, help="with --freeze-gates-when-drift-below: freeze after at most this many warm-up rounds", resume="same")
+        5, resume="same", help="with --freeze-gates-when-drift-below: freeze after at most this many warm-up rounds; "
+                               "with --freeze-gates auto: the rounds whose alignment decides")
     gate_probe_samples: int = argument(
         256, resume="same", help="probe set of the drift rule: the first N evaluation samples, run through the global "
                                  "model on the server (their labels are not used)")
@@ -103,7 +121,7 @@ class FederatedArguments(PrivacyArguments, ClientArguments):
     def check(self) -> None:
         """`FedSQError` naming the first bad field of the group."""
         super().check()
-        drift = self.freeze_gates_when_drift_below
+        drift, auto = self.freeze_gates_when_drift_below, self.freeze_gates == "auto"
         check_partition(self.partition, self.num_clients, self.alpha, self.shards_per_client, self.min_partition_size)
         require([
             (self.rounds >= 1, f"--rounds must be >= 1, got {self.rounds}"),
@@ -122,8 +140,16 @@ class FederatedArguments(PrivacyArguments, ClientArguments):
              f"--freeze-gates-at-round {self.freeze_gates_at_round} is after the last round ({self.rounds}): the gates "
              "would never be fixed; that is --model plain"),
             (drift is None or 0 < drift < 1, f"--freeze-gates-when-drift-below must be a fraction in (0, 1), got {drift}"),
-            (drift is None or 1 <= self.max_warmup_rounds < self.rounds,
-             f"--max-warmup-rounds must be in [1, --rounds), got {self.max_warmup_rounds}"),
+            (not auto or (self.freeze_gates_at_round == 1 and drift is None),
+             "--freeze-gates auto decides the gate schedule itself: leave out --freeze-gates-at-round and "
+             "--freeze-gates-when-drift-below"),
+            ((drift is None and not auto) or 1 <= self.max_warmup_rounds < self.rounds,
+             f"--max-warmup-rounds must be in [1, --rounds) ({self.rounds}), got {self.max_warmup_rounds}: lower it or "
+             "raise --rounds"),
+            (not auto or self.clients_per_round is None or self.clients_per_round >= 2,
+             "--freeze-gates auto compares the clients' updates in a round: --clients-per-round must be >= 2"),
+            (-1 < self.gate_alignment_below < 1,
+             f"--gate-alignment-below must be in (-1, 1), got {self.gate_alignment_below}"),
             (self.gate_probe_samples >= 1, f"--gate-probe-samples must be >= 1, got {self.gate_probe_samples}"),
             (not self.push_to_hub or self.hub_model_id, "--push-to-hub needs --hub-model-id"),
             (not (self.resume and self.overwrite_output_dir),
@@ -133,6 +159,14 @@ class FederatedArguments(PrivacyArguments, ClientArguments):
         self.check_privacy()
         self.make_strategy()
         make_codec(self.update_codec)
+
+    def gate_rule(self) -> GateRule | None:
+        """The gate warm-up's rule these arguments ask for; None: FedSQ as published (the backbone's gates from round 1)."""
+        if self.freeze_gates == "auto":
+            return AlignmentRule(self.gate_alignment_below, self.max_warmup_rounds, self.skewed_gates)
+        if self.freeze_gates_when_drift_below is not None:
+            return DriftRule(self.freeze_gates_when_drift_below, self.max_warmup_rounds)
+        return None if self.freeze_gates_at_round == 1 else FixedRound(self.freeze_gates_at_round)
 
     def make_strategy(self, noise_source: str = "seeded") -> Strategy:
         """The strategy these arguments ask for (inside `ClientLevelDP` with `--dp-clip-norm`, `noise_source` the

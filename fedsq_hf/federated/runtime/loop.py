@@ -86,9 +86,8 @@ class RoundLoop(TrainerCheckpoints):
         self.global_model = GlobalModel(self.model, num_clients)
         self.privacy = RunPrivacy(args, strategy, self.global_model, model.config.bn_mode)
         self.learning_rates = round_learning_rates(args.lr, args.rounds, args.lr_scheduler, args.warmup_rounds)
-        self.gate_warmup = None if args.freeze_gates_at_round == 1 and args.freeze_gates_when_drift_below is None else \
-            GateWarmup(args.freeze_gates_at_round, args.freeze_gates_when_drift_below, args.max_warmup_rounds,
-                       args.gate_probe_samples)
+        rule = args.gate_rule()
+        self.gate_warmup = None if rule is None else GateWarmup(rule, args.gate_probe_samples)
         self.state = FederatedState(
             max_rounds=args.rounds, metric_for_best_model=args.metric_for_best_model,
             greater_is_better=self.run_config["greater_is_better"],
@@ -141,9 +140,10 @@ class RoundLoop(TrainerCheckpoints):
                 break
             self.strategy.begin_round(round_)
             self.privacy.begin_round(acc)
-            if self.gate_warmup is not None and self.gate_warmup.begin_round(self.model, round_, state.history) \
-                    and acc.is_main_process:
-                logger.info("Round %d: gates frozen from the global model after %d warm-up round(s).", round_, round_ - 1)
+            decision = None if self.gate_warmup is None else self.gate_warmup.begin_round(self.model, round_, state.history)
+            if decision is not None and acc.is_main_process:
+                logger.info("Round %d: gates fixed (%s) after %d warm-up round(s): %s.", round_, decision.source,
+                            round_ - 1, decision.reason)
             self._event("on_round_begin")
             record = self.run_round(round_)
             if self.control.should_evaluate:
@@ -201,10 +201,10 @@ class RoundLoop(TrainerCheckpoints):
         """A round's history entry: who took part, the train loss and traffic, and where the time went."""
         end = time.perf_counter()
         record = {"round": round_, "clients": clients, "dropped_clients": dropped, "failed_clients": aggregate.failed,
-                "lr": self.learning_rates[round_ - 1], "train_loss": aggregate.train_loss,
-                "bytes_aggregated": aggregate.num_bytes, "wall_time": end - start, "train_time": trained - start,
-                "aggregate_time": end - trained, "evaluation_time": 0.0, "update_agreement": aggregate.update_agreement,
-                  **self.strategy.round_metrics()}
+                  "lr": self.learning_rates[round_ - 1], "train_loss": aggregate.train_loss,
+                  "bytes_aggregated": aggregate.num_bytes, "wall_time": end - start, "train_time": trained - start,
+                  "aggregate_time": end - trained, "evaluation_time": 0.0, "update_agreement": aggregate.update_agreement,
+                  "update_alignment": aggregate.update_alignment, **self.strategy.round_metrics()}
         return {**record, **self.privacy.record(round_, self.state.history, record)}
 
     def _evaluate_into(self, record: dict[str, Any]) -> None:

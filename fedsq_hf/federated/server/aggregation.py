@@ -30,6 +30,10 @@ class RoundAggregate:
         failed: the clients whose training went wrong (diverged or non-finite) or that did not reply.
         update_agreement: set by `step`: |mean update|^2 / the mean squared update norm (sample-weighted),
             1 when every client sent the same update, near 0 when they cancel out (Jensen: never above 1).
+        update_alignment: set by `step`: the same ratio with the share of orthogonal updates taken out,
+            (m a - 1) / (m - 1) for agreement a over m effective clients (m = (sum n)^2 / sum n^2, n their
+            samples): 1 for identical updates, 0 for orthogonal ones whatever the number of clients, below 0
+            when they pull apart; None with a single update. The input of `--freeze-gates auto`.
     """
 
     active: list[int]
@@ -43,6 +47,7 @@ class RoundAggregate:
     updates: list[FlatUpdate] = field(default_factory=list)
     sq_norm_sum: float = 0.0
     update_agreement: float | None = None
+    update_alignment: float | None = None
 
     @classmethod
     def start(cls, global_model: GlobalModel, strategy: Strategy, active: list[int]) -> RoundAggregate:
@@ -91,6 +96,7 @@ class RoundAggregate:
         if usable:
             updates = self.updates if updates is None else updates
             self.update_agreement = self._agreement(updates)
+            self.update_alignment = self._alignment()
             if self.summed is None:
                 update = strategy.aggregate_clients(updates)
             else:
@@ -104,3 +110,10 @@ class RoundAggregate:
             torch.stack([u.update.double() * u.num_samples for u in updates]).sum(0)
         mean_sq_norm = self.sq_norm_sum / self.num_samples
         return float(total.div(self.num_samples).pow(2).sum()) / mean_sq_norm if mean_sq_norm > 0 else None
+
+    def _alignment(self) -> float | None:
+        n = self.samples[self.samples > 0]
+        clients = float(n.sum() ** 2 / n.pow(2).sum())
+        if self.update_agreement is None or clients < 1 + 1e-9:
+            return None
+        return (clients * self.update_agreement - 1) / (clients - 1)
