@@ -22,7 +22,7 @@ from typing import NamedTuple
 import datasets
 
 from fedsq_hf import FedSQError
-from fedsq_hf.federated import DataArguments, FederatedArguments, ModelArguments, run_federated
+from fedsq_hf.federated import OPTION_FLAGS, DataArguments, FederatedArguments, ModelArguments, run_federated
 from fedsq_hf.federated.cli import resume_marks, run_config
 from fedsq_hf.federated.server import GATE_ALIGNMENT_BELOW, greater_is_better
 from fedsq_hf.plotting import pyplot, save_figure
@@ -31,13 +31,13 @@ from report import write_json
 # name -> what the method sets; all train the same backbone from the same warm start. FedSQ is fixed gating
 # + plain averaging, as in the paper; "+drift" warms the gates up in the federation until they settle
 # (--freeze-gates-when-drift-below); "+auto" lets the clients' update alignment choose (--freeze-gates auto;
-# "-global": --skewed-gates global);
+# "-pretrained": --skewed-gates pretrained);
 # "+calib" re-freezes them after a central calibration warm-up.
 METHODS = {
     "FedSQ": dict(model="fedsq"),
     "FedSQ+drift": dict(model="fedsq", drift=True),
-    "FedSQ+auto": dict(model="fedsq", auto="pretrained"),
-    "FedSQ+auto-global": dict(model="fedsq", auto="global"),
+    "FedSQ+auto": dict(model="fedsq", auto="global"),
+    "FedSQ+auto-pretrained": dict(model="fedsq", auto="pretrained"),
     "FedSQ+calib": dict(model="fedsq", calibrate=True),
     "FedAvg": dict(model="plain"),
     "FedProx": dict(model="plain", strategy="fedprox"),
@@ -60,6 +60,7 @@ class Run(NamedTuple):
     frozen: int | None
     gates: str | None
     stopped: bool
+    alignment: list[float | None]  # update_alignment per round
 
 
 def run_one(args: argparse.Namespace, method: str, split: str, seed: int, *, variant: str = "",
@@ -92,7 +93,7 @@ def run_one(args: argparse.Namespace, method: str, split: str, seed: int, *, var
     try:
         config = {**run_config(*run_args), "strategy_config": run_args[2].make_strategy().describe(),
                   "greater_is_better": greater_is_better(run_args[2].metric_for_best_model, run_args[2].greater_is_better)}
-        summary = (args.reuse_runs and finished_run(out, config)) or run_federated(*run_args)
+        summary = (args.reuse_runs and finished_run(out, config, run_args)) or run_federated(*run_args)
     except FedSQError as err:  # every client failed --max-failed-rounds rounds in a row: the run stopped there
         print(f"{method} {split} seed {seed}: {err}", flush=True)
         summary = {"stopped": True}
@@ -105,17 +106,22 @@ def run_one(args: argparse.Namespace, method: str, split: str, seed: int, *, var
     curve += curve[-1:] * (args.rounds - len(curve))  # a stopped run keeps its last global model
     frozen = next((h["round"] for h in history if h.get("gates_frozen")), None)
     gates = next((h["gate_decision"]["gates"] for h in history if "gate_decision" in h), None)
-    return Run(curve, frozen, gates, bool(summary.get("stopped")))
+    return Run(curve, frozen, gates, bool(summary.get("stopped")), [h.get("update_alignment") for h in history])
 
 
-def finished_run(folder: str, config: dict) -> dict | None:
-    """The summary of a finished run in `folder` with the same weight-changing settings, else None."""
+def finished_run(folder: str, config: dict, run_args: tuple = ()) -> dict | None:
+    """The summary of a finished run in `folder` with the same weight-changing settings, else None. A flag the
+    run's options do not read (`OPTION_FLAGS`, for `run_args` = (model, data, federated) arguments) is not
+    compared: its value changed nothing."""
     try:
         with open(os.path.join(folder, "summary.json")) as f:
             summary = json.load(f)
     except (OSError, json.JSONDecodeError):
         return None
-    same = all(summary["config"].get(k) == config[k] for k in resume_marks() if k in config and k != "backbone")
+    moot = {flag.field for flag in OPTION_FLAGS  # a row is asked only of a flag with a value, as the check does
+            if run_args and config.get(flag.field) is not None and not flag.applies(*run_args)}
+    same = all(summary["config"].get(k) == config[k] for k in resume_marks()
+               if k in config and k != "backbone" and k not in moot)
     return summary if same and summary["rounds"] == config["rounds"] else None
 
 
@@ -131,7 +137,7 @@ def describe(runs: list[Run], at_rounds: list[int]) -> dict:
         "accuracy_at": {r: {"mean": mean([c[r - 1] for c in curves]), "std": std([c[r - 1] for c in curves])}
                         for r in at_rounds},
         "curves": curves, "frozen_at_round": [run.frozen for run in runs], "gates": [run.gates for run in runs],
-        "stopped": [run.stopped for run in runs],
+        "stopped": [run.stopped for run in runs], "update_alignment": [run.alignment for run in runs],
     }
 
 
@@ -198,6 +204,18 @@ def print_table(results: dict) -> None:
                   + (f" stopped: {sum(r['stopped'])} of {len(r['stopped'])}" if any(r["stopped"]) else ""))
 
 
+def print_alignment(results: dict, window: int) -> None:
+    """The update alignment each method's clients sent: round 1 per seed, and the lowest in rounds 1..`window`
+    (what `--freeze-gates auto` reads; a round without fixed gates only where the method had none then)."""
+    print(f"\n| split | method | update alignment, round 1 (per seed) | lowest in rounds 1-{window} (per seed) |\n|---|---|---|---|")
+    for split, by_method in results.items():
+        for method, r in by_method.items():
+            runs = [[a for a in run[:window] if a is not None] for run in r.get("update_alignment", [])]
+            if runs and all(runs):
+                print(f"| {split} | {method} | {', '.join(f'{run[0]:.2f}' for run in runs)} | "
+                      f"{', '.join(f'{min(run):.2f}' for run in runs)} |")
+
+
 def _fixed_at(frozen: int | None, gates: str | None) -> str:
     """A run's "gates frozen at" cell: R, R + "p" for the pretrained gates, "none" when never fixed."""
     if frozen is None:
@@ -254,6 +272,7 @@ def main() -> None:
     if args.add_results:
         results = add_results(results, args.add_results)
     print_table(results)
+    print_alignment(results, args.max_warmup_rounds)
     path = write_json(args.output_dir, {"args": vars(args), "results": results})
     plot(results, os.path.join(args.output_dir, "quality.png"))
     print(f"wrote {path} and quality.png")

@@ -81,9 +81,25 @@ def test_quality(backbone_dir, digits_dir, tmp_path):
                      "--clients-per-round", "2", "--rounds", "2", "--seeds", "0", "--splits", "dirichlet:0.5",
                      "--calibration-samples", "20", "--output-dir", tmp_path)
     results = json.loads((tmp_path / "results.json").read_text())["results"]["dirichlet:0.5"]
-    assert set(results) == {"FedSQ", "FedSQ+drift", "FedSQ+calib", "FedAvg", "FedProx"}
+    assert set(results) == {"FedSQ", "FedSQ+drift", "FedSQ+auto", "FedSQ+auto-pretrained", "FedSQ+calib", "FedAvg", "FedProx"}
     assert len(results["FedSQ"]["curves"]) == 1 and "| dirichlet:0.5 | FedSQ |" in out
     assert results["FedSQ+drift"]["frozen_at_round"] == [2] and results["FedSQ"]["frozen_at_round"] == [None]
+    # auto decides from round 1's alignment (a window of one round): pulled apart, or agreeing and never fixed
+    round_1 = results["FedAvg"]["update_alignment"][0][0]
+    assert results["FedSQ+auto"]["update_alignment"][0][0] == round_1  # round 1 is FedAvg's, exactly
+    pulled = round_1 < 0.3
+    assert (results["FedSQ+auto-pretrained"]["frozen_at_round"], results["FedSQ+auto-pretrained"]["gates"]) == \
+        (([2], ["pretrained"]) if pulled else ([None], ["own"]))
+    assert results["FedSQ+auto"]["gates"] == (["global"] if pulled else ["own"])
+    assert f"| dirichlet:0.5 | FedAvg | {round_1:.2f} | {round_1:.2f} |" in out  # the alignment table
+    (tmp_path / "earlier.json").write_text((tmp_path / "results.json").read_text())
+    out = run_script("quality.py", "--backbone", backbone_dir("resnet10t"), "--dataset", digits_dir,
+                     "--max-train-samples", "100", "--max-eval-samples", "20", "--num-clients", "4",
+                     "--clients-per-round", "2", "--rounds", "2", "--seeds", "0", "--splits", "dirichlet:0.5",
+                     "--methods", "FedAvg", "--reuse-runs", "--add-results", tmp_path / "earlier.json",
+                     "--output-dir", tmp_path)
+    merged = json.loads((tmp_path / "results.json").read_text())["results"]["dirichlet:0.5"]
+    assert set(merged) == set(results) and merged["FedAvg"] == results["FedAvg"] and "| dirichlet:0.5 | FedSQ+calib |" in out
 
 
 def test_privacy(backbone_dir, digits_dir, tmp_path):

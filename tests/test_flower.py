@@ -129,7 +129,8 @@ def in_process(backbone, dataset, tmp_path, nodes=None, name="flower", **extra):
                       dp_clip_quantile=0.5, dp_clipping="client", dp_noise_source="seeded", dp_sgd_noise_multiplier=1.0,
                       local_steps=2),
                  marks=pytest.mark.slow),
-    pytest.param(dict(freeze_gates="auto", gate_alignment_below=0.999, max_warmup_rounds=1, rounds=3),
+    pytest.param(dict(freeze_gates="auto", gate_alignment_below=0.999, skewed_gates="pretrained", max_warmup_rounds=1,
+                      rounds=3),
                  marks=pytest.mark.slow),  # the pretrained gates from round 2: the sites hold them, nothing is sent
 ], ids=["fedprox-fedbn", "calibrated", "warmup-fedavgm-dp", "auto"])
 def test_in_process_gives_the_simulators_weights(backbone_dir, digits_dir, tmp_path, extra):

@@ -80,7 +80,7 @@ def test_drift_rule_freezes_after_the_first_settled_round_or_the_bound():
 
 
 def test_alignment_rule_keeps_the_pretrained_gates_when_clients_pull_apart_and_none_when_they_agree():
-    rule = AlignmentRule(0.4, max_rounds=3)
+    rule = AlignmentRule(0.4, max_rounds=3, skewed="pretrained")
 
     def decide(*alignments):
         return rule.decide([{"round": r, "update_alignment": a} for r, a in enumerate(alignments, 1)])
@@ -96,7 +96,7 @@ def test_alignment_rule_keeps_the_pretrained_gates_when_clients_pull_apart_and_n
     assert decide(None, None, None) == GateDecision(4, "pretrained", "no two client updates to align in rounds 1-3; "
                                                                        "the pretrained gates")
 
-    rule = AlignmentRule(0.4, max_rounds=3, skewed="global")  # pulled apart: warm up to the bound, then the global gates
+    rule = AlignmentRule(0.4, max_rounds=3)  # the default: pulled apart, warm up to the bound, then the global gates
     assert decide(0.7, 0.1) is None and decide(0.7, 0.5) is None
     assert decide(0.7, 0.1, 0.9) == GateDecision(4, "global", "update alignment 0.100 < 0.4 in round 2: the clients pull "
                                                                "apart; the global model's gates after round 3")
@@ -104,17 +104,24 @@ def test_alignment_rule_keeps_the_pretrained_gates_when_clients_pull_apart_and_n
 
 
 AUTO = dict(freeze_gates="auto", max_warmup_rounds=2)
-PULL_APART = dict(AUTO, gate_alignment_below=0.999)  # any real round is below: the pretrained gates from round 2
+PULL_APART = dict(AUTO, gate_alignment_below=0.999, skewed_gates="pretrained")  # any round is below: the pretrained
+# gates from round 2
 AGREE = dict(AUTO, gate_alignment_below=-0.999)  # none is: the gates follow the model
+
+
+def plain_and_auto(backbone, digits_dir, tmp_path, plain_rounds, **auto):
+    """A plain FedAvg run of `plain_rounds` rounds and a 3-round FedSQ run with `auto`: (plain history, auto
+    history, auto summary)."""
+    model, data, fed = tiny_args(backbone, digits_dir, tmp_path / "plain", rounds=plain_rounds)
+    model.model = "plain"
+    run_federated(model, data, fed)
+    summary = run_federated(*tiny_args(backbone, digits_dir, tmp_path / "auto", rounds=3, **auto))
+    return history(tmp_path / "plain"), history(tmp_path / "auto"), summary
 
 
 def test_auto_keeps_the_pretrained_gates_when_the_clients_pull_apart(backbone_dir, digits_dir, tmp_path):
     backbone = backbone_dir("resnet10t")
-    model, data, fed = tiny_args(backbone, digits_dir, tmp_path / "plain", rounds=1)
-    model.model = "plain"
-    run_federated(model, data, fed)
-    summary = run_federated(*tiny_args(backbone, digits_dir, tmp_path / "auto", rounds=3, **PULL_APART))
-    plain, auto = history(tmp_path / "plain"), history(tmp_path / "auto")
+    plain, auto, summary = plain_and_auto(backbone, digits_dir, tmp_path, 1, **PULL_APART)
     for key in ("clients", "train_loss", "eval_loss", "update_alignment"):  # round 1 is plain FedAvg, exactly
         assert auto[0][key] == plain[0][key], key
     assert [h["gates"] for h in auto] == ["own", "fixed", "fixed"]
@@ -140,12 +147,7 @@ def test_auto_keeps_the_pretrained_gates_when_the_clients_pull_apart(backbone_di
 
 
 def test_auto_lets_the_gates_follow_the_model_when_the_clients_agree(backbone_dir, digits_dir, tmp_path):
-    backbone = backbone_dir("resnet10t")
-    model, data, fed = tiny_args(backbone, digits_dir, tmp_path / "plain", rounds=3)
-    model.model = "plain"
-    run_federated(model, data, fed)
-    summary = run_federated(*tiny_args(backbone, digits_dir, tmp_path / "auto", rounds=3, **AGREE))
-    plain, auto = history(tmp_path / "plain"), history(tmp_path / "auto")
+    plain, auto, summary = plain_and_auto(backbone_dir("resnet10t"), digits_dir, tmp_path, 3, **AGREE)
     for key in ("clients", "train_loss", "eval_loss", "update_alignment"):  # FedAvg throughout, exactly
         assert [h[key] for h in auto] == [h[key] for h in plain], key
     assert [h["gates"] for h in auto] == ["own"] * 3 and not any("gates_frozen" in h for h in auto)
@@ -162,6 +164,8 @@ def test_auto_lets_the_gates_follow_the_model_when_the_clients_agree(backbone_di
 @pytest.mark.parametrize("rule,stop", [("drift", 1), ("drift", 3), ("auto", 1), ("auto", 3)],
                          ids=["drift-in-warm-up", "drift-after-freeze", "auto-in-warm-up", "auto-after-freeze"])
 def test_resume_during_and_after_the_warm_up_is_exact(rule, stop, backbone_dir, digits_dir, tmp_path):
+    """Both rules end the warm-up at its bound here (2 rounds) and fix the global model's gates: auto because the
+    clients pulled apart (any alignment is below 0.999)."""
     backbone = backbone_dir("resnet10t")
     settings = dict(rounds=4, strategy="fedprox", mu=0.1, gate_drift_samples=8, max_warmup_rounds=2,
                     # drift from the starting model: a resumed run measures from it too
@@ -169,16 +173,16 @@ def test_resume_during_and_after_the_warm_up_is_exact(rule, stop, backbone_dir, 
                        dict(freeze_gates="auto", gate_alignment_below=0.999)))
     run_federated(*tiny_args(backbone, digits_dir, tmp_path / "straight", **settings))
     run_federated(*tiny_args(backbone, digits_dir, tmp_path / "resumed", **settings), callbacks=[StopAfter(stop)])
-    run_federated(*tiny_args(backbone, digits_dir, tmp_path / "resumed", resume=True, **settings))
+    summary = run_federated(*tiny_args(backbone, digits_dir, tmp_path / "resumed", resume=True, **settings))
     runs = assert_same_run(tmp_path / "straight", tmp_path / "resumed")
-    assert all(0 < h["gate_drift"] < 1 for h in runs)
-    if rule == "auto":  # the first round is below 0.999: the pretrained gates from round 2, no copy to keep
-        assert [h["gates"] for h in runs] == ["own", "fixed", "fixed", "fixed"]
-        assert not (tmp_path / "resumed" / "final" / "structural.safetensors").exists()
-        return
     assert [h["gates"] for h in runs] == ["own", "own", "fixed", "fixed"]  # the bound: 2 warm-up rounds
+    assert all(0 < h["gate_drift"] < 1 for h in runs)
     a, b = (load_file(tmp_path / run / "final" / "structural.safetensors") for run in ("straight", "resumed"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+    assert summary["gate_warmup"]["gates"] == "global" and summary["gate_warmup"]["frozen_at_round"] == 3
+    if rule == "auto":
+        assert summary["gate_warmup"]["decided"].endswith("the clients pull apart; the global model's gates after round 2")
+        assert [h.get("gate_decision", {}).get("round") for h in runs] == [None, 3, None, None]
 
 
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))

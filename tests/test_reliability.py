@@ -253,7 +253,7 @@ BAD_INPUT = [
     ("resume: other gate warm-up", CheckpointError, "another run: freeze_gates_at_round 1 \\(checkpoint\\) vs 2"),
     ("auto gates with a fixed freeze round", FedSQError, "--freeze-gates auto decides the gate schedule itself: leave out --freeze-gates-at-round"),
     ("auto gates with one client a round", FedSQError, "--freeze-gates auto compares the clients' updates in a round: --clients-per-round must be >= 2"),
-    ("auto gates with a calibration", FedSQError, "--freeze-gates auto chooses between the backbone's gates and none.*give one of them"),
+    ("auto gates with a calibration", FedSQError, "--freeze-gates auto and --calibration-samples both decide the gates.*give one of them"),
     ("auto gates with a plain model", FedSQError, "--freeze-gates auto need --model fedsq"),
     ("auto gates window as long as the run", FedSQError, r"--max-warmup-rounds must be in \[1, --rounds\) \(2\), got 5: lower it or raise --rounds"),
     ("alignment threshold out of range", FedSQError, r"--gate-alignment-below must be in \(-1, 1\), got 1.0"),

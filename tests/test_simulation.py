@@ -84,7 +84,7 @@ def test_diverging_clients_are_excluded_then_run_stops(backbone_dir, digits_dir,
 @pytest.mark.slow
 def test_two_processes_give_the_same_global_weights_and_gate_schedule(backbone_dir, digits_dir, tmp_path):
     """... with --freeze-gates auto: round 1 without fixed gates, its update alignment (reduced across the
-    processes) below the threshold, the pretrained gates from round 2 on both."""
+    processes) below the threshold, the global model's gates fixed from round 2 on both."""
     backbone = backbone_dir("resnet10t")
     auto = dict(rounds=2, freeze_gates="auto", gate_alignment_below=0.999, max_warmup_rounds=1)
     one = run_example(cli_args(backbone, digits_dir, tmp_path / "one", **auto))
@@ -92,10 +92,10 @@ def test_two_processes_give_the_same_global_weights_and_gate_schedule(backbone_d
     two = run_example(cli_args(backbone, digits_dir, tmp_path / "two", **auto), launcher=TORCHRUN)
     assert two.returncode == 0, two.stderr[-3000:]
     assert json.loads((tmp_path / "two" / "summary.json").read_text())["num_processes"] == 2
-    a = load_file(tmp_path / "one" / "final" / "model.safetensors")
-    b = load_file(tmp_path / "two" / "final" / "model.safetensors")
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6, msg=k)
+    for file in ("model.safetensors", "structural.safetensors"):
+        a, b = (load_file(tmp_path / name / "final" / file) for name in ("one", "two"))
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6, msg=k)
     h1 = [json.loads(x) for x in (tmp_path / "one" / "history.jsonl").read_text().splitlines()]
     h2 = [json.loads(x) for x in (tmp_path / "two" / "history.jsonl").read_text().splitlines()]
     assert [h["clients"] for h in h1] == [h["clients"] for h in h2]

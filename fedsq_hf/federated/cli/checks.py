@@ -34,8 +34,8 @@ def check_run(model: ModelArguments, data: DataArguments, fed: FederatedArgument
          "--freeze-gates-at-round, --freeze-gates-when-drift-below and --freeze-gates auto need --model fedsq (a plain "
          "model has no gates)"),
         (not (data.calibration_samples and fed.freeze_gates == "auto"),
-         "--freeze-gates auto chooses between the backbone's gates and none, and --calibration-samples re-freezes "
-         "them from shared data: give one of them"),
+         "--freeze-gates auto and --calibration-samples both decide the gates (auto from the clients' updates, a "
+         "calibration from data shared with the server): give one of them"),
         (fed.dp_clip_norm is None or model.bn_mode != "train",
          "--dp-clip-norm with --bn-mode train: BatchNorm's running statistics would be averaged without noise; use "
          "--bn-mode frozen or local (FedBN: they stay at the client)"),

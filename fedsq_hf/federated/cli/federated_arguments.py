@@ -87,19 +87,19 @@ class FederatedArguments(PrivacyArguments, ClientArguments):
     freeze_gates: Literal["round", "auto"] = argument(
         "round", resume="same",
         help="gate schedule (--model fedsq): round (by --freeze-gates-at-round or --freeze-gates-when-drift-below), "
-             "or auto, from what the server sees without data of its own: rounds train without fixed gates while the "
-             "clients' updates align; the first round below --gate-alignment-below (the clients pull apart: label "
-             "skew) fixes the pretrained gates from the next round, and clients aligned through --max-warmup-rounds "
-             "rounds keep training the gates with the model (close to IID, where fixed gates cost accuracy)")
+             "or auto, from what the server sees without data of its own: rounds 1..--max-warmup-rounds train without "
+             "fixed gates; if the clients' update alignment falls below --gate-alignment-below in one of them (the "
+             "clients pull apart: label skew), the gates are fixed after them (--skewed-gates), else the gates go on "
+             "training with the model (close to IID, where fixed gates cost accuracy)")
     gate_alignment_below: float = argument(
         GATE_ALIGNMENT_BELOW, resume="same",
         help="--freeze-gates auto: the update alignment (1: the clients' updates are the same, 0: orthogonal) under "
              "which the clients count as pulling apart")
     skewed_gates: Literal[GATE_SOURCES] = argument(
-        "pretrained", resume="same",
-        help="--freeze-gates auto, when a round's clients pull apart: pretrained (the backbone's gates from the next "
-             "round: FedSQ) or global (train on without fixed gates through --max-warmup-rounds, then fix the global "
-             "model's)")
+        "global", resume="same",
+        help="--freeze-gates auto, when a round's clients pull apart: global (train on without fixed gates through "
+             "--max-warmup-rounds, then fix the global model's gates) or pretrained (the backbone's gates from the "
+             "next round: FedSQ as published)")
     max_warmup_rounds: int = argument(
         5, resume="same", help="with --freeze-gates-when-drift-below: freeze after at most this many warm-up rounds; "
                                "with --freeze-gates auto: the rounds whose alignment decides")

@@ -6,10 +6,10 @@ and which gates it fixes. A rule reads only the history, so a resumed run decide
   probe set on the server (see `GateWarmup`), or at `--max-warmup-rounds`.
 - `AlignmentRule` (`--freeze-gates auto`): no server data. The warm-up rounds train without fixed gates, as
   FedAvg does, and the server reads the alignment of each round's client updates (`update_alignment`: 1 when
-  they are the same, 0 when orthogonal). A round below the threshold means the clients pull apart (label
-  skew): the pretrained gates, FedSQ, from the next round on (or, `--skewed-gates global`, the global model's
-  after `--max-warmup-rounds`). Aligned through `--max-warmup-rounds` rounds, the clients are close to IID,
-  where fixed gates cost accuracy: the gates follow the model to the end.
+  they are the same, 0 when orthogonal). A round of the first `--max-warmup-rounds` below the threshold means
+  the clients pull apart (label skew): the global model's gates are fixed after those rounds (or, with
+  `--skewed-gates pretrained`, the backbone's from the next round on: FedSQ as published). Aligned through
+  them, the clients are close to IID, where fixed gates cost accuracy: the gates follow the model to the end.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 __all__ = ["AlignmentRule", "DriftRule", "FixedRound", "GateDecision", "GateRule", "GATE_ALIGNMENT_BELOW", "GATE_SOURCES"]
 
 GATE_ALIGNMENT_BELOW = 0.3  # --gate-alignment-below's default (see README, "Gate schedule")
-GATE_SOURCES = ("pretrained", "global")  # the gates a decision fixes: re-frozen from the global model, or the backbone's
+GATE_SOURCES = ("global", "pretrained")  # the gates a decision fixes: re-frozen from the global model, or the backbone's
 
 
 @dataclass(frozen=True)
@@ -108,14 +108,14 @@ class DriftRule(GateRule):
 
 class AlignmentRule(GateRule):
     """`--freeze-gates auto` (see the module doc). Clients pull apart in a round whose update alignment is below
-    `below`; `skewed` says what follows: "pretrained", the backbone's gates from the next round, or "global",
-    the warm-up goes on to round `max_rounds` and the global model's gates are fixed after it. Aligned in every
+    `below`; `skewed` says what follows: "global", the warm-up goes on to round `max_rounds` and the global
+    model's gates are fixed after it, or "pretrained", the backbone's gates from the next round. Aligned in every
     round 1..`max_rounds`: no gates are fixed. A round with fewer than two usable updates gives no alignment
     and does not count; with none in the window, the pretrained gates."""
 
     statistic = "update_alignment"
 
-    def __init__(self, below: float, max_rounds: int, skewed: str = "pretrained") -> None:
+    def __init__(self, below: float, max_rounds: int, skewed: str = "global") -> None:
         self.below, self.max_rounds, self.skewed = below, max_rounds, skewed
 
     def describe(self) -> str:
