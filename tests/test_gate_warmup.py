@@ -161,11 +161,12 @@ def test_auto_lets_the_gates_follow_the_model_when_the_clients_agree(backbone_di
     assert "the clients agree; the gates follow the model, never fixed" in card
 
 
-@pytest.mark.parametrize("rule,stop", [("drift", 1), ("drift", 3), ("auto", 1), ("auto", 3)],
-                         ids=["drift-in-warm-up", "drift-after-freeze", "auto-in-warm-up", "auto-after-freeze"])
+@pytest.mark.parametrize("rule,stop", [("drift", 1), ("drift", 3), ("auto", 1)],
+                         ids=["drift-in-warm-up", "drift-after-freeze", "auto-in-warm-up"])
 def test_resume_during_and_after_the_warm_up_is_exact(rule, stop, backbone_dir, digits_dir, tmp_path):
     """Both rules end the warm-up at its bound here (2 rounds) and fix the global model's gates: auto because the
-    clients pulled apart (any alignment is below 0.999)."""
+    clients pulled apart (any alignment is below 0.999). After the freeze both resume the same way (the copy
+    from the checkpoint), so auto is resumed inside the warm-up only, where it decides from the history."""
     backbone = backbone_dir("resnet10t")
     settings = dict(rounds=4, strategy="fedprox", mu=0.1, gate_drift_samples=8, max_warmup_rounds=2,
                     # drift from the starting model: a resumed run measures from it too
@@ -182,7 +183,7 @@ def test_resume_during_and_after_the_warm_up_is_exact(rule, stop, backbone_dir, 
     assert summary["gate_warmup"]["gates"] == "global" and summary["gate_warmup"]["frozen_at_round"] == 3
     if rule == "auto":
         assert summary["gate_warmup"]["decided"].endswith("the clients pull apart; the global model's gates after round 2")
-        assert [h.get("gate_decision", {}).get("round") for h in runs] == [None, 3, None, None]
+        assert [(h.get("gate_decision") or {}).get("round") for h in runs] == [None, 3, None, None]
 
 
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))

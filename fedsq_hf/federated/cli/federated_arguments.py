@@ -146,7 +146,7 @@ class FederatedArguments(PrivacyArguments, ClientArguments):
             ((drift is None and not auto) or 1 <= self.max_warmup_rounds < self.rounds,
              f"--max-warmup-rounds must be in [1, --rounds) ({self.rounds}), got {self.max_warmup_rounds}: lower it or "
              "raise --rounds"),
-            (not auto or self.clients_per_round is None or self.clients_per_round >= 2,
+            (not auto or (self.clients_per_round or self.num_clients) >= 2,
              "--freeze-gates auto compares the clients' updates in a round: --clients-per-round must be >= 2"),
             (-1 < self.gate_alignment_below < 1,
              f"--gate-alignment-below must be in (-1, 1), got {self.gate_alignment_below}"),
