@@ -196,8 +196,9 @@ def print_table(results: dict) -> None:
     for split, by_method in results.items():
         for method, r in by_method.items():
             at = " | ".join(f"{100 * r['accuracy_at'][k]['mean']:.1f} ± {100 * r['accuracy_at'][k]['std']:.1f}" for k in at_rounds)
-            frozen = ", ".join(_fixed_at(f, g) for f, g in zip(r["frozen_at_round"], r.get("gates", [None] * 3))) \
-                if any(r["frozen_at_round"]) or any(r.get("gates") or []) else ("1" if method.startswith("FedSQ") else "-")
+            gates = r.get("gates") or [None] * len(r["frozen_at_round"])  # an earlier grid's results lack them
+            frozen = ", ".join(_fixed_at(f, g) for f, g in zip(r["frozen_at_round"], gates)) \
+                if any(r["frozen_at_round"]) or any(gates) else ("1" if method.startswith("FedSQ") else "-")
             print(f"| {split} | {method} | {100 * r['bva_mean']:.1f} ± {100 * r['bva_std']:.1f} | "
                   f"{100 * r['bva_min']:.1f}-{100 * r['bva_max']:.1f} | {r['rounds_to_best_mean']:.1f} "
                   f"({', '.join(map(str, r['rounds_to_best']))}) | {frozen} | {at} |"
