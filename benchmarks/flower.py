@@ -19,7 +19,9 @@ then takes 20x as long).
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -61,6 +63,7 @@ def main() -> None:
     parser.add_argument("--output", default=os.path.join(HERE, "results", "flower"))
     args = parser.parse_args()
     tmp = tempfile.mkdtemp(prefix="fedsq-flower-bench-")
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
     backbone, dataset = save_backbone(os.path.join(tmp, "backbone"), "resnet10t"), digits(os.path.join(tmp, "digits"))
 
     start = time.perf_counter()

@@ -16,8 +16,10 @@ accuracies mean nothing): that is what the tests run.
 from __future__ import annotations
 
 import argparse
+import atexit
 import copy
 import os
+import shutil
 import tempfile
 
 import datasets
@@ -67,6 +69,7 @@ def main() -> None:
     args = parser.parse_args()
     datasets.disable_progress_bars()
     scratch = tempfile.mkdtemp(prefix="fedsq-paper-")
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
     if args.offline:
         weights, grid_data = offline_inputs(scratch)
         for key, value in dict(rounds=min(args.rounds, 2), num_clients=4,

@@ -22,8 +22,8 @@ from typing import NamedTuple
 import datasets
 
 from fedsq_hf import FedSQError
-from fedsq_hf.federated import OPTION_FLAGS, DataArguments, FederatedArguments, ModelArguments, run_federated
-from fedsq_hf.federated.cli import resume_marks, run_config
+from fedsq_hf.federated import DataArguments, FederatedArguments, ModelArguments, run_federated
+from fedsq_hf.federated.cli import resume_marks, run_config, unread_flags
 from fedsq_hf.federated.server import GATE_ALIGNMENT_BELOW, greater_is_better
 from fedsq_hf.plotting import pyplot, save_figure
 from report import write_json
@@ -118,8 +118,8 @@ def finished_run(folder: str, config: dict, run_args: tuple = ()) -> dict | None
             summary = json.load(f)
     except (OSError, json.JSONDecodeError):
         return None
-    moot = {flag.field for flag in OPTION_FLAGS  # a row is asked only of a flag with a value, as the check does
-            if run_args and config.get(flag.field) is not None and not flag.applies(*run_args)}
+    given = {k for k, v in config.items() if v is not None}  # only a flag with a value is asked, as the check does
+    moot = {row.field for row in unread_flags(*run_args, given)} if run_args else set()
     same = all(summary["config"].get(k) == config[k] for k in resume_marks()
                if k in config and k != "backbone" and k not in moot)
     return summary if same and summary["rounds"] == config["rounds"] else None

