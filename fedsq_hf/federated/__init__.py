@@ -8,10 +8,10 @@ from .callbacks import (BestModelCallback, CallbackHandler, DefaultFlowCallback,
                         FederatedCallback, FederatedControl, GateDriftCallback, HistoryCallback, HubPushCallback,
                         PlotCallback, ProgressCallback, TrackerCallback, default_callbacks)
 from .cli import (OPTION_FLAGS, DataArguments, FederatedArguments, ModelArguments, OptionFlag, PrivacyArguments,
-                  check_run, parse_arguments, with_example_defaults)
+                  check_run, parse_arguments, unread_flags, with_example_defaults)
 from .client import (CLIENT_OPTIMIZERS, ClientArguments, ClientState, ClientTrainer, TrainResult, calibrate,
                      create_optimizer, diverged, make_accelerator, register_optimizer)
-from .data import (AUGMENTATIONS, PARTITIONS, ClientBatches, ImagePipeline, OrderedBatches, PreloadedSamples,
+from .data import (AUGMENTATIONS, PACKAGED_DATASETS, PARTITIONS, ClientBatches, ImagePipeline, OrderedBatches, PreloadedSamples,
                    StreamedSamples, as_samples, build_pipelines, load_image_dataset, make_loader, model_inputs,
                    partition_labels, partition_summary, preload, split_fingerprint)
 from .io import FederatedState
@@ -27,7 +27,7 @@ from .simulation import FederatedTrainer, assign_clients, build_trainer, choose_
 __all__ = [
     # arguments and the command line
     "ModelArguments", "DataArguments", "FederatedArguments", "ClientArguments", "parse_arguments", "check_run",
-    "with_example_defaults", "OPTION_FLAGS", "OptionFlag", "PrivacyArguments",
+    "with_example_defaults", "OPTION_FLAGS", "OptionFlag", "unread_flags", "PrivacyArguments",
     # the simulation runtime
     "run_federated", "build_trainer", "FederatedTrainer", "FederatedState", "choose_preload", "assign_clients",
     "run_accelerator", "RoundLoop",
@@ -53,5 +53,5 @@ __all__ = [
     # data
     "load_image_dataset", "partition_labels", "partition_summary", "PARTITIONS", "AUGMENTATIONS", "ImagePipeline",
     "build_pipelines", "StreamedSamples", "PreloadedSamples", "ClientBatches", "OrderedBatches", "make_loader",
-    "model_inputs", "as_samples", "preload", "split_fingerprint",
+    "model_inputs", "as_samples", "preload", "split_fingerprint", "PACKAGED_DATASETS",
 ]
