@@ -76,10 +76,10 @@ def test_memory(backbone_dir, digits_dir, tmp_path):
 
 
 def test_quality(backbone_dir, digits_dir, tmp_path):
-    out = run_script("quality.py", "--backbone", backbone_dir("resnet10t"), "--dataset", digits_dir,
-                     "--max-train-samples", "100", "--max-eval-samples", "20", "--num-clients", "4",
-                     "--clients-per-round", "2", "--rounds", "2", "--seeds", "0", "--splits", "dirichlet:0.5",
-                     "--calibration-samples", "20", "--output-dir", tmp_path)
+    grid = ("--backbone", backbone_dir("resnet10t"), "--dataset", digits_dir, "--max-train-samples", "100",
+            "--max-eval-samples", "20", "--num-clients", "4", "--clients-per-round", "2", "--rounds", "2", "--seeds",
+            "0", "--splits", "dirichlet:0.5", "--output-dir", tmp_path)
+    out = run_script("quality.py", *grid, "--calibration-samples", "20")
     results = json.loads((tmp_path / "results.json").read_text())["results"]["dirichlet:0.5"]
     assert set(results) == {"FedSQ", "FedSQ+drift", "FedSQ+auto", "FedSQ+auto-pretrained", "FedSQ+calib", "FedAvg", "FedProx"}
     assert len(results["FedSQ"]["curves"]) == 1 and "| dirichlet:0.5 | FedSQ |" in out
@@ -93,11 +93,8 @@ def test_quality(backbone_dir, digits_dir, tmp_path):
     assert results["FedSQ+auto"]["gates"] == (["global"] if pulled else ["own"])
     assert f"| dirichlet:0.5 | FedAvg | {round_1:.2f} | {round_1:.2f} |" in out  # the alignment table
     (tmp_path / "earlier.json").write_text((tmp_path / "results.json").read_text())
-    out = run_script("quality.py", "--backbone", backbone_dir("resnet10t"), "--dataset", digits_dir,
-                     "--max-train-samples", "100", "--max-eval-samples", "20", "--num-clients", "4",
-                     "--clients-per-round", "2", "--rounds", "2", "--seeds", "0", "--splits", "dirichlet:0.5",
-                     "--methods", "FedAvg", "--reuse-runs", "--add-results", tmp_path / "earlier.json",
-                     "--output-dir", tmp_path)
+    out = run_script("quality.py", *grid, "--methods", "FedAvg", "--reuse-runs", "--add-results",
+                     tmp_path / "earlier.json")
     merged = json.loads((tmp_path / "results.json").read_text())["results"]["dirichlet:0.5"]
     assert set(merged) == set(results) and merged["FedAvg"] == results["FedAvg"] and "| dirichlet:0.5 | FedSQ+calib |" in out
 

@@ -104,8 +104,8 @@ def test_alignment_rule_keeps_the_pretrained_gates_when_clients_pull_apart_and_n
 
 
 AUTO = dict(freeze_gates="auto", max_warmup_rounds=2)
-PULL_APART = dict(AUTO, gate_alignment_below=0.999, skewed_gates="pretrained")  # any round is below: the pretrained
-# gates from round 2
+# any round is below the threshold: the pretrained gates from round 2
+PULL_APART = dict(AUTO, gate_alignment_below=0.999, skewed_gates="pretrained")
 AGREE = dict(AUTO, gate_alignment_below=-0.999)  # none is: the gates follow the model
 
 

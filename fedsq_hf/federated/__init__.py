@@ -11,9 +11,9 @@ from .cli import (OPTION_FLAGS, DataArguments, FederatedArguments, ModelArgument
                   check_run, parse_arguments, unread_flags, with_example_defaults)
 from .client import (CLIENT_OPTIMIZERS, ClientArguments, ClientState, ClientTrainer, TrainResult, calibrate,
                      create_optimizer, diverged, make_accelerator, register_optimizer)
-from .data import (AUGMENTATIONS, PACKAGED_DATASETS, PARTITIONS, ClientBatches, ImagePipeline, OrderedBatches, PreloadedSamples,
-                   StreamedSamples, as_samples, build_pipelines, load_image_dataset, make_loader, model_inputs,
-                   partition_labels, partition_summary, preload, split_fingerprint)
+from .data import (AUGMENTATIONS, PACKAGED_DATASETS, PARTITIONS, ClientBatches, ImagePipeline, OrderedBatches,
+                   PreloadedSamples, StreamedSamples, as_samples, build_pipelines, load_image_dataset, make_loader,
+                   model_inputs, partition_labels, partition_summary, preload, split_fingerprint)
 from .io import FederatedState
 from .protocol import (CODECS, ClientUpdate, FitConfig, Float16Codec, IdentityCodec, UpdateCodec, client_seed,
                        register_codec)
