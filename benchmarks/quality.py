@@ -74,7 +74,7 @@ def run_one(args: argparse.Namespace, method: str, split: str, seed: int, *, var
                  max_warmup_rounds=min(args.max_warmup_rounds, args.rounds - 1)) if spec.get("drift") else {}
     if spec.get("auto"):
         drift = dict(freeze_gates="auto", gate_alignment_below=args.alignment_below, skewed_gates=spec["auto"],
-                     max_warmup_rounds=min(args.max_warmup_rounds, args.rounds - 1))
+                     max_warmup_rounds=min(args.max_warmup_rounds, args.rounds - (2 if spec["auto"] == "global" else 1)))
     calibrate = spec.get("calibrate", False)
     run_args = (
         ModelArguments(backbone=args.backbone, backbone_weights=getattr(args, "backbone_weights", None),
@@ -225,14 +225,15 @@ def _fixed_at(frozen: int | None, gates: str | None) -> str:
 
 
 def add_results(results: dict, path: str) -> dict:
-    """`results` with the methods of an earlier grid's results.json (same settings) before them; a method in
-    both is this grid's."""
+    """`results` with the splits and methods of an earlier grid's results.json (same settings) before them; a
+    method of a split in both is this grid's."""
     with open(path) as f:
         earlier = json.load(f)["results"]
     for by_method in earlier.values():
         for r in by_method.values():
             r["accuracy_at"] = {int(k): v for k, v in r["accuracy_at"].items()}
-    return {split: {**earlier.get(split, {}), **by_method} for split, by_method in results.items()}
+    splits = [*earlier, *(split for split in results if split not in earlier)]
+    return {split: {**earlier.get(split, {}), **results.get(split, {})} for split in splits}
 
 
 def plot(results: dict, path: str) -> None:
@@ -264,7 +265,8 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=32)
     add_grid_arguments(parser)
     parser.add_argument("--add-results", metavar="RESULTS_JSON",
-                        help="an earlier grid's results.json with the same settings: its methods join the table and plot")
+                        help="an earlier grid's results.json with the same settings: its splits and methods join the "
+                             "table and plot")
     args = parser.parse_args()
     if args.dataset == SHARED_CIFAR10 and not os.path.isdir(SHARED_CIFAR10):
         parser.error(f"no CIFAR-10 at {SHARED_CIFAR10}; pass --dataset (a Hub id such as uoft-cs/cifar10, or a folder)")

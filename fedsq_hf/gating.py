@@ -414,10 +414,12 @@ class DualCopy(nn.Module):
                 self.enable_gates()
 
     @torch.no_grad()
-    def sync_structural(self) -> None:
+    def sync_structural(self, state: dict[str, torch.Tensor] | None = None) -> None:
         """Re-freeze the structural copy from the quantitative copy's current weights (after a
-        calibration warm-up); a cached gate is then stale, so the cache is emptied."""
-        missing, _ = self._structural.load_state_dict(self.quantitative.state_dict(), strict=False)
+        calibration warm-up), or from `state`, a state dict it had earlier; a cached gate is then stale,
+        so the cache is emptied."""
+        state = self.quantitative.state_dict() if state is None else state
+        missing, _ = self._structural.load_state_dict(state, strict=False)
         if missing:
             raise GatingError(f"The structural copy has tensors the quantitative copy lacks: {missing[:8]}")
         if self.gate_cache is not None:

@@ -104,7 +104,9 @@ def _gate_warmup(warmup: dict[str, Any] | None, frozen: int | None) -> str | Non
                 f"({warmup['rule']}; {decided})")
     drift = warmup.get("step_drift_at_freeze")
     measured = f"; gate step drift {100 * drift:.2f}% on {warmup['probe_samples']} probe samples" if drift is not None else ""
-    return (f"rounds 1-{frozen - 1} without fixed gates, then gates frozen from the global model at round {frozen} "
+    of = warmup.get("gates_of_round")
+    model = f"the global model of round {of}" if of is not None and of != frozen - 1 else "the global model"
+    return (f"rounds 1-{frozen - 1} without fixed gates, then gates frozen from {model} at round {frozen} "
             f"({warmup['rule']}{measured}; {warmup['bytes_structural'] / 1e6:.1f} MB of structural copies sent)")
 
 

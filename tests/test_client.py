@@ -38,6 +38,18 @@ def test_fit_returns_local_minus_global_and_what_it_cost(backbone_dir):
     again = client.fit(global_params, {"seed": 1, "lr": 0.05})  # from the same global: the same update
     assert all(torch.equal(update.tensors[k], again.tensors[k]) for k in update.tensors)
 
+    # federated evaluation: the received model scored on 12 of the 16 samples (drawn by the seed) before training,
+    # which trains exactly as without it
+    scored = client.fit(global_params, {"seed": 1, "lr": 0.05, "eval_samples": 12})
+    assert all(torch.equal(update.tensors[k], scored.tensors[k]) for k in update.tensors)
+    assert "eval_accuracy" not in update.metrics
+    client.tensors.load(global_params)
+    model.eval()
+    chosen = np.sort(np.random.default_rng(1).choice(16, 12, replace=False))
+    x, y, _ = client.samples[[(int(i), None) for i in chosen]]
+    with torch.no_grad():
+        assert scored.metrics["eval_accuracy"] == int((model(x).logits.argmax(-1) == y).sum()) / 12
+
 
 def test_a_silo_fitting_on_its_own_reproduces_the_simulators_round(backbone_dir, digits_dir, tmp_path):
     """The simulator runs exactly this API: clients fitted one by one outside it, averaged by hand, give
@@ -81,6 +93,7 @@ def test_a_client_keeps_its_own_batchnorm_between_rounds_and_on_disk(backbone_di
     ({"seed": 1, "learning_rate": 0.1}, r"holds \['learning_rate'\], which a ClientTrainer does not read"),
     ({"lr": 0.1}, "has no 'seed'"),
     ({"seed": 1, "proximal_mu": -1.0}, "proximal_mu must be >= 0"),
+    ({"seed": 1, "eval_samples": -1}, "eval_samples must be >= 0"),
 ])
 def test_a_round_config_the_client_cannot_follow_is_refused(config, match, backbone_dir):
     _, client, global_params = _silo(backbone_dir)

@@ -1,14 +1,16 @@
 """Gate warm-up inside the federation (--freeze-gates-at-round, --freeze-gates-when-drift-below, --freeze-gates auto)."""
 
 import json
+import shutil
 import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
-from fedsq_hf import FedSQConfig, FedSQModel, model_card
-from fedsq_hf.federated import STRATEGIES, AlignmentRule, DriftRule, FixedRound, GateDecision, build_trainer, run_federated
+from fedsq_hf import CheckpointError, FedSQConfig, FedSQModel, model_card
+from fedsq_hf.federated import (STRATEGIES, AlignmentRule, DriftRule, FederatedCallback, FixedRound, GateDecision,
+                                build_trainer, run_federated)
 from helpers import StopAfter, assert_same_run, cli_args, run_example, tiny_args
 
 
@@ -96,11 +98,25 @@ def test_alignment_rule_keeps_the_pretrained_gates_when_clients_pull_apart_and_n
     assert decide(None, None, None) == GateDecision(4, "pretrained", "no two client updates to align in rounds 1-3; "
                                                                        "the pretrained gates")
 
-    rule = AlignmentRule(0.4, max_rounds=3)  # the default: pulled apart, warm up to the bound, then the global gates
-    assert decide(0.7, 0.1) is None and decide(0.7, 0.5) is None
-    assert decide(0.7, 0.1, 0.9) == GateDecision(4, "global", "update alignment 0.100 < 0.4 in round 2: the clients pull "
-                                                               "apart; the global model's gates after round 3")
-    assert decide(0.7, 0.5, 0.4).round is None
+    # the default: pulled apart, warm up to the bound + 1 (round 3's model is scored in round 4), then the gates
+    # of the warm-up model its clients scored best (a model's score is in the next round's record)
+    rule = AlignmentRule(0.4, max_rounds=3)
+
+    def scored(alignments, scores):
+        return rule.decide([{"round": r, "update_alignment": a, **({} if s is None else {"client_eval_accuracy": s})}
+                            for r, (a, s) in enumerate(zip(alignments, scores), 1)])
+
+    assert rule.needs_scores and not AlignmentRule(0.4, 3, "pretrained").needs_scores
+    assert decide(0.7, 0.1) is None and decide(0.7, 0.5) is None and decide(0.7, 0.1, 0.9) is None
+    assert decide(0.7, 0.5, 0.4).round is None  # agreed: decided at the bound, no scores needed
+    best = scored((0.7, 0.1, 0.9, 0.0), (None, 0.46, 0.34, 0.40))
+    assert best == GateDecision(5, "global", "update alignment 0.100 < 0.4 in round 2: the clients pull apart; the "
+                                             "gates of round 1's global model, scored best by its clients (0.460) of "
+                                             "rounds 1-3", model_round=1)
+    assert best.to_dict()["model_round"] == 1 and "model_round" not in agreed.to_dict()
+    assert scored((0.7, 0.1, 0.9, 0.0), (None, 0.3, 0.5, 0.5)).model_round == 2  # a tie: the first
+    assert scored((0.7, 0.1, 0.9, 0.0, 0.0), (None, 0.1, 0.2, 0.3, 0.9)).model_round == 3  # round 5 scores no candidate
+    assert "no client scored" in scored((0.7, 0.1, 0.9, 0.0), (None,) * 4).reason
 
 
 AUTO = dict(freeze_gates="auto", max_warmup_rounds=2)
@@ -109,13 +125,13 @@ PULL_APART = dict(AUTO, gate_alignment_below=0.999, skewed_gates="pretrained")
 AGREE = dict(AUTO, gate_alignment_below=-0.999)  # none is: the gates follow the model
 
 
-def plain_and_auto(backbone, digits_dir, tmp_path, plain_rounds, **auto):
-    """A plain FedAvg run of `plain_rounds` rounds and a 3-round FedSQ run with `auto`: (plain history, auto
+def plain_and_auto(backbone, digits_dir, tmp_path, plain_rounds, rounds=3, **auto):
+    """A plain FedAvg run of `plain_rounds` rounds and a FedSQ run of `rounds` with `auto`: (plain history, auto
     history, auto summary)."""
     model, data, fed = tiny_args(backbone, digits_dir, tmp_path / "plain", rounds=plain_rounds)
     model.model = "plain"
     run_federated(model, data, fed)
-    summary = run_federated(*tiny_args(backbone, digits_dir, tmp_path / "auto", rounds=3, **auto))
+    summary = run_federated(*tiny_args(backbone, digits_dir, tmp_path / "auto", rounds=rounds, **auto))
     return history(tmp_path / "plain"), history(tmp_path / "auto"), summary
 
 
@@ -147,13 +163,16 @@ def test_auto_keeps_the_pretrained_gates_when_the_clients_pull_apart(backbone_di
 
 
 def test_auto_lets_the_gates_follow_the_model_when_the_clients_agree(backbone_dir, digits_dir, tmp_path):
-    plain, auto, summary = plain_and_auto(backbone_dir("resnet10t"), digits_dir, tmp_path, 3, **AGREE)
-    for key in ("clients", "train_loss", "eval_loss", "update_alignment"):  # FedAvg throughout, exactly
-        assert [h[key] for h in auto] == [h[key] for h in plain], key
-    assert [h["gates"] for h in auto] == ["own"] * 3 and not any("gates_frozen" in h for h in auto)
+    plain, auto, summary = plain_and_auto(backbone_dir("resnet10t"), digits_dir, tmp_path, 4, rounds=4, **AGREE)
+    for key in ("clients", "train_loss", "eval_loss", "update_alignment"):  # FedAvg throughout, exactly: the
+        assert [h[key] for h in auto] == [h[key] for h in plain], key  # clients' scores of round 2 changed nothing
+    assert [h["gates"] for h in auto] == ["own"] * 4 and not any("gates_frozen" in h for h in auto)
+    assert ["client_eval_accuracy" in h for h in auto] == [False, True, False, False]  # undecided in round 2 only
+    assert 0 <= auto[1]["client_eval_accuracy"] <= 1
     warmup = summary["gate_warmup"]
-    assert (warmup["gates"], warmup["frozen_at_round"], warmup["by_round"]) == \
-        ("own", None, {h["round"]: h["update_alignment"] for h in plain})
+    assert (warmup["gates"], warmup["frozen_at_round"], warmup["by_round"], warmup["gates_of_round"]) == \
+        ("own", None, {h["round"]: h["update_alignment"] for h in plain}, None)
+    assert warmup["client_eval_accuracy"] == {1: auto[1]["client_eval_accuracy"]}
     assert warmup["decided"] == "update alignment >= -0.999 in rounds 1-2: the clients agree; the gates follow the model"
     saved = FedSQModel.from_pretrained(tmp_path / "auto" / "final")  # a plain model, as it trained
     assert not saved.config.fixed_gating and not (tmp_path / "auto" / "final" / "structural.safetensors").exists()
@@ -161,29 +180,67 @@ def test_auto_lets_the_gates_follow_the_model_when_the_clients_agree(backbone_di
     assert "the clients agree; the gates follow the model, never fixed" in card
 
 
-@pytest.mark.parametrize("rule,stop", [("drift", 1), ("drift", 3), ("auto", 1)],
+class GlobalWeights(FederatedCallback):
+    """The global model's weights after each round (round -> state dict of the quantitative copy)."""
+
+    def __init__(self):
+        self.by_round = {}
+
+    def on_round_end(self, args, state, control, model=None, **kwargs):
+        self.by_round[state.round] = {k: v.clone() for k, v in model.dual_copy.quantitative.state_dict().items()}
+
+
+@pytest.mark.parametrize("rule,stop", [("drift", 1), ("drift", 3), ("auto", 2)],
                          ids=["drift-in-warm-up", "drift-after-freeze", "auto-in-warm-up"])
 def test_resume_during_and_after_the_warm_up_is_exact(rule, stop, backbone_dir, digits_dir, tmp_path):
-    """Both rules end the warm-up at its bound here (2 rounds) and fix the global model's gates: auto because the
-    clients pulled apart (any alignment is below 0.999). After the freeze both resume the same way (the copy
-    from the checkpoint), so auto is resumed inside the warm-up only, where it decides from the history."""
-    backbone = backbone_dir("resnet10t")
+    """Both rules end the warm-up at its bound here (2 rounds) and fix a global model's gates: auto because the
+    clients pulled apart (any alignment is below 0.999), after round 3, whose clients scored round 2's model;
+    auto is resumed after round 2, whose clients scored round 1's: its weights come back from the checkpoint.
+    After the freeze both resume the same way (the copy from the checkpoint)."""
+    backbone, weights = backbone_dir("resnet10t"), GlobalWeights()
     settings = dict(rounds=4, strategy="fedprox", mu=0.1, gate_drift_samples=8, max_warmup_rounds=2,
                     # drift from the starting model: a resumed run measures from it too
                     **(dict(freeze_gates_when_drift_below=1e-9) if rule == "drift" else
-                       dict(freeze_gates="auto", gate_alignment_below=0.999)))
-    run_federated(*tiny_args(backbone, digits_dir, tmp_path / "straight", **settings))
+                       dict(freeze_gates="auto", gate_alignment_below=0.999, client_eval_samples=16)))
+    run_federated(*tiny_args(backbone, digits_dir, tmp_path / "straight", **settings), callbacks=[weights])
     run_federated(*tiny_args(backbone, digits_dir, tmp_path / "resumed", **settings), callbacks=[StopAfter(stop)])
+    if rule == "auto":  # a checkpoint without the best-scored model's weights cannot resume exactly: refused
+        damaged = shutil.copytree(tmp_path / "resumed", tmp_path / "damaged")
+        file = damaged / "checkpoints" / "round-00002" / "state.safetensors"
+        tensors = load_file(file)
+        assert any(k.startswith("gate_warmup.") for k in tensors)
+        save_file({k: v for k, v in tensors.items() if not k.startswith("gate_warmup.")}, file)
+        with pytest.raises(CheckpointError, match=r"lacks the weights of the gate warm-up's best-scored model \(clients "
+                                                  r"scored rounds \[2\]\); it was damaged"):
+            run_federated(*tiny_args(backbone, digits_dir, damaged, resume=True, **settings))
     summary = run_federated(*tiny_args(backbone, digits_dir, tmp_path / "resumed", resume=True, **settings))
     runs = assert_same_run(tmp_path / "straight", tmp_path / "resumed")
-    assert [h["gates"] for h in runs] == ["own", "own", "fixed", "fixed"]  # the bound: 2 warm-up rounds
     assert all(0 < h["gate_drift"] < 1 for h in runs)
     a, b = (load_file(tmp_path / run / "final" / "structural.safetensors") for run in ("straight", "resumed"))
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert summary["gate_warmup"]["gates"] == "global" and summary["gate_warmup"]["frozen_at_round"] == 3
-    if rule == "auto":
-        assert summary["gate_warmup"]["decided"].endswith("the clients pull apart; the global model's gates after round 2")
-        assert [(h.get("gate_decision") or {}).get("round") for h in runs] == [None, 3, None, None]
+    warmup = summary["gate_warmup"]
+    assert warmup["gates"] == "global"
+    if rule == "drift":
+        assert [h["gates"] for h in runs] == ["own", "own", "fixed", "fixed"] and warmup["frozen_at_round"] == 3
+        return
+    assert [h["gates"] for h in runs] == ["own", "own", "own", "fixed"] and warmup["frozen_at_round"] == 4
+    scores = [h.get("client_eval_accuracy") for h in runs]
+    assert scores[0] is None and scores[3] is None and all(0 <= s <= 1 for s in scores[1:3])
+    best = 1 if scores[1] >= scores[2] else 2
+    assert warmup["client_eval_accuracy"] == {1: scores[1], 2: scores[2]} and warmup["gates_of_round"] == best
+    assert [(h.get("gate_decision") or {}).get("model_round") for h in runs] == [None, None, best, None]
+    assert warmup["decided"].endswith(f"the gates of round {best}'s global model, scored best by its clients "
+                                      f"({scores[best]:.3f}) of rounds 1-2")
+    assert all(torch.equal(v, weights.by_round[best][k]) for k, v in a.items())  # not the last warm-up model's
+    assert any(not torch.equal(v, weights.by_round[3][k]) for k, v in a.items())
+    structural = sum(t.numel() * t.element_size() for t in a.values())
+    assert [h.get("bytes_structural") for h in runs] == [None, None, None, len(runs[3]["clients"]) * structural]
+    checkpoint = load_file(tmp_path / "resumed" / "checkpoints" / "round-00004" / "state.safetensors")
+    assert not any(k.startswith("gate_warmup.") for k in checkpoint)  # kept only until the decision
+    card = model_card(FedSQModel.from_pretrained(tmp_path / "resumed" / "final").config, summary=summary,
+                      history=runs).content
+    assert f"| gate warm-up | rounds 1-3 without fixed gates, then gates frozen from the global model of round {best} " \
+           "at round 4 (auto: the best client-scored warm-up model's gates" in card
 
 
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))

@@ -84,9 +84,10 @@ def test_diverging_clients_are_excluded_then_run_stops(backbone_dir, digits_dir,
 @pytest.mark.slow
 def test_two_processes_give_the_same_global_weights_and_gate_schedule(backbone_dir, digits_dir, tmp_path):
     """... with --freeze-gates auto: round 1 without fixed gates, its update alignment (reduced across the
-    processes) below the threshold, the global model's gates fixed from round 2 on both."""
+    processes) below the threshold; round 2's clients (on both processes) score round 1's model, whose gates
+    are fixed from round 3 on both."""
     backbone = backbone_dir("resnet10t")
-    auto = dict(rounds=2, freeze_gates="auto", gate_alignment_below=0.999, max_warmup_rounds=1)
+    auto = dict(rounds=3, freeze_gates="auto", gate_alignment_below=0.999, max_warmup_rounds=1)
     one = run_example(cli_args(backbone, digits_dir, tmp_path / "one", **auto))
     assert one.returncode == 0, one.stderr[-3000:]
     two = run_example(cli_args(backbone, digits_dir, tmp_path / "two", **auto), launcher=TORCHRUN)
@@ -100,8 +101,9 @@ def test_two_processes_give_the_same_global_weights_and_gate_schedule(backbone_d
     h2 = [json.loads(x) for x in (tmp_path / "two" / "history.jsonl").read_text().splitlines()]
     assert [h["clients"] for h in h1] == [h["clients"] for h in h2]
     assert [(h["gates"], h.get("gate_decision")) for h in h1] == [(h["gates"], h.get("gate_decision")) for h in h2]
-    assert [h["gates"] for h in h2] == ["own", "fixed"]
+    assert [h["gates"] for h in h2] == ["own", "own", "fixed"] and h2[1]["gate_decision"]["model_round"] == 1
     assert h1[0]["update_alignment"] == pytest.approx(h2[0]["update_alignment"], abs=1e-6)
+    assert 0 <= h1[1]["client_eval_accuracy"] == pytest.approx(h2[1]["client_eval_accuracy"], abs=1e-6)
     assert h1[-1]["eval_accuracy"] == pytest.approx(h2[-1]["eval_accuracy"], abs=1 / 60 + 1e-9)
 
 

@@ -98,8 +98,13 @@ class FederatedArguments(PrivacyArguments, ClientArguments):
     skewed_gates: Literal[GATE_SOURCES] = argument(
         "global", resume="same",
         help="--freeze-gates auto, when a round's clients pull apart: global (train on without fixed gates through "
-             "--max-warmup-rounds, then fix the global model's gates) or pretrained (the backbone's gates from the "
-             "next round: FedSQ as published)")
+             "--max-warmup-rounds + 1, then fix the gates of the warm-up's global model its clients scored best) or "
+             "pretrained (the backbone's gates from the next round: FedSQ as published)")
+    client_eval_samples: int = argument(
+        128, resume="same",
+        help="--freeze-gates auto --skewed-gates global: each warm-up round's clients score the global model they "
+             "receive on this many of their own samples before training (federated evaluation; only the accuracy "
+             "is sent)")
     max_warmup_rounds: int = argument(
         5, resume="same", help="with --freeze-gates-when-drift-below: freeze after at most this many warm-up rounds; "
                                "with --freeze-gates auto: the rounds whose alignment decides")
@@ -146,11 +151,16 @@ class FederatedArguments(PrivacyArguments, ClientArguments):
             ((drift is None and not auto) or 1 <= self.max_warmup_rounds < self.rounds,
              f"--max-warmup-rounds must be in [1, --rounds) ({self.rounds}), got {self.max_warmup_rounds}: lower it or "
              "raise --rounds"),
+            (self.client_eval_samples >= 1, f"--client-eval-samples must be >= 1, got {self.client_eval_samples}"),
             (not auto or (self.clients_per_round or self.num_clients) >= 2,
              "--freeze-gates auto compares the clients' updates in a round: --clients-per-round must be >= 2"),
             (-1 < self.gate_alignment_below < 1,
              f"--gate-alignment-below must be in (-1, 1), got {self.gate_alignment_below}"),
             (self.gate_probe_samples >= 1, f"--gate-probe-samples must be >= 1, got {self.gate_probe_samples}"),
+            (not auto or self.skewed_gates != "global" or self.max_warmup_rounds + 1 < self.rounds,
+             f"--freeze-gates auto (--skewed-gates global) scores round {self.max_warmup_rounds}'s model in round "
+             f"{self.max_warmup_rounds + 1} and fixes the gates from round {self.max_warmup_rounds + 2}: --rounds "
+             f"({self.rounds}) must be at least that; raise it or lower --max-warmup-rounds"),
             (not self.push_to_hub or self.hub_model_id, "--push-to-hub needs --hub-model-id"),
             (not (self.resume and self.overwrite_output_dir),
              "--resume continues the run in --output-dir and --overwrite-output-dir starts over there: give one of them"),

@@ -16,7 +16,7 @@ from accelerate.optimizer import AcceleratedOptimizer
 
 from ...errors import FedSQError
 from ...modeling_fedsq import FedSQModel
-from ..data import ClientBatches, make_loader
+from ..data import ClientBatches, make_loader, model_inputs
 from ..protocol import ClientUpdate, FitConfig, IdentityCodec, ModelTensors, Scalar, UpdateCodec, client_seed
 from .accelerator import make_accelerator
 from .arguments import ClientArguments
@@ -82,8 +82,11 @@ class ClientTrainer:
         self._check(global_params, state, own)
         own.load({**self._initial_local, **self._initial_counters, **state.local_batchnorm, **global_params})
         indices = np.arange(len(self.samples)) if indices is None else indices
+        received = self.score(indices, fit.eval_samples, fit.seed) if fit.eval_samples else None
         result = self.train(indices, fit.seed, fit.lr, fit.proximal_mu)
         metrics = {"train_loss": result.train_loss, "steps": len(result.losses)}
+        if received is not None:
+            metrics["eval_accuracy"] = received
         tensors = {**own.shared, **own.local}
         if diverged(result.losses, self.args.divergence_factor, self.model.config.num_labels) \
                 or not all(bool(torch.isfinite(t).all()) for t in tensors.values()):
@@ -96,6 +99,19 @@ class ClientTrainer:
         payload = self.codec.encode(update)
         return ClientUpdate(payload, result.num_samples, metrics, local_state=state.local_batchnorm,
                             num_bytes=self.codec.num_bytes(payload))
+
+    @torch.no_grad()
+    def score(self, indices: np.ndarray, count: int, seed: int) -> float:
+        """The model's accuracy, as it is, on up to `count` of the samples `indices` (drawn by `seed`), in eval
+        mode and without augmentation. Draws from no global RNG: training after it is what it would be without."""
+        chosen = np.sort(np.random.default_rng(seed).choice(indices, min(count, len(indices)), replace=False))
+        self.model.eval()
+        correct, step = 0, 2 * self.args.batch_size
+        for start in range(0, len(chosen), step):
+            x, y = model_inputs(self.samples, chosen[start : start + step], self.accelerator.device)
+            with self.accelerator.autocast():
+                correct += int((self.model(x).logits.argmax(-1) == y).sum())
+        return correct / max(len(chosen), 1)
 
     @staticmethod
     def _check(global_params: Mapping[str, torch.Tensor], state: ClientState, tensors: ModelTensors) -> None:

@@ -22,12 +22,15 @@ class FitConfig:
     Flower `ConfigRecord`): `seed` drives every random draw of the client's round (data order,
     augmentation, dropout), `lr` is the round's learning rate (default: the client's own `--lr`), and
     `proximal_mu` the weight of FedProx's proximal term (0: none), `dp_clip_norm` the bound the client
-    clips its update to before sending it (0: none; client-side clipping of client-level DP)."""
+    clips its update to before sending it (0: none; client-side clipping of client-level DP), and
+    `eval_samples` how many of its samples the client scores the global model it received on before
+    training (0: none; metric `eval_accuracy`: federated evaluation, for `--freeze-gates auto`)."""
 
     seed: int
     lr: float | None = None
     proximal_mu: float = 0.0
     dp_clip_norm: float = 0.0
+    eval_samples: int = 0
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Scalar]) -> FitConfig:
@@ -41,6 +44,8 @@ class FitConfig:
             raise FedSQError(f"The round config's proximal_mu must be >= 0, got {config['proximal_mu']}.")
         if float(config.get("dp_clip_norm", 0.0)) < 0:
             raise FedSQError(f"The round config's dp_clip_norm must be >= 0, got {config['dp_clip_norm']}.")
+        if int(config.get("eval_samples", 0)) < 0:
+            raise FedSQError(f"The round config's eval_samples must be >= 0, got {config['eval_samples']}.")
         return cls(**config)
 
 
@@ -52,7 +57,8 @@ class ClientUpdate:
         tensors: the update `local - global` of every shared tensor, by state-dict key, as the client's
             codec encoded it (empty when `diverged`).
         num_samples: the samples it trained on (the weight of its update in a weighted mean).
-        metrics: train metrics (`train_loss`, the mean loss of its steps; `steps`).
+        metrics: train metrics (`train_loss`, the mean loss of its steps; `steps`; `eval_accuracy`, the
+            received global model's accuracy on `eval_samples` of its samples, where the config asked).
         diverged: its training went wrong (non-finite or diverging loss, or non-finite weights): the
             server leaves it out of the round.
         local_state: what the client keeps for itself, sent for the server's evaluation only and never

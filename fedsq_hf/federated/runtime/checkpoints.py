@@ -18,7 +18,8 @@ logger = logging.getLogger(__name__)
 class TrainerCheckpoints:
     """The round loop's checkpoint methods: `checkpoints/round-N/` holds the global state
     (`global_state`), FedBN's local states, the server optimizer's buffers (`strategy.*`) and, once the
-    gates were re-frozen (calibration or gate warm-up), the structural copy (`structural.*`)."""
+    gates were re-frozen (calibration or gate warm-up), the structural copy (`structural.*`), and what the gate
+    warm-up keeps until it decides (`gate_warmup.*`)."""
 
     def resume_groups(self) -> tuple[type, ...]:
         """The argument classes of this runtime's run."""
@@ -40,6 +41,8 @@ class TrainerCheckpoints:
         tensors = {**self.global_model.state_tensors(), **{f"strategy.{k}": v for k, v in self.strategy.state_dict().items()}}
         if self.model.config.calibrated and self.model.structural is not None:  # re-frozen gates: not the backbone's
             tensors.update({f"structural.{k}": v for k, v in self.model.structural.state_dict().items()})
+        if self.gate_warmup is not None:
+            tensors.update({f"gate_warmup.{k}": v for k, v in self.gate_warmup.state_dict().items()})
         return save_checkpoint(folder, self.state, tensors)
 
     def load_checkpoint(self) -> None:
@@ -52,8 +55,10 @@ class TrainerCheckpoints:
         if not self.global_model.load_state_tensors(tensors):
             raise CheckpointError(f"--resume: the checkpoint in {folder!r} does not match this model (missing tensors "
                                   f"or another size); it was damaged or is of another model: {START_OVER}.")
-        self.strategy.load_state_dict({k[len("strategy."):]: v for k, v in tensors.items() if k.startswith("strategy.")})
-        structural = {k[len("structural."):]: v for k, v in tensors.items() if k.startswith("structural.")}
+        self.strategy.load_state_dict(_prefixed(tensors, "strategy."))
+        if self.gate_warmup is not None:
+            self.gate_warmup.load_state_dict(_prefixed(tensors, "gate_warmup."))
+        structural = _prefixed(tensors, "structural.")
         if structural:
             self.model.structural.load_state_dict(structural)
             self.model.config.calibrated = True
@@ -94,3 +99,7 @@ class TrainerCheckpoints:
             raise CheckpointError(f"--resume: the checkpoint of round {self.state.round} lacks the structural copy "
                                   f"frozen at round {self.model.config.gates_frozen_at_round}; it was damaged: "
                                   f"{START_OVER}.")
+
+
+def _prefixed(tensors: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}

@@ -87,7 +87,7 @@ class RoundLoop(TrainerCheckpoints):
         self.privacy = RunPrivacy(args, strategy, self.global_model, model.config.bn_mode)
         self.learning_rates = round_learning_rates(args.lr, args.rounds, args.lr_scheduler, args.warmup_rounds)
         rule = args.gate_rule()
-        self.gate_warmup = None if rule is None else GateWarmup(rule, args.gate_probe_samples)
+        self.gate_warmup = None if rule is None else GateWarmup(rule, args.gate_probe_samples, args.client_eval_samples)
         self.state = FederatedState(
             max_rounds=args.rounds, metric_for_best_model=args.metric_for_best_model,
             greater_is_better=self.run_config["greater_is_better"],
@@ -176,8 +176,10 @@ class RoundLoop(TrainerCheckpoints):
 
     def fit_config(self, round_: int, client: int) -> dict[str, Any]:
         """The round config `client` gets in `round_`, its seed from (seed, round, client)."""
+        scored = {} if self.gate_warmup is None or not self.gate_warmup.eval_samples else \
+            {"eval_samples": self.gate_warmup.eval_samples}  # federated evaluation of the warm-up's models
         return {"lr": self.learning_rates[round_ - 1], **self.strategy.configure_fit(round_),
-                "seed": client_seed(self.args.seed, round_, client)}
+                "seed": client_seed(self.args.seed, round_, client), **scored}
 
     def finish_round(self, round_: int, aggregate: RoundAggregate, updates: list[FlatUpdate] | None = None) -> None:
         """The server's step from the round's aggregate (`updates`: every client's, where a runtime gathered
@@ -205,6 +207,8 @@ class RoundLoop(TrainerCheckpoints):
                   "bytes_aggregated": aggregate.num_bytes, "wall_time": end - start, "train_time": trained - start,
                   "aggregate_time": end - trained, "evaluation_time": 0.0, "update_agreement": aggregate.update_agreement,
                   "update_alignment": aggregate.update_alignment, **self.strategy.round_metrics()}
+        if aggregate.client_eval_accuracy is not None:
+            record["client_eval_accuracy"] = aggregate.client_eval_accuracy
         return {**record, **self.privacy.record(round_, self.state.history, record)}
 
     def _evaluate_into(self, record: dict[str, Any]) -> None:

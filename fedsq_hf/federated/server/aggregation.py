@@ -27,6 +27,8 @@ class RoundAggregate:
         samples: the samples each active client reported (0 where it did not).
         num_samples / loss_sum / num_bytes / sq_norm_sum: over the usable updates (the loss and the updates'
             squared L2 norms weighted by samples; the bytes their codec sent).
+        eval_sum / eval_samples: the received global model's accuracy that clients scored (`FitConfig.eval_samples`),
+            summed weighted by their samples, and those samples (every client that replied with one).
         failed: the clients whose training went wrong (diverged or non-finite) or that did not reply.
         update_agreement: set by `step`: |mean update|^2 / the mean squared update norm (sample-weighted),
             1 when every client sent the same update, near 0 when they cancel out (Jensen: never above 1).
@@ -46,6 +48,8 @@ class RoundAggregate:
     failed: list[int] = field(default_factory=list)
     updates: list[FlatUpdate] = field(default_factory=list)
     sq_norm_sum: float = 0.0
+    eval_sum: float = 0.0
+    eval_samples: float = 0.0
     update_agreement: float | None = None
     update_alignment: float | None = None
 
@@ -59,12 +63,22 @@ class RoundAggregate:
     def train_loss(self) -> float | None:
         return self.loss_sum / self.num_samples if self.num_samples else None
 
+    @property
+    def client_eval_accuracy(self) -> float | None:
+        """Federated evaluation of the model the clients received: their scores' sample-weighted mean (rounded,
+        so that rounds that tie on one process tie on N, whatever order the sum took)."""
+        return round(self.eval_sum / self.eval_samples, 9) if self.eval_samples else None
+
     def fail(self, client: int) -> None:
         """Record `client` as failed: its training went wrong, or it did not reply."""
         self.failed.append(client)
 
     def add(self, client: int, update: ClientUpdate, codec: UpdateCodec, global_model: GlobalModel) -> None:
-        """Take in `client`'s update: a diverged one is only recorded as failed."""
+        """Take in `client`'s update: a diverged one is only recorded as failed (its score, from before it
+        trained, is kept)."""
+        if "eval_accuracy" in update.metrics:
+            self.eval_sum += update.metrics["eval_accuracy"] * update.num_samples
+            self.eval_samples += update.num_samples
         if update.diverged:
             self.fail(client)
             return

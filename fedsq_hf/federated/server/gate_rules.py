@@ -7,9 +7,12 @@ and which gates it fixes. A rule reads only the history, so a resumed run decide
 - `AlignmentRule` (`--freeze-gates auto`): no server data. The warm-up rounds train without fixed gates, as
   FedAvg does, and the server reads the alignment of each round's client updates (`update_alignment`: 1 when
   they are the same, 0 when orthogonal). A round of the first `--max-warmup-rounds` below the threshold means
-  the clients pull apart (label skew): the global model's gates are fixed after those rounds (or, with
-  `--skewed-gates pretrained`, the backbone's from the next round on: FedSQ as published). Aligned through
-  them, the clients are close to IID, where fixed gates cost accuracy: the gates follow the model to the end.
+  the clients pull apart (label skew). Their warm-up models oscillate then, so the gates are those of the
+  warm-up's global model the clients scored best on their own samples (`client_eval_accuracy`: each round's
+  clients score the model they receive before training it; round M's model is scored in round M + 1, a last
+  warm-up round), fixed from round M + 2 (or, with `--skewed-gates pretrained`, the backbone's from the next
+  round on: FedSQ as published). Aligned through them, the clients are close to IID, where fixed gates cost
+  accuracy: the gates follow the model to the end.
 """
 
 from __future__ import annotations
@@ -32,11 +35,14 @@ class GateDecision:
         source: "global" (the structural copy re-frozen from the global model and sent to the clients) or
             "pretrained" (the backbone's structural copy, which every client holds).
         reason: what decided, in words, for the summary and the card.
+        model_round: "global": the round whose global model gives the gates, where it is not the last
+            (`round - 1`).
     """
 
     round: int | None
     source: str = "global"
     reason: str = ""
+    model_round: int | None = None
 
     @property
     def gates(self) -> str:
@@ -44,16 +50,18 @@ class GateDecision:
         return "own" if self.round is None else self.source
 
     def to_dict(self) -> dict[str, Any]:
-        return {"round": self.round, "gates": self.gates, "reason": self.reason}
+        chosen = {} if self.model_round is None else {"model_round": self.model_round}
+        return {"round": self.round, "gates": self.gates, "reason": self.reason, **chosen}
 
 
 class GateRule:
     """A gate schedule's rule. `statistic`: the round record's field it reads (None: none); `needs_probe`:
     whether the server measures the global model on a probe set of its own after each warm-up round
-    (`gate_step_drift`, `gate_probe_loss`)."""
+    (`gate_step_drift`, `gate_probe_loss`); `needs_scores`: whether the round's clients score the global model
+    they receive (`client_eval_accuracy`) while the rule is undecided."""
 
     statistic: str | None = None
-    needs_probe = False
+    needs_probe = needs_scores = False
 
     def describe(self) -> str:
         raise NotImplementedError
@@ -108,35 +116,51 @@ class DriftRule(GateRule):
 
 class AlignmentRule(GateRule):
     """`--freeze-gates auto` (see the module doc). Clients pull apart in a round whose update alignment is below
-    `below`; `skewed` says what follows: "global", the warm-up goes on to round `max_rounds` and the global
-    model's gates are fixed after it, or "pretrained", the backbone's gates from the next round. Aligned in every
-    round 1..`max_rounds`: no gates are fixed. A round with fewer than two usable updates gives no alignment
-    and does not count; with none in the window, the pretrained gates."""
+    `below`; `skewed` says what follows: "global", the warm-up goes on to round `max_rounds` + 1 and the gates
+    of its best-scored global model are fixed after it, or "pretrained", the backbone's gates from the next
+    round. Aligned in every round 1..`max_rounds`: no gates are fixed. A round with fewer than two usable
+    updates gives no alignment and does not count; with none in the window, the pretrained gates."""
 
     statistic = "update_alignment"
 
     def __init__(self, below: float, max_rounds: int, skewed: str = "global") -> None:
         self.below, self.max_rounds, self.skewed = below, max_rounds, skewed
+        self.needs_scores = skewed == "global"
 
     def describe(self) -> str:
-        return (f"auto: the {self.skewed} gates if the client update alignment falls below {self.below} in rounds "
+        gates = "the best client-scored warm-up model's" if self.needs_scores else "the pretrained"
+        return (f"auto: {gates} gates if the client update alignment falls below {self.below} in rounds "
                 f"1-{self.max_rounds}, else none fixed (no server data)")
 
     def decide(self, history: list[dict[str, Any]]) -> GateDecision | None:
-        measured, pulled = 0, None
-        for record in history[: self.max_rounds]:
-            value, round_ = record.get("update_alignment"), record["round"]
-            if value is not None and value < self.below and pulled is None:
-                pulled = f"update alignment {value:.3f} < {self.below} in round {round_}: the clients pull apart"
-                if self.skewed == "pretrained":
-                    return GateDecision(round_ + 1, "pretrained", f"{pulled}; the pretrained gates")
-            measured += value is not None
-            if round_ >= self.max_rounds:
-                if pulled is not None:
-                    return GateDecision(round_ + 1, "global", f"{pulled}; the global model's gates after round {round_}")
-                if not measured:
-                    return GateDecision(round_ + 1, "pretrained", f"no two client updates to align in rounds "
-                                                                  f"1-{round_}; the pretrained gates")
-                return GateDecision(None, "global", f"update alignment >= {self.below} in rounds 1-{round_}: the "
-                                                    "clients agree; the gates follow the model")
-        return None
+        window = history[: self.max_rounds]
+        pulled = next((r for r in window if r.get("update_alignment") is not None
+                       and r["update_alignment"] < self.below), None)
+        if pulled is not None:
+            why = (f"update alignment {pulled['update_alignment']:.3f} < {self.below} in round {pulled['round']}: "
+                   "the clients pull apart")
+            if self.skewed == "pretrained":
+                return GateDecision(pulled["round"] + 1, "pretrained", f"{why}; the pretrained gates")
+            return self._best_scored(history, why)
+        if len(window) < self.max_rounds:
+            return None
+        if all(r.get("update_alignment") is None for r in window):
+            return GateDecision(self.max_rounds + 1, "pretrained", f"no two client updates to align in rounds "
+                                                                   f"1-{self.max_rounds}; the pretrained gates")
+        return GateDecision(None, "global", f"update alignment >= {self.below} in rounds 1-{self.max_rounds}: the "
+                                            "clients agree; the gates follow the model")
+
+    def _best_scored(self, history: list[dict[str, Any]], why: str) -> GateDecision | None:
+        """After round `max_rounds` + 1: the warm-up's global model (of rounds 1..`max_rounds`) its clients scored
+        best, the first of a tie (none scored: the last one's)."""
+        last = self.max_rounds + 1
+        if len(history) < last:
+            return None
+        scores = {r["round"] - 1: r["client_eval_accuracy"] for r in history[1:last] if "client_eval_accuracy" in r}
+        if not scores:
+            return GateDecision(last + 1, "global", f"{why}; no client scored a warm-up model: the global model's "
+                                                    f"gates after round {last}")
+        best = max(scores, key=scores.__getitem__)
+        return GateDecision(last + 1, "global", f"{why}; the gates of round {best}'s global model, scored best by "
+                                                f"its clients ({scores[best]:.3f}) of rounds 1-{self.max_rounds}",
+                            model_round=best)

@@ -9,20 +9,25 @@ below the previous round's (the gates are settling) while the probe loss fell (t
 model that collapsed to a constant answer also stops moving its gates), or `--max-warmup-rounds`, ends the
 warm-up. Round 1 alone never ends it: it starts from a zero-initialised head, whose first steps send almost no
 gradient into the backbone, so its drift understates how far the gates will move.
+
+A rule that reads the clients' scores (`--freeze-gates auto`) keeps the best-scored warm-up model's weights
+until it decides: a model's score comes a round later, from the clients it was sent to.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from ...errors import FedSQError
+from ...errors import CheckpointError, FedSQError
 from ...gate_drift import GateRecorder, gate_drift
 from ...modeling_fedsq import FedSQModel
 from ..data import first_model_inputs
+from ..io import START_OVER
 from ..protocol import tensor_bytes
 from .gate_rules import GateDecision, GateRule
 
@@ -35,12 +40,16 @@ class GateWarmup:
     adds to the round's record `gates` ("own" while the gates follow the model, then "fixed"),
     `gate_step_drift` and `gate_probe_loss` (warm-up rounds of a rule with a probe set), `gate_decision` (the
     round the rule decided in: `GateDecision.to_dict()`), `gates_frozen` and
-    `bytes_structural` (a re-frozen structural copy sent to clients that had not received it yet)."""
+    `bytes_structural` (a re-frozen structural copy sent to clients that had not received it yet). While a rule
+    that reads scores is undecided, `eval_samples` is what the round config asks the clients to score on."""
 
-    def __init__(self, rule: GateRule, probe_samples: int = 256) -> None:
-        self.gate_rule, self.probe_samples = rule, probe_samples
+    def __init__(self, rule: GateRule, probe_samples: int = 256, client_eval_samples: int = 128) -> None:
+        self.gate_rule, self.probe_samples, self.client_eval_samples = rule, probe_samples, client_eval_samples
         self.probe: tuple[torch.Tensor, torch.Tensor] | None = None  # (pixels, labels)
         self.reference: list | None = None  # the previous round's global gates on the probe set
+        self.eval_samples = 0  # what this round's clients score the model they receive on (0: no scores)
+        self.sent: dict[str, torch.Tensor] | None = None  # the weights of the model this round's clients score
+        self.best: dict[str, torch.Tensor] | None = None  # the best-scored warm-up model's, until the decision
 
     @property
     def rule(self) -> str:
@@ -59,6 +68,11 @@ class GateWarmup:
         if decision is not None and decision.round is not None and len(history) >= decision.round:
             model.config.gates_frozen_at_round = decision.round
             return decision.source == "global"
+        scored = [h["round"] for h in history if "client_eval_accuracy" in h]
+        if self.gate_rule.needs_scores and scored and self.best is None:
+            raise CheckpointError(f"--resume: the checkpoint of round {len(history)} lacks the weights of the gate "
+                                  f"warm-up's best-scored model (clients scored rounds {scored}); it was damaged: "
+                                  f"{START_OVER}.")
         model.dual_copy.disable_gates()
         if self.gate_rule.needs_probe:
             self.probe = first_model_inputs(eval_set, self.probe_samples, device)
@@ -68,14 +82,20 @@ class GateWarmup:
     def begin_round(self, model: FedSQModel, round_: int, history: list[dict[str, Any]]) -> GateDecision | None:
         """Fix the gates at the start of `round_` if the rule says so; the decision if it fixed them now."""
         dual, decision = model.dual_copy, self.decision(history)
+        self.eval_samples, self.sent = 0, None
+        if not dual.gates_enabled and decision is None and self.gate_rule.needs_scores and round_ > 1:
+            self.eval_samples = self.client_eval_samples  # round 1's model is the warm start's, with a blank head
+            self.sent = {k: t.detach().clone() for k, t in dual.quantitative.state_dict().items()
+                         if k in dual.structural.state_dict()}
         if dual.gates_enabled or decision is None or decision.round is None or round_ < decision.round:
             return None
         dual.enable_gates()
         if decision.source == "global":
-            dual.sync_structural()
+            chosen = decision.model_round is not None and decision.model_round != round_ - 1
+            dual.sync_structural(self.best if chosen else None)
             model.config.calibrated = True
         model.config.gates_frozen_at_round = round_
-        self.reference = None
+        self.reference = self.best = None
         return decision
 
     @torch.no_grad()
@@ -99,6 +119,9 @@ class GateWarmup:
         """Add the gate schedule's fields to `record`, the round just done (not yet in `history`)."""
         dual = model.dual_copy
         record["gates"] = "fixed" if dual.gates_enabled else "own"
+        score = record.get("client_eval_accuracy")
+        if self.sent is not None and score is not None and score > _best_score(history):
+            self.best = self.sent
         if measured is not None:
             record["gate_step_drift"], record["gate_probe_loss"] = measured.tolist()
         if not dual.gates_enabled:
@@ -121,10 +144,27 @@ class GateWarmup:
                "statistic": statistic,
                "by_round": {h["round"]: h.get(statistic) for h in history if statistic and h.get("gates") == "own"},
                "bytes_structural": sum(h.get("bytes_structural", 0) for h in history)}
+        if self.gate_rule.needs_scores:  # a model's score is in the next round's record
+            out["client_eval_accuracy"] = {h["round"] - 1: h["client_eval_accuracy"] for h in history
+                                           if "client_eval_accuracy" in h}
+            chosen = decision is not None and decision.round is not None and decision.source == "global"
+            out["gates_of_round"] = (decision.model_round or decision.round - 1) if chosen else None
         if self.gate_rule.needs_probe:
             out.update(step_drift_at_freeze=out["by_round"].get(freeze - 1) if freeze else None,
                        probe_samples=min(self.probe_samples, num_eval_samples))
         return out
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """What a checkpoint must hold for an exact resume: the best-scored warm-up model's weights, until the
+        decision (the model the next round's clients score is the checkpoint's global model)."""
+        return {} if self.best is None else {k: t.cpu() for k, t in self.best.items()}
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.best = tensors or None
+
+
+def _best_score(history: list[dict[str, Any]]) -> float:
+    return max((h["client_eval_accuracy"] for h in history if "client_eval_accuracy" in h), default=-math.inf)
 
 
 def _active(record: dict[str, Any]) -> list[int]:
