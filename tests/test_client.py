@@ -39,16 +39,18 @@ def test_fit_returns_local_minus_global_and_what_it_cost(backbone_dir):
     assert all(torch.equal(update.tensors[k], again.tensors[k]) for k in update.tensors)
 
     # federated evaluation: the received model scored on 12 of the 16 samples (drawn by the seed) before training,
-    # which trains exactly as without it
+    # per class, which trains exactly as without it
     scored = client.fit(global_params, {"seed": 1, "lr": 0.05, "eval_samples": 12})
     assert all(torch.equal(update.tensors[k], scored.tensors[k]) for k in update.tensors)
-    assert "eval_accuracy" not in update.metrics
+    assert "eval_class_samples" not in update.metrics
     client.tensors.load(global_params)
     model.eval()
     chosen = np.sort(np.random.default_rng(1).choice(16, 12, replace=False))
     x, y, _ = client.samples[[(int(i), None) for i in chosen]]
     with torch.no_grad():
-        assert scored.metrics["eval_accuracy"] == int((model(x).logits.argmax(-1) == y).sum()) / 12
+        hit = model(x).logits.argmax(-1) == y
+    assert scored.metrics["eval_class_samples"] == torch.bincount(y, minlength=3).float().tolist()
+    assert scored.metrics["eval_class_correct"] == torch.bincount(y[hit], minlength=3).float().tolist()
 
 
 def test_a_silo_fitting_on_its_own_reproduces_the_simulators_round(backbone_dir, digits_dir, tmp_path):

@@ -103,7 +103,8 @@ def test_alignment_rule_keeps_the_pretrained_gates_when_clients_pull_apart_and_n
     rule = AlignmentRule(0.4, max_rounds=3)
 
     def scored(alignments, scores):
-        return rule.decide([{"round": r, "update_alignment": a, **({} if s is None else {"client_eval_accuracy": s})}
+        return rule.decide([{"round": r, "update_alignment": a,
+                             **({} if s is None else {"client_balanced_accuracy": s})}
                             for r, (a, s) in enumerate(zip(alignments, scores), 1)])
 
     assert rule.needs_scores and not AlignmentRule(0.4, 3, "pretrained").needs_scores
@@ -167,12 +168,12 @@ def test_auto_lets_the_gates_follow_the_model_when_the_clients_agree(backbone_di
     for key in ("clients", "train_loss", "eval_loss", "update_alignment"):  # FedAvg throughout, exactly: the
         assert [h[key] for h in auto] == [h[key] for h in plain], key  # clients' scores of round 2 changed nothing
     assert [h["gates"] for h in auto] == ["own"] * 4 and not any("gates_frozen" in h for h in auto)
-    assert ["client_eval_accuracy" in h for h in auto] == [False, True, False, False]  # undecided in round 2 only
-    assert 0 <= auto[1]["client_eval_accuracy"] <= 1
+    assert ["client_balanced_accuracy" in h for h in auto] == [False, True, False, False]  # undecided in round 2 only
+    assert 0 <= auto[1]["client_balanced_accuracy"] <= 1
     warmup = summary["gate_warmup"]
     assert (warmup["gates"], warmup["frozen_at_round"], warmup["by_round"], warmup["gates_of_round"]) == \
         ("own", None, {h["round"]: h["update_alignment"] for h in plain}, None)
-    assert warmup["client_eval_accuracy"] == {1: auto[1]["client_eval_accuracy"]}
+    assert warmup["client_balanced_accuracy"] == {1: auto[1]["client_balanced_accuracy"]}
     assert warmup["decided"] == "update alignment >= -0.999 in rounds 1-2: the clients agree; the gates follow the model"
     saved = FedSQModel.from_pretrained(tmp_path / "auto" / "final")  # a plain model, as it trained
     assert not saved.config.fixed_gating and not (tmp_path / "auto" / "final" / "structural.safetensors").exists()
@@ -224,10 +225,11 @@ def test_resume_during_and_after_the_warm_up_is_exact(rule, stop, backbone_dir, 
         assert [h["gates"] for h in runs] == ["own", "own", "fixed", "fixed"] and warmup["frozen_at_round"] == 3
         return
     assert [h["gates"] for h in runs] == ["own", "own", "own", "fixed"] and warmup["frozen_at_round"] == 4
-    scores = [h.get("client_eval_accuracy") for h in runs]
+    scores = [h.get("client_balanced_accuracy") for h in runs]
     assert scores[0] is None and scores[3] is None and all(0 <= s <= 1 for s in scores[1:3])
+    assert [0 < h.get("client_eval_samples", 0) <= 2 * 16 for h in runs] == [False, True, True, False]
     best = 1 if scores[1] >= scores[2] else 2
-    assert warmup["client_eval_accuracy"] == {1: scores[1], 2: scores[2]} and warmup["gates_of_round"] == best
+    assert warmup["client_balanced_accuracy"] == {1: scores[1], 2: scores[2]} and warmup["gates_of_round"] == best
     assert [(h.get("gate_decision") or {}).get("model_round") for h in runs] == [None, None, best, None]
     assert warmup["decided"].endswith(f"the gates of round {best}'s global model, scored best by its clients "
                                       f"({scores[best]:.3f}) of rounds 1-2")

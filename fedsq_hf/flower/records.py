@@ -78,7 +78,7 @@ class SiteTask:
 def update_content(update: ClientUpdate) -> RecordDict:
     """A site's reply to a fit: its encoded update, its local state (FedBN) and its metrics."""
     metrics = {"num-examples": update.num_samples, "num-bytes": update.num_bytes, "diverged": int(update.diverged),
-               **{k: float(v) for k, v in update.metrics.items()}}
+               **{k: [float(x) for x in v] if isinstance(v, list) else float(v) for k, v in update.metrics.items()}}
     return RecordDict({"metrics": MetricRecord(metrics), "update": arrays(update.tensors),
                        "local_state": arrays(update.local_state)})
 

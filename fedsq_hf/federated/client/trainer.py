@@ -82,11 +82,9 @@ class ClientTrainer:
         self._check(global_params, state, own)
         own.load({**self._initial_local, **self._initial_counters, **state.local_batchnorm, **global_params})
         indices = np.arange(len(self.samples)) if indices is None else indices
-        received = self.score(indices, fit.eval_samples, fit.seed) if fit.eval_samples else None
+        scored = self.score(indices, fit.eval_samples, fit.seed) if fit.eval_samples else {}
         result = self.train(indices, fit.seed, fit.lr, fit.proximal_mu)
-        metrics = {"train_loss": result.train_loss, "steps": len(result.losses)}
-        if received is not None:
-            metrics["eval_accuracy"] = received
+        metrics = {"train_loss": result.train_loss, "steps": len(result.losses), **scored}
         tensors = {**own.shared, **own.local}
         if diverged(result.losses, self.args.divergence_factor, self.model.config.num_labels) \
                 or not all(bool(torch.isfinite(t).all()) for t in tensors.values()):
@@ -101,17 +99,21 @@ class ClientTrainer:
                             num_bytes=self.codec.num_bytes(payload))
 
     @torch.no_grad()
-    def score(self, indices: np.ndarray, count: int, seed: int) -> float:
-        """The model's accuracy, as it is, on up to `count` of the samples `indices` (drawn by `seed`), in eval
-        mode and without augmentation. Draws from no global RNG: training after it is what it would be without."""
+    def score(self, indices: np.ndarray, count: int, seed: int) -> dict[str, list[float]]:
+        """The model, as it is, on up to `count` of the samples `indices` (drawn by `seed`), in eval mode and
+        without augmentation: per class, the samples it got right (`eval_class_correct`) and those scored
+        (`eval_class_samples`). Draws from no global RNG: training after it is what it would be without."""
         chosen = np.sort(np.random.default_rng(seed).choice(indices, min(count, len(indices)), replace=False))
+        num_labels, step = self.model.config.num_labels, 2 * self.args.batch_size
+        correct, seen = torch.zeros(num_labels), torch.zeros(num_labels)
         self.model.eval()
-        correct, step = 0, 2 * self.args.batch_size
         for start in range(0, len(chosen), step):
             x, y = model_inputs(self.samples, chosen[start : start + step], self.accelerator.device)
             with self.accelerator.autocast():
-                correct += int((self.model(x).logits.argmax(-1) == y).sum())
-        return correct / max(len(chosen), 1)
+                hit = self.model(x).logits.argmax(-1) == y
+            seen += torch.bincount(y, minlength=num_labels).cpu()
+            correct += torch.bincount(y[hit], minlength=num_labels).cpu()
+        return {"eval_class_correct": correct.tolist(), "eval_class_samples": seen.tolist()}
 
     @staticmethod
     def _check(global_params: Mapping[str, torch.Tensor], state: ClientState, tensors: ModelTensors) -> None:

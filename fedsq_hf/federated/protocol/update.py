@@ -24,7 +24,7 @@ class FitConfig:
     `proximal_mu` the weight of FedProx's proximal term (0: none), `dp_clip_norm` the bound the client
     clips its update to before sending it (0: none; client-side clipping of client-level DP), and
     `eval_samples` how many of its samples the client scores the global model it received on before
-    training (0: none; metric `eval_accuracy`: federated evaluation, for `--freeze-gates auto`)."""
+    training (0: none; federated evaluation, for `--freeze-gates auto`)."""
 
     seed: int
     lr: float | None = None
@@ -57,8 +57,8 @@ class ClientUpdate:
         tensors: the update `local - global` of every shared tensor, by state-dict key, as the client's
             codec encoded it (empty when `diverged`).
         num_samples: the samples it trained on (the weight of its update in a weighted mean).
-        metrics: train metrics (`train_loss`, the mean loss of its steps; `steps`; `eval_accuracy`, the
-            received global model's accuracy on `eval_samples` of its samples, where the config asked).
+        metrics: train metrics (`train_loss`, the mean loss of its steps; `steps`) and, where the config
+            asked for `eval_samples`, how the received global model did on them (`ClientTrainer.score`).
         diverged: its training went wrong (non-finite or diverging loss, or non-finite weights): the
             server leaves it out of the round.
         local_state: what the client keeps for itself, sent for the server's evaluation only and never
@@ -68,7 +68,7 @@ class ClientUpdate:
 
     tensors: dict[str, torch.Tensor]
     num_samples: int
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float | list[float]] = field(default_factory=dict)
     diverged: bool = False
     local_state: dict[str, torch.Tensor] = field(default_factory=dict)
     num_bytes: int = 0

@@ -207,8 +207,9 @@ class RoundLoop(TrainerCheckpoints):
                   "bytes_aggregated": aggregate.num_bytes, "wall_time": end - start, "train_time": trained - start,
                   "aggregate_time": end - trained, "evaluation_time": 0.0, "update_agreement": aggregate.update_agreement,
                   "update_alignment": aggregate.update_alignment, **self.strategy.round_metrics()}
-        if aggregate.client_eval_accuracy is not None:
-            record["client_eval_accuracy"] = aggregate.client_eval_accuracy
+        if aggregate.client_balanced_accuracy is not None:
+            record.update(client_balanced_accuracy=aggregate.client_balanced_accuracy,
+                          client_eval_samples=int(aggregate.eval_samples.sum()))
         return {**record, **self.privacy.record(round_, self.state.history, record)}
 
     def _evaluate_into(self, record: dict[str, Any]) -> None:

@@ -27,8 +27,8 @@ class RoundAggregate:
         samples: the samples each active client reported (0 where it did not).
         num_samples / loss_sum / num_bytes / sq_norm_sum: over the usable updates (the loss and the updates'
             squared L2 norms weighted by samples; the bytes their codec sent).
-        eval_sum / eval_samples: the received global model's accuracy that clients scored (`FitConfig.eval_samples`),
-            summed weighted by their samples, and those samples (every client that replied with one).
+        eval_correct / eval_samples: per class, the samples the clients that scored the model they received
+            (`FitConfig.eval_samples`) got right, and those they scored (every client that replied with them).
         failed: the clients whose training went wrong (diverged or non-finite) or that did not reply.
         update_agreement: set by `step`: |mean update|^2 / the mean squared update norm (sample-weighted),
             1 when every client sent the same update, near 0 when they cancel out (Jensen: never above 1).
@@ -48,26 +48,30 @@ class RoundAggregate:
     failed: list[int] = field(default_factory=list)
     updates: list[FlatUpdate] = field(default_factory=list)
     sq_norm_sum: float = 0.0
-    eval_sum: float = 0.0
-    eval_samples: float = 0.0
+    eval_correct: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.float64))
+    eval_samples: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.float64))
     update_agreement: float | None = None
     update_alignment: float | None = None
 
     @classmethod
     def start(cls, global_model: GlobalModel, strategy: Strategy, active: list[int]) -> RoundAggregate:
         local = torch.zeros(len(active), global_model.local_layout.numel, dtype=torch.float64)
+        classes = torch.zeros(global_model.model.config.num_labels, dtype=torch.float64)
         return cls(active, local, torch.zeros(len(active), dtype=torch.float64),
-                   None if strategy.needs_client_updates else torch.zeros_like(global_model.vector))
+                   None if strategy.needs_client_updates else torch.zeros_like(global_model.vector),
+                   eval_correct=classes, eval_samples=classes.clone())
 
     @property
     def train_loss(self) -> float | None:
         return self.loss_sum / self.num_samples if self.num_samples else None
 
     @property
-    def client_eval_accuracy(self) -> float | None:
-        """Federated evaluation of the model the clients received: their scores' sample-weighted mean (rounded,
-        so that rounds that tie on one process tie on N, whatever order the sum took)."""
-        return round(self.eval_sum / self.eval_samples, 9) if self.eval_samples else None
+    def client_balanced_accuracy(self) -> float | None:
+        """Federated evaluation of the model the clients received: the mean over the classes they scored of
+        each class's accuracy, pooled over the clients. Under label skew a round's clients hold another mix
+        of labels each round; per class, the mix does not weigh in (the same counts on 1 or N processes)."""
+        seen = self.eval_samples > 0
+        return float((self.eval_correct[seen] / self.eval_samples[seen]).mean()) if seen.any() else None
 
     def fail(self, client: int) -> None:
         """Record `client` as failed: its training went wrong, or it did not reply."""
@@ -76,9 +80,9 @@ class RoundAggregate:
     def add(self, client: int, update: ClientUpdate, codec: UpdateCodec, global_model: GlobalModel) -> None:
         """Take in `client`'s update: a diverged one is only recorded as failed (its score, from before it
         trained, is kept)."""
-        if "eval_accuracy" in update.metrics:
-            self.eval_sum += update.metrics["eval_accuracy"] * update.num_samples
-            self.eval_samples += update.num_samples
+        if "eval_class_samples" in update.metrics:
+            self.eval_correct += torch.tensor(update.metrics["eval_class_correct"], dtype=torch.float64)
+            self.eval_samples += torch.tensor(update.metrics["eval_class_samples"], dtype=torch.float64)
         if update.diverged:
             self.fail(client)
             return

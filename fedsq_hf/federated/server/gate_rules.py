@@ -8,9 +8,9 @@ and which gates it fixes. A rule reads only the history, so a resumed run decide
   FedAvg does, and the server reads the alignment of each round's client updates (`update_alignment`: 1 when
   they are the same, 0 when orthogonal). A round of the first `--max-warmup-rounds` below the threshold means
   the clients pull apart (label skew). Their warm-up models oscillate then, so the gates are those of the
-  warm-up's global model the clients scored best on their own samples (`client_eval_accuracy`: each round's
-  clients score the model they receive before training it; round M's model is scored in round M + 1, a last
-  warm-up round), fixed from round M + 2 (or, with `--skewed-gates pretrained`, the backbone's from the next
+  warm-up's global model the clients scored best on their own samples (`client_balanced_accuracy`: each
+  round's clients score the model they receive before training it, per class; round M's model is scored in
+  round M + 1, a last warm-up round), fixed from round M + 2 (or, with `--skewed-gates pretrained`, the backbone's from the next
   round on: FedSQ as published). Aligned through them, the clients are close to IID, where fixed gates cost
   accuracy: the gates follow the model to the end.
 """
@@ -58,7 +58,7 @@ class GateRule:
     """A gate schedule's rule. `statistic`: the round record's field it reads (None: none); `needs_probe`:
     whether the server measures the global model on a probe set of its own after each warm-up round
     (`gate_step_drift`, `gate_probe_loss`); `needs_scores`: whether the round's clients score the global model
-    they receive (`client_eval_accuracy`) while the rule is undecided."""
+    they receive (`client_balanced_accuracy`) while the rule is undecided."""
 
     statistic: str | None = None
     needs_probe = needs_scores = False
@@ -156,7 +156,8 @@ class AlignmentRule(GateRule):
         last = self.max_rounds + 1
         if len(history) < last:
             return None
-        scores = {r["round"] - 1: r["client_eval_accuracy"] for r in history[1:last] if "client_eval_accuracy" in r}
+        scores = {r["round"] - 1: r["client_balanced_accuracy"] for r in history[1:last]
+                  if "client_balanced_accuracy" in r}
         if not scores:
             return GateDecision(last + 1, "global", f"{why}; no client scored a warm-up model: the global model's "
                                                     f"gates after round {last}")

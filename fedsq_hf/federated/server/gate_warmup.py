@@ -68,7 +68,7 @@ class GateWarmup:
         if decision is not None and decision.round is not None and len(history) >= decision.round:
             model.config.gates_frozen_at_round = decision.round
             return decision.source == "global"
-        scored = [h["round"] for h in history if "client_eval_accuracy" in h]
+        scored = [h["round"] for h in history if "client_balanced_accuracy" in h]
         if self.gate_rule.needs_scores and scored and self.best is None:
             raise CheckpointError(f"--resume: the checkpoint of round {len(history)} lacks the weights of the gate "
                                   f"warm-up's best-scored model (clients scored rounds {scored}); it was damaged: "
@@ -119,7 +119,7 @@ class GateWarmup:
         """Add the gate schedule's fields to `record`, the round just done (not yet in `history`)."""
         dual = model.dual_copy
         record["gates"] = "fixed" if dual.gates_enabled else "own"
-        score = record.get("client_eval_accuracy")
+        score = record.get("client_balanced_accuracy")
         if self.sent is not None and score is not None and score > _best_score(history):
             self.best = self.sent
         if measured is not None:
@@ -145,8 +145,8 @@ class GateWarmup:
                "by_round": {h["round"]: h.get(statistic) for h in history if statistic and h.get("gates") == "own"},
                "bytes_structural": sum(h.get("bytes_structural", 0) for h in history)}
         if self.gate_rule.needs_scores:  # a model's score is in the next round's record
-            out["client_eval_accuracy"] = {h["round"] - 1: h["client_eval_accuracy"] for h in history
-                                           if "client_eval_accuracy" in h}
+            out["client_balanced_accuracy"] = {h["round"] - 1: h["client_balanced_accuracy"] for h in history
+                                           if "client_balanced_accuracy" in h}
             chosen = decision is not None and decision.round is not None and decision.source == "global"
             out["gates_of_round"] = (decision.model_round or decision.round - 1) if chosen else None
         if self.gate_rule.needs_probe:
@@ -164,7 +164,8 @@ class GateWarmup:
 
 
 def _best_score(history: list[dict[str, Any]]) -> float:
-    return max((h["client_eval_accuracy"] for h in history if "client_eval_accuracy" in h), default=-math.inf)
+    scores = [h["client_balanced_accuracy"] for h in history if "client_balanced_accuracy" in h]
+    return max(scores, default=-math.inf)
 
 
 def _active(record: dict[str, Any]) -> list[int]:
