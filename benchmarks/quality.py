@@ -73,8 +73,9 @@ def run_one(args: argparse.Namespace, method: str, split: str, seed: int, *, var
     drift = dict(freeze_gates_when_drift_below=args.drift_below, gate_probe_samples=args.gate_probe_samples,
                  max_warmup_rounds=min(args.max_warmup_rounds, args.rounds - 1)) if spec.get("drift") else {}
     if spec.get("auto"):
+        scored = spec["auto"] == "global"  # round M's model is scored in round M + 1, its gates fixed from M + 2
         drift = dict(freeze_gates="auto", gate_alignment_below=args.alignment_below, skewed_gates=spec["auto"],
-                     max_warmup_rounds=min(args.max_warmup_rounds, args.rounds - (2 if spec["auto"] == "global" else 1)))
+                     max_warmup_rounds=min(args.max_warmup_rounds, args.rounds - (2 if scored else 1)))
     calibrate = spec.get("calibrate", False)
     run_args = (
         ModelArguments(backbone=args.backbone, backbone_weights=getattr(args, "backbone_weights", None),

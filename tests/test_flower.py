@@ -249,7 +249,7 @@ def test_deployment_gives_the_simulators_weights_and_resumes(deployment, backbon
 
 @pytest.mark.slow
 def test_deployment_survives_a_killed_node(deployment, backbone_dir, digits_dir, tmp_path):
-    app = write_app(tmp_path / "app", run_config(backbone_dir(), digits_dir, tmp_path / "flower", round_timeout=30.0,
+    app = write_app(tmp_path / "app", run_config(backbone_dir(), digits_dir, tmp_path / "flower", round_timeout=25.0,
                                                  rounds=1))  # the dead node's round waits the whole round-timeout
     killed = threading.Event()
 
@@ -279,10 +279,10 @@ def test_flowers_simulation_runtime_runs_the_app(backbone_dir, digits_dir, tmp_p
     pytest.importorskip("ray")
     simulation = Deployment(tmp_path / "simulation", simulation=True)
     try:
-        app = write_app(tmp_path / "app", run_config(backbone_dir(), digits_dir, tmp_path / "flower"))
+        app = write_app(tmp_path / "app", run_config(backbone_dir(), digits_dir, tmp_path / "flower", rounds=1))
         _, status = simulation.run(app, 600, None, "--federation-config", "num-supernodes=2")
         assert status == "finished:completed", simulation.last_run()
     finally:
         simulation.stop()
-    simulate(backbone_dir(), digits_dir, tmp_path / "sim", threads=1)
+    simulate(backbone_dir(), digits_dir, tmp_path / "sim", threads=1, rounds=1)
     assert_same_weights(tmp_path / "flower" / "final", tmp_path / "sim" / "final")

@@ -83,11 +83,12 @@ def test_diverging_clients_are_excluded_then_run_stops(backbone_dir, digits_dir,
 
 @pytest.mark.slow
 def test_two_processes_give_the_same_global_weights_and_gate_schedule(backbone_dir, digits_dir, tmp_path):
-    """... with --freeze-gates auto: round 1 without fixed gates, its update alignment (reduced across the
-    processes) below the threshold; round 2's clients (on both processes) score round 1's model, whose gates
-    are fixed from round 3 on both."""
+    """... with --freeze-gates auto and FedTrimmedAvg (per-client updates, gathered): round 1 without fixed
+    gates, its update alignment below the threshold; round 2's clients (on both processes) score round 1's
+    model, whose gates are fixed from round 3 on both."""
     backbone = backbone_dir("resnet10t")
-    auto = dict(rounds=3, freeze_gates="auto", gate_alignment_below=0.999, max_warmup_rounds=1)
+    auto = dict(rounds=3, freeze_gates="auto", gate_alignment_below=0.999, max_warmup_rounds=1,
+                strategy="fedtrimmedavg", trim_beta=0.34, clients_per_round=3)
     one = run_example(cli_args(backbone, digits_dir, tmp_path / "one", **auto))
     assert one.returncode == 0, one.stderr[-3000:]
     two = run_example(cli_args(backbone, digits_dir, tmp_path / "two", **auto), launcher=TORCHRUN)
@@ -187,10 +188,11 @@ def test_fedbn_traffic_scales_with_the_rounds_clients(backbone_dir, digits_dir, 
     reduce = collectives.reduce
     monkeypatch.setattr(collectives, "reduce", lambda t, **kw: sizes.append(t.numel()) or reduce(t, **kw))
     trainer.run_round(1)
-    # one all-reduce: round totals (4, a failure flag and a sample count per client of the round), each of its
-    # clients' BatchNorm, the summed update
+    # one all-reduce: round totals (4, a failure flag and a sample count per client of the round, the clients'
+    # scores: right and scored per class), each of its clients' BatchNorm, the summed update
     server = trainer.global_model
-    assert sizes == [4 + 2 + 2 + 2 * server.local_layout.numel + server.vector.numel()]
+    classes = trainer.model.config.num_labels
+    assert sizes == [4 + 2 + 2 + 2 * classes + 2 * server.local_layout.numel + server.vector.numel()]
 
 
 @pytest.mark.slow

@@ -133,10 +133,10 @@ def test_a_registered_strategy_gets_every_clients_update_by_name(backbone_dir, d
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["fedmedian", "fedtrimmedavg"])
+@pytest.mark.parametrize("strategy", ["fedmedian"])  # FedTrimmedAvg: test_simulation's --freeze-gates auto run
 def test_robust_strategies_give_the_same_weights_on_1_and_2_processes(strategy, backbone_dir, digits_dir, tmp_path):
     backbone = backbone_dir("resnet10t")
-    extra = dict(rounds=1, strategy=strategy, clients_per_round=3, **({"trim_beta": 0.34} if strategy == "fedtrimmedavg" else {}))
+    extra = dict(rounds=1, strategy=strategy, clients_per_round=3)
     for name, launcher in (("one", (sys.executable,)), ("two", TORCHRUN)):
         result = run_example(cli_args(backbone, digits_dir, tmp_path / name, **extra), launcher=launcher)
         assert result.returncode == 0, result.stderr[-3000:]

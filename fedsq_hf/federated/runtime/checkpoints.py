@@ -93,6 +93,14 @@ class TrainerCheckpoints:
             logger.warning("--resume: best/ held the model of round %d, after the checkpoint of round %d: removed; "
                            "the next best round writes it again.", best.best_round, state.round)
 
+    def check_warmup_state(self) -> None:
+        """A run resumed inside a gate warm-up that reads the clients' scores must have the best-scored model back."""
+        scored = self.gate_warmup.lacks_best(self.state.history)
+        if scored:
+            raise CheckpointError(f"--resume: the checkpoint of round {self.state.round} lacks the weights of the gate "
+                                  f"warm-up's best-scored model (clients scored rounds {scored}); it was damaged: "
+                                  f"{START_OVER}.")
+
     def check_frozen_structural(self) -> None:
         """A run resumed after its gate warm-up froze the gates must have its re-frozen structural copy back."""
         if not self.model.config.calibrated:

@@ -131,8 +131,10 @@ class RoundLoop(TrainerCheckpoints):
             self.load_checkpoint()
         if self.gate_warmup is not None and self.gate_warmup.start(self.model, state.history, self.eval_set, acc.device):
             self.check_frozen_structural()  # resumed after the freeze
-        elif self.gate_warmup is not None and acc.is_main_process:
-            logger.info("Gate warm-up: training without fixed gates; they freeze by %s.", self.gate_warmup.rule)
+        elif self.gate_warmup is not None:
+            self.check_warmup_state()
+            if acc.is_main_process:
+                logger.info("Gate warm-up: training without fixed gates; they freeze by %s.", self.gate_warmup.rule)
         self._event("on_train_begin", partition_summary=self.partition_summary)
         while state.round < state.max_rounds and not self.control.should_training_stop:
             round_ = state.round + 1

@@ -10,9 +10,9 @@ and which gates it fixes. A rule reads only the history, so a resumed run decide
   the clients pull apart (label skew). Their warm-up models oscillate then, so the gates are those of the
   warm-up's global model the clients scored best on their own samples (`client_balanced_accuracy`: each
   round's clients score the model they receive before training it, per class; round M's model is scored in
-  round M + 1, a last warm-up round), fixed from round M + 2 (or, with `--skewed-gates pretrained`, the backbone's from the next
-  round on: FedSQ as published). Aligned through them, the clients are close to IID, where fixed gates cost
-  accuracy: the gates follow the model to the end.
+  round M + 1, a last warm-up round), fixed from round M + 2 (or, with `--skewed-gates pretrained`, the
+  backbone's from the next round on: FedSQ as published). Aligned through them, the clients are close to
+  IID, where fixed gates cost accuracy: the gates follow the model to the end.
 """
 
 from __future__ import annotations

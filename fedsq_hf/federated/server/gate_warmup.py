@@ -23,11 +23,10 @@ from typing import Any
 
 import torch
 
-from ...errors import CheckpointError, FedSQError
+from ...errors import FedSQError
 from ...gate_drift import GateRecorder, gate_drift
 from ...modeling_fedsq import FedSQModel
 from ..data import first_model_inputs
-from ..io import START_OVER
 from ..protocol import tensor_bytes
 from .gate_rules import GateDecision, GateRule
 
@@ -68,11 +67,6 @@ class GateWarmup:
         if decision is not None and decision.round is not None and len(history) >= decision.round:
             model.config.gates_frozen_at_round = decision.round
             return decision.source == "global"
-        scored = [h["round"] for h in history if "client_balanced_accuracy" in h]
-        if self.gate_rule.needs_scores and scored and self.best is None:
-            raise CheckpointError(f"--resume: the checkpoint of round {len(history)} lacks the weights of the gate "
-                                  f"warm-up's best-scored model (clients scored rounds {scored}); it was damaged: "
-                                  f"{START_OVER}.")
         model.dual_copy.disable_gates()
         if self.gate_rule.needs_probe:
             self.probe = first_model_inputs(eval_set, self.probe_samples, device)
@@ -128,6 +122,8 @@ class GateWarmup:
             decision = self.decision([*history, record])
             if decision is not None and (not history or self.decision(history) is None):  # decided now
                 record["gate_decision"] = decision.to_dict()
+                if decision.model_round is None:  # no earlier model's gates to fix
+                    self.best = None
             return
         freeze = model.config.gates_frozen_at_round
         record["gates_frozen"] = record["round"] == freeze
@@ -153,6 +149,14 @@ class GateWarmup:
             out.update(step_drift_at_freeze=out["by_round"].get(freeze - 1) if freeze else None,
                        probe_samples=min(self.probe_samples, num_eval_samples))
         return out
+
+    def lacks_best(self, history: list[dict[str, Any]]) -> list[int]:
+        """The rounds whose scores a resumed warm-up decides from without the best-scored model's weights (the
+        checkpoint lacked them); empty where it has them or needs none."""
+        decision = self.decision(history)
+        needed = decision is None or (decision.round is not None and decision.source == "global")
+        scored = [h["round"] for h in history if "client_balanced_accuracy" in h]
+        return scored if self.gate_rule.needs_scores and needed and self.best is None else []
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """What a checkpoint must hold for an exact resume: the best-scored warm-up model's weights, until the
