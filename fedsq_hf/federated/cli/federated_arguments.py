@@ -103,8 +103,8 @@ class FederatedArguments(PrivacyArguments, ClientArguments):
     client_eval_samples: int = argument(
         128, resume="same",
         help="--freeze-gates auto --skewed-gates global: each warm-up round's clients score the global model they "
-             "receive on this many of their own samples before training (federated evaluation; only the accuracy "
-             "is sent)")
+             "receive on this many of their own samples before training (federated evaluation; what is sent: per "
+             "class, how many it got right of how many)")
     max_warmup_rounds: int = argument(
         5, resume="same", help="with --freeze-gates-when-drift-below: freeze after at most this many warm-up rounds; "
                                "with --freeze-gates auto: the rounds whose alignment decides")
