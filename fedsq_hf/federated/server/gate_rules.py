@@ -70,6 +70,11 @@ class GateRule:
         """The decision the rounds of `history` lead to; None while undecided."""
         raise NotImplementedError
 
+    def best_scored(self, history: list[dict[str, Any]]) -> int | None:
+        """A rule that reads scores: the round whose global model the clients of `history` scored best so far
+        (the one whose gates it would fix); None: none scored, or a rule that reads none."""
+        return None
+
 
 class FixedRound(GateRule):
     """Round `round_`, whatever the warm-up shows (the drift is measured and recorded all the same)."""
@@ -156,12 +161,16 @@ class AlignmentRule(GateRule):
         last = self.max_rounds + 1
         if len(history) < last:
             return None
-        scores = {r["round"] - 1: r["client_balanced_accuracy"] for r in history[1:last]
-                  if "client_balanced_accuracy" in r}
-        if not scores:
+        best = self.best_scored(history)
+        if best is None:
             return GateDecision(last + 1, "global", f"{why}; no client scored a warm-up model: the global model's "
                                                     f"gates after round {last}")
-        best = max(scores, key=scores.__getitem__)
         return GateDecision(last + 1, "global", f"{why}; the gates of round {best}'s global model, scored best by "
-                                                f"its clients ({scores[best]:.3f}) of rounds 1-{self.max_rounds}",
-                            model_round=best)
+                                                f"its clients ({history[best]['client_balanced_accuracy']:.3f}) of "
+                                                f"rounds 1-{self.max_rounds}", model_round=best)
+
+    def best_scored(self, history: list[dict[str, Any]]) -> int | None:
+        """Of the models of rounds 1..`max_rounds` (round r's scored in round r + 1), the first of the best."""
+        scores = {r["round"] - 1: r["client_balanced_accuracy"] for r in history[1 : self.max_rounds + 1]
+                  if "client_balanced_accuracy" in r}
+        return max(scores, key=scores.__getitem__) if scores else None

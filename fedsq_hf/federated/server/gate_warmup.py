@@ -17,7 +17,6 @@ until it decides: a model's score comes a round later, from the clients it was s
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -79,14 +78,13 @@ class GateWarmup:
         self.eval_samples, self.sent = 0, None
         if not dual.gates_enabled and decision is None and self.gate_rule.needs_scores and round_ > 1:
             self.eval_samples = self.client_eval_samples  # round 1's model is the warm start's, with a blank head
-            self.sent = {k: t.detach().clone() for k, t in dual.quantitative.state_dict().items()
-                         if k in dual.structural.state_dict()}
+            keys = dual.structural.state_dict().keys()
+            self.sent = {k: t.detach().clone() for k, t in dual.quantitative.state_dict().items() if k in keys}
         if dual.gates_enabled or decision is None or decision.round is None or round_ < decision.round:
             return None
         dual.enable_gates()
         if decision.source == "global":
-            chosen = decision.model_round is not None and decision.model_round != round_ - 1
-            dual.sync_structural(self.best if chosen else None)
+            dual.sync_structural(None if decision.model_round is None else self.best)  # None: the current model
             model.config.calibrated = True
         model.config.gates_frozen_at_round = round_
         self.reference = self.best = None
@@ -113,9 +111,8 @@ class GateWarmup:
         """Add the gate schedule's fields to `record`, the round just done (not yet in `history`)."""
         dual = model.dual_copy
         record["gates"] = "fixed" if dual.gates_enabled else "own"
-        score = record.get("client_balanced_accuracy")
-        if self.sent is not None and score is not None and score > _best_score(history):
-            self.best = self.sent
+        if self.sent is not None and self.gate_rule.best_scored([*history, record]) == record["round"] - 1:
+            self.best = self.sent  # the model this round's clients scored is the best so far
         if measured is not None:
             record["gate_step_drift"], record["gate_probe_loss"] = measured.tolist()
         if not dual.gates_enabled:
@@ -165,11 +162,6 @@ class GateWarmup:
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
         self.best = tensors or None
-
-
-def _best_score(history: list[dict[str, Any]]) -> float:
-    scores = [h["client_balanced_accuracy"] for h in history if "client_balanced_accuracy" in h]
-    return max(scores, default=-math.inf)
 
 
 def _active(record: dict[str, Any]) -> list[int]:
