@@ -52,10 +52,11 @@ def parse_split(text: str) -> tuple[str, float]:
 
 
 class Run(NamedTuple):
-    """One run's accuracy per round, the round its gates were fixed at by a gate schedule (None: never, or
+    """One run's seed, accuracy per round, the round its gates were fixed at by a gate schedule (None: never, or
     no schedule), which gates ("global", "pretrained", "own": never fixed; None: no schedule) and whether it
     stopped because every client failed (diverged) round after round."""
 
+    seed: int
     curve: list[float]
     frozen: int | None
     gates: str | None
@@ -107,7 +108,7 @@ def run_one(args: argparse.Namespace, method: str, split: str, seed: int, *, var
     curve += curve[-1:] * (args.rounds - len(curve))  # a stopped run keeps its last global model
     frozen = next((h["round"] for h in history if h.get("gates_frozen")), None)
     gates = next((h["gate_decision"]["gates"] for h in history if "gate_decision" in h), None)
-    return Run(curve, frozen, gates, bool(summary.get("stopped")), [h.get("update_alignment") for h in history])
+    return Run(seed, curve, frozen, gates, bool(summary.get("stopped")), [h.get("update_alignment") for h in history])
 
 
 def finished_run(folder: str, config: dict, run_args: tuple = ()) -> dict | None:
@@ -137,7 +138,8 @@ def describe(runs: list[Run], at_rounds: list[int]) -> dict:
         "rounds_to_best_mean": mean(to_best), "rounds_to_best": to_best,
         "accuracy_at": {r: {"mean": mean([c[r - 1] for c in curves]), "std": std([c[r - 1] for c in curves])}
                         for r in at_rounds},
-        "curves": curves, "frozen_at_round": [run.frozen for run in runs], "gates": [run.gates for run in runs],
+        "seeds": [run.seed for run in runs], "curves": curves, "frozen_at_round": [run.frozen for run in runs],
+        "gates": [run.gates for run in runs],
         "stopped": [run.stopped for run in runs], "update_alignment": [run.alignment for run in runs],
     }
 
@@ -225,14 +227,28 @@ def _fixed_at(frozen: int | None, gates: str | None) -> str:
     return f"{frozen}p" if gates == "pretrained" else str(frozen)
 
 
+def runs_of(r: dict) -> list[Run]:
+    """The runs `describe` summed up in `r`."""
+    n = len(r["curves"])
+    return [Run(*fields) for fields in zip(r["seeds"], r["curves"], r["frozen_at_round"],
+                                           r.get("gates", [None] * n), r["stopped"], r.get("update_alignment", [[]] * n))]
+
+
 def add_results(results: dict, path: str) -> dict:
-    """`results` with the splits and methods of an earlier grid's results.json (same settings) before them; a
-    method of a split in both is this grid's."""
+    """`results` with the splits and methods of an earlier grid's results.json (same settings) before them. A
+    method of a split in both is this grid's, or, where the two grids ran other seeds, both grids' runs."""
     with open(path) as f:
-        earlier = json.load(f)["results"]
+        written = json.load(f)
+    earlier = written["results"]
     for by_method in earlier.values():
         for r in by_method.values():
             r["accuracy_at"] = {int(k): v for k, v in r["accuracy_at"].items()}
+            r.setdefault("seeds", written["args"]["seeds"])  # a results.json older than "seeds": its grid's
+    for split, by_method in results.items():
+        for method, r in by_method.items():
+            before = earlier.get(split, {}).get(method)
+            if before and not set(before["seeds"]) & set(r["seeds"]):
+                by_method[method] = describe(sorted(runs_of(before) + runs_of(r)), list(r["accuracy_at"]))
     splits = [*earlier, *(split for split in results if split not in earlier)]
     return {split: {**earlier.get(split, {}), **results.get(split, {})} for split in splits}
 
@@ -267,7 +283,7 @@ def main() -> None:
     add_grid_arguments(parser)
     parser.add_argument("--add-results", metavar="RESULTS_JSON",
                         help="an earlier grid's results.json with the same settings: its splits and methods join the "
-                             "table and plot")
+                             "table and plot; a method both ran with other seeds has both grids' runs")
     args = parser.parse_args()
     if args.dataset == SHARED_CIFAR10 and not os.path.isdir(SHARED_CIFAR10):
         parser.error(f"no CIFAR-10 at {SHARED_CIFAR10}; pass --dataset (a Hub id such as uoft-cs/cifar10, or a folder)")

@@ -93,11 +93,17 @@ def test_quality(backbone_dir, digits_dir, tmp_path):
     assert (results["FedSQ+auto"]["frozen_at_round"], results["FedSQ+auto"]["gates"]) == \
         (([3], ["global"]) if pulled else ([None], ["own"]))  # round 1's model scored in round 2, fixed from 3
     assert f"| dirichlet:0.5 | FedAvg | {round_1:.2f} | {round_1:.2f} |" in out  # the alignment table
+    # another seed of one method joins the earlier grid's runs; its other methods stay as they were
     (tmp_path / "earlier.json").write_text((tmp_path / "results.json").read_text())
-    out = run_script("quality.py", *grid, "--methods", "FedAvg", "--reuse-runs", "--add-results",
+    out = run_script("quality.py", *grid, "--seeds", "1", "--methods", "FedAvg", "--reuse-runs", "--add-results",
                      tmp_path / "earlier.json")
     merged = json.loads((tmp_path / "results.json").read_text())["results"]["dirichlet:0.5"]
-    assert set(merged) == set(results) and merged["FedAvg"] == results["FedAvg"] and "| dirichlet:0.5 | FedSQ+calib |" in out
+    assert set(merged) == set(results) and merged["FedSQ"] == results["FedSQ"] and "| dirichlet:0.5 | FedSQ+calib |" in out
+    joined, seed_0 = merged["FedAvg"], results["FedAvg"]
+    assert joined["seeds"] == [0, 1] and joined["curves"][0] == seed_0["curves"][0]
+    assert joined["update_alignment"][0] == seed_0["update_alignment"][0] and len(joined["stopped"]) == 2
+    assert joined["bva_mean"] == pytest.approx(sum(map(max, joined["curves"])) / 2)
+    assert joined["bva_min"] == min(map(max, joined["curves"])) and f"rounds-to-best {joined['rounds_to_best'][1:]}" in out
 
 
 def test_privacy(backbone_dir, digits_dir, tmp_path):
