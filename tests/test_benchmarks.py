@@ -93,12 +93,16 @@ def test_quality(backbone_dir, digits_dir, tmp_path):
     assert (results["FedSQ+auto"]["frozen_at_round"], results["FedSQ+auto"]["gates"]) == \
         (([3], ["global"]) if pulled else ([None], ["own"]))  # round 1's model scored in round 2, fixed from 3
     assert f"| dirichlet:0.5 | FedAvg | {round_1:.2f} | {round_1:.2f} |" in out  # the alignment table
-    # another seed of one method joins the earlier grid's runs; its other methods stay as they were
-    (tmp_path / "earlier.json").write_text((tmp_path / "results.json").read_text())
-    out = run_script("quality.py", *grid, "--seeds", "1", "--methods", "FedAvg", "--reuse-runs", "--add-results",
-                     tmp_path / "earlier.json")
+    # a method run with other seeds joins the earlier grid's runs, one run with the same seeds replaces them
+    # (the earlier FedSQ is taken for seed 1's), the methods not run again stay as they were
+    earlier = json.loads((tmp_path / "results.json").read_text())
+    earlier["results"]["dirichlet:0.5"]["FedSQ"]["seeds"] = [1]
+    (tmp_path / "earlier.json").write_text(json.dumps(earlier))
+    out = run_script("quality.py", *grid, "--seeds", "1", "--methods", "FedAvg", "FedSQ", "--reuse-runs",
+                     "--add-results", tmp_path / "earlier.json")
     merged = json.loads((tmp_path / "results.json").read_text())["results"]["dirichlet:0.5"]
-    assert set(merged) == set(results) and merged["FedSQ"] == results["FedSQ"] and "| dirichlet:0.5 | FedSQ+calib |" in out
+    assert set(merged) == set(results) and merged["FedProx"] == results["FedProx"] and "| dirichlet:0.5 | FedSQ+calib |" in out
+    assert merged["FedSQ"]["seeds"] == [1] and len(merged["FedSQ"]["curves"]) == 1
     joined, seed_0 = merged["FedAvg"], results["FedAvg"]
     assert joined["seeds"] == [0, 1] and joined["curves"][0] == seed_0["curves"][0]
     assert joined["update_alignment"][0] == seed_0["update_alignment"][0] and len(joined["stopped"]) == 2
