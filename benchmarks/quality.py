@@ -31,14 +31,13 @@ from report import write_json
 # name -> what the method sets; all train the same backbone from the same warm start. FedSQ is fixed gating
 # + plain averaging, as in the paper; "+drift" warms the gates up in the federation until they settle
 # (--freeze-gates-when-drift-below); "+auto" lets the clients' update alignment choose (--freeze-gates auto;
-# "-pretrained": --skewed-gates pretrained, "-best": --skewed-gates best);
+# "-pretrained": --skewed-gates pretrained);
 # "+calib" re-freezes them after a central calibration warm-up.
 METHODS = {
     "FedSQ": dict(model="fedsq"),
     "FedSQ+drift": dict(model="fedsq", drift=True),
     "FedSQ+auto": dict(model="fedsq", auto="global"),
     "FedSQ+auto-pretrained": dict(model="fedsq", auto="pretrained"),
-    "FedSQ+auto-best": dict(model="fedsq", auto="best"),
     "FedSQ+calib": dict(model="fedsq", calibrate=True),
     "FedAvg": dict(model="plain"),
     "FedProx": dict(model="plain", strategy="fedprox"),
@@ -75,7 +74,7 @@ def run_one(args: argparse.Namespace, method: str, split: str, seed: int, *, var
     drift = dict(freeze_gates_when_drift_below=args.drift_below, gate_probe_samples=args.gate_probe_samples,
                  max_warmup_rounds=min(args.max_warmup_rounds, args.rounds - 1)) if spec.get("drift") else {}
     if spec.get("auto"):
-        scored = spec["auto"] != "pretrained"  # round M's model is scored in round M + 1, its gates fixed from M + 2
+        scored = spec["auto"] == "global"  # round M's model is scored in round M + 1, its gates fixed from M + 2
         drift = dict(freeze_gates="auto", gate_alignment_below=args.alignment_below, skewed_gates=spec["auto"],
                      max_warmup_rounds=min(args.max_warmup_rounds, args.rounds - (2 if scored else 1)))
     calibrate = spec.get("calibrate", False)

@@ -401,30 +401,17 @@ class DualCopy(nn.Module):
             install_gates(self.quantitative, self.sites, self.tape, records=False)
             self.gates_enabled = True
 
-    def ungated(self) -> contextlib.AbstractContextManager[DualCopy]:
+    @contextlib.contextmanager
+    def ungated(self) -> Iterator[DualCopy]:
         """Within the block the quantitative copy picks its own regimes, as a plain model does (e.g.
         for a calibration warm-up); its gates are back in place afterwards."""
-        return self._gates_within(False)
-
-    def gated(self) -> contextlib.AbstractContextManager[DualCopy]:
-        """Within the block the structural gates apply; a copy training without them (`disable_gates()`)
-        is back to that afterwards (e.g. to score a warm-up's model with the pretrained gates)."""
-        return self._gates_within(True)
-
-    @contextlib.contextmanager
-    def _gates_within(self, on: bool) -> Iterator[DualCopy]:
         was_gating = self.gating
-        self._set_gates(on)
+        self.disable_gates()
         try:
             yield self
         finally:
-            self._set_gates(was_gating)
-
-    def _set_gates(self, on: bool) -> None:
-        if on:
-            self.enable_gates()
-        else:
-            self.disable_gates()
+            if was_gating:
+                self.enable_gates()
 
     @torch.no_grad()
     def sync_structural(self, state: dict[str, torch.Tensor] | None = None) -> None:

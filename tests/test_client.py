@@ -51,26 +51,6 @@ def test_fit_returns_local_minus_global_and_what_it_cost(backbone_dir):
         hit = model(x).logits.argmax(-1) == y
     assert scored.metrics["eval_class_samples"] == torch.bincount(y, minlength=3).float().tolist()
     assert scored.metrics["eval_class_correct"] == torch.bincount(y[hit], minlength=3).float().tolist()
-    gated = client.fit(global_params, {"seed": 1, "lr": 0.05, "eval_samples": 12, "eval_pretrained_gates": True})
-    assert "eval_class_correct_pretrained" not in gated.metrics  # its gates are the pretrained ones already
-
-    # during a gate warm-up: also scored with the pretrained gates, still training without them (from weights
-    # that moved away from the pretrained ones, whose regimes are then their own)
-    torch.manual_seed(1)
-    moved = {k: v + 0.2 * torch.randn_like(v) if v.is_floating_point() else v for k, v in global_params.items()}
-    model.dual_copy.disable_gates()
-    plain = client.fit(moved, {"seed": 1, "lr": 0.05})
-    both = client.fit(moved, {"seed": 1, "lr": 0.05, "eval_samples": 12, "eval_pretrained_gates": True})
-    assert all(torch.equal(plain.tensors[k], both.tensors[k]) for k in plain.tensors) and not model.dual_copy.gating
-    client.tensors.load(moved)
-    model.eval()
-    with torch.no_grad():
-        own = model(x).logits.argmax(-1) == y
-        with model.dual_copy.gated():
-            pretrained = model(x).logits.argmax(-1) == y
-    assert not model.dual_copy.gating and not torch.equal(own, pretrained)
-    assert both.metrics["eval_class_correct"] == torch.bincount(y[own], minlength=3).float().tolist()
-    assert both.metrics["eval_class_correct_pretrained"] == torch.bincount(y[pretrained], minlength=3).float().tolist()
 
 
 def test_a_silo_fitting_on_its_own_reproduces_the_simulators_round(backbone_dir, digits_dir, tmp_path):

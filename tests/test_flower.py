@@ -126,7 +126,6 @@ def in_process(backbone, dataset, tmp_path, nodes=None, name="flower", **extra):
          dp_noise_multiplier=0.01, dp_noise_source="seeded"),  # client-level DP with FedBN: BatchNorm stays home
     pytest.param(dict(calibration_samples=40, rounds=3), marks=pytest.mark.slow),
     pytest.param(dict(freeze_gates="auto", gate_alignment_below=0.999, max_warmup_rounds=1, client_eval_samples=16,
-                      skewed_gates="best",
                       rounds=3, strategy="fedavgm", dp_clip_norm=0.001, dp_noise_multiplier=0.01,
                       dp_clip_quantile=0.5, dp_clipping="client", dp_noise_source="seeded", dp_sgd_noise_multiplier=1.0,
                       local_steps=2),
@@ -154,21 +153,16 @@ def test_in_process_gives_the_simulators_weights(backbone_dir, digits_dir, tmp_p
         assert [r["sites"]["0"]["gate_cache_hits"] for r in records][0] == 0
         assert records[1]["sites"]["0"]["gate_cache_hits"] > 0
         assert any(n.startswith("gate-cache-") for n in os.listdir(tmp_path / "site0" / "flower" / "client-0"))
-    else:  # a re-frozen structural copy goes to each site once: calibrated at the start, or frozen at round 3
-        warmup = "freeze_gates" in extra  # the sites scored round 1's model in round 2, with its gates and the
-        keys = ("client_balanced_accuracy", "client_balanced_accuracy_pretrained", "client_eval_samples", "gate_decision")
-        assert [[r.get(k) for k in keys] for r in records] == [[h.get(k) for k in keys] for h in history(tmp_path / "sim")]
-        pretrained = warmup and records[1]["gate_decision"]["gates"] == "pretrained"  # pretrained ones: the better
-        assert pretrained == (warmup and records[1]["client_balanced_accuracy_pretrained"] >=
-                              records[1]["client_balanced_accuracy"])
-        if not pretrained:  # the pretrained copy: every site holds it, none is sent
-            assert_same_weights(tmp_path / "flower" / "final", tmp_path / "sim" / "final", "structural.safetensors")
+    else:  # the re-frozen structural copy goes to each site once: calibrated at the start, or frozen at round 3
+        assert_same_weights(tmp_path / "flower" / "final", tmp_path / "sim" / "final", "structural.safetensors")
         size = sum(t.numel() * t.element_size() for t in FedSQModel.from_pretrained(
             str(tmp_path / "flower" / "final")).structural.state_dict().values())
-        assert [r["bytes_structural"] for r in records] == \
-            ([0, 0, 0] if pretrained else [0, 0, 2 * size] if warmup else [2 * size, 0, 0])
+        warmup = "freeze_gates" in extra  # the sites scored round 1's model in round 2: its gates, from round 3
+        assert [r["bytes_structural"] for r in records] == ([0, 0, 2 * size] if warmup else [2 * size, 0, 0])
         assert [r.get("gates") for r in records] == (["own", "own", "fixed"] if warmup else [None] * 3)
-        assert records[1]["gate_decision"]["round"] == 3 if warmup else "client_eval_samples" not in records[1]
+        keys = ("client_balanced_accuracy", "client_eval_samples", "gate_decision")
+        assert [[r.get(k) for k in keys] for r in records] == [[h.get(k) for k in keys] for h in history(tmp_path / "sim")]
+        assert records[1]["gate_decision"]["model_round"] == 1 if warmup else "client_eval_samples" not in records[1]
     if "dp_clip_norm" in extra:  # the same private mean: clipped at the sites, noised by (seed, round), on the Grid too
         keys = ("dp_epsilon", "dp_clip_norm", "dp_clipped_clients", "dp_sgd_epsilon")
         assert [[r.get(k) for k in keys] for r in records] == [[h.get(k) for k in keys] for h in history(tmp_path / "sim")]

@@ -119,33 +119,11 @@ def test_alignment_rule_keeps_the_pretrained_gates_when_clients_pull_apart_and_n
     assert scored((0.7, 0.1, 0.9, 0.0, 0.0), (None, 0.1, 0.2, 0.3, 0.9)).model_round == 3  # round 5 scores no candidate
     assert "no client scored" in scored((0.7, 0.1, 0.9, 0.0), (None,) * 4).reason
 
-    # "best": the same, but the pretrained gates where a warm-up model scored at least as well with them
-    rule = AlignmentRule(0.4, max_rounds=3, skewed="best")
-    assert rule.needs_scores and rule.scores_pretrained and not AlignmentRule(0.4, 3).scores_pretrained
-
-    def both(own, pretrained):
-        return rule.decide([{"round": r, "update_alignment": a, **({} if s is None else {
-            "client_balanced_accuracy": s, "client_balanced_accuracy_pretrained": p})}
-            for r, (a, s, p) in enumerate(zip((0.7, 0.1, 0.9, 0.0), own, pretrained), 1)])
-
-    kept = both((None, 0.46, 0.34, 0.40), (None, 0.2, 0.45, 0.3))
-    assert kept == GateDecision(5, "global", "update alignment 0.100 < 0.4 in round 2: the clients pull apart; the "
-                                             "gates of round 1's global model, scored best by its clients (0.460) of "
-                                             "rounds 1-3", model_round=1, scores={"global": 0.46, "pretrained": 0.45})
-    assert kept.to_dict()["scores"] == {"global": 0.46, "pretrained": 0.45} and "scores" not in best.to_dict()
-    backbone = both((None, 0.2, 0.3, 0.25), (None, 0.1, 0.3, 0.5))
-    assert backbone == GateDecision(5, "pretrained", "update alignment 0.100 < 0.4 in round 2: the clients pull apart; "
-                                                     "the pretrained gates: its clients scored round 3's model 0.500 "
-                                                     "with them, round 2's, the best with its own, 0.300",
-                                    scores={"global": 0.3, "pretrained": 0.5})
-    assert both((None, 0.3, 0.2, 0.2), (None, 0.1, 0.3, 0.1)).source == "pretrained"  # a tie: the pretrained gates
-    assert decide(0.7, 0.5, 0.4).round is None  # agreed: no gates fixed, whatever the scores
-
 
 AUTO = dict(freeze_gates="auto", max_warmup_rounds=2)
 # any round is below the threshold: the pretrained gates from round 2
 PULL_APART = dict(AUTO, gate_alignment_below=0.999, skewed_gates="pretrained")
-AGREE = dict(AUTO, gate_alignment_below=-0.999, skewed_gates="best")  # none is: the gates follow the model
+AGREE = dict(AUTO, gate_alignment_below=-0.999)  # none is: the gates follow the model
 
 
 def plain_and_auto(backbone, digits_dir, tmp_path, plain_rounds, rounds=3, **auto):
@@ -187,18 +165,15 @@ def test_auto_keeps_the_pretrained_gates_when_the_clients_pull_apart(backbone_di
 
 def test_auto_lets_the_gates_follow_the_model_when_the_clients_agree(backbone_dir, digits_dir, tmp_path):
     plain, auto, summary = plain_and_auto(backbone_dir("resnet10t"), digits_dir, tmp_path, 4, rounds=4, **AGREE)
-    # FedAvg throughout, exactly: the clients' scores of round 2, with the model's own gates and with the
-    # pretrained ones, changed nothing
-    for key in ("clients", "train_loss", "eval_loss", "update_alignment"):
-        assert [h[key] for h in auto] == [h[key] for h in plain], key
+    for key in ("clients", "train_loss", "eval_loss", "update_alignment"):  # FedAvg throughout, exactly: the
+        assert [h[key] for h in auto] == [h[key] for h in plain], key  # clients' scores of round 2 changed nothing
     assert [h["gates"] for h in auto] == ["own"] * 4 and not any("gates_frozen" in h for h in auto)
-    for score in ("client_balanced_accuracy", "client_balanced_accuracy_pretrained"):  # undecided in round 2 only
-        assert [score in h for h in auto] == [False, True, False, False] and 0 <= auto[1][score] <= 1
+    assert ["client_balanced_accuracy" in h for h in auto] == [False, True, False, False]  # undecided in round 2 only
+    assert 0 <= auto[1]["client_balanced_accuracy"] <= 1
     warmup = summary["gate_warmup"]
     assert (warmup["gates"], warmup["frozen_at_round"], warmup["by_round"], warmup["gates_of_round"]) == \
         ("own", None, {h["round"]: h["update_alignment"] for h in plain}, None)
     assert warmup["client_balanced_accuracy"] == {1: auto[1]["client_balanced_accuracy"]}
-    assert warmup["client_balanced_accuracy_pretrained"] == {1: auto[1]["client_balanced_accuracy_pretrained"]}
     assert warmup["decided"] == "update alignment >= -0.999 in rounds 1-2: the clients agree; the gates follow the model"
     saved = FedSQModel.from_pretrained(tmp_path / "auto" / "final")  # a plain model, as it trained
     assert not saved.config.fixed_gating and not (tmp_path / "auto" / "final" / "structural.safetensors").exists()
@@ -216,22 +191,21 @@ class GlobalWeights(FederatedCallback):
         self.by_round[state.round] = {k: v.clone() for k, v in model.dual_copy.quantitative.state_dict().items()}
 
 
-@pytest.mark.parametrize("rule,stop", [("drift", 1), ("drift", 3), ("global", 2), ("best", 2)],
-                         ids=["drift-in-warm-up", "drift-after-freeze", "auto-in-warm-up", "auto-best-in-warm-up"])
+@pytest.mark.parametrize("rule,stop", [("drift", 1), ("drift", 3), ("auto", 2)],
+                         ids=["drift-in-warm-up", "drift-after-freeze", "auto-in-warm-up"])
 def test_resume_during_and_after_the_warm_up_is_exact(rule, stop, backbone_dir, digits_dir, tmp_path):
     """Both rules end the warm-up at its bound here (2 rounds) and fix a global model's gates: auto because the
     clients pulled apart (any alignment is below 0.999), after round 3, whose clients scored round 2's model;
-    auto is resumed after round 2, whose clients scored round 1's: its weights come back from the checkpoint
-    (`--skewed-gates best`: also where the pretrained gates win in the end, as the clients' scores say).
+    auto is resumed after round 2, whose clients scored round 1's: its weights come back from the checkpoint.
     After the freeze both resume the same way (the copy from the checkpoint)."""
     backbone, weights = backbone_dir("resnet10t"), GlobalWeights()
     settings = dict(rounds=4, strategy="fedprox", mu=0.1, gate_drift_samples=8, max_warmup_rounds=2,
                     # drift from the starting model: a resumed run measures from it too
                     **(dict(freeze_gates_when_drift_below=1e-9) if rule == "drift" else
-                       dict(freeze_gates="auto", gate_alignment_below=0.999, client_eval_samples=16, skewed_gates=rule)))
+                       dict(freeze_gates="auto", gate_alignment_below=0.999, client_eval_samples=16)))
     run_federated(*tiny_args(backbone, digits_dir, tmp_path / "straight", **settings), callbacks=[weights])
     run_federated(*tiny_args(backbone, digits_dir, tmp_path / "resumed", **settings), callbacks=[StopAfter(stop)])
-    if rule != "drift":  # a checkpoint without the best-scored model's weights cannot resume exactly: refused
+    if rule == "auto":  # a checkpoint without the best-scored model's weights cannot resume exactly: refused
         damaged = shutil.copytree(tmp_path / "resumed", tmp_path / "damaged")
         file = damaged / "checkpoints" / "round-00002" / "state.safetensors"
         tensors = load_file(file)
@@ -243,31 +217,19 @@ def test_resume_during_and_after_the_warm_up_is_exact(rule, stop, backbone_dir, 
     summary = run_federated(*tiny_args(backbone, digits_dir, tmp_path / "resumed", resume=True, **settings))
     runs = assert_same_run(tmp_path / "straight", tmp_path / "resumed")
     assert all(0 < h["gate_drift"] < 1 for h in runs)
-    warmup = summary["gate_warmup"]
-    if rule == "drift":
-        assert [h["gates"] for h in runs] == ["own", "own", "fixed", "fixed"] and warmup["frozen_at_round"] == 3
-    else:
-        assert [h["gates"] for h in runs] == ["own", "own", "own", "fixed"] and warmup["frozen_at_round"] == 4
-        scores = [h.get("client_balanced_accuracy") for h in runs]
-        assert scores[0] is None and scores[3] is None and all(0 <= s <= 1 for s in scores[1:3])
-        assert [0 < h.get("client_eval_samples", 0) <= 2 * 16 for h in runs] == [False, True, True, False]
-        best = 1 if scores[1] >= scores[2] else 2
-        assert warmup["client_balanced_accuracy"] == {1: scores[1], 2: scores[2]}
-    if rule == "best":
-        pretrained = [h.get("client_balanced_accuracy_pretrained") for h in runs]
-        assert warmup["client_balanced_accuracy_pretrained"] == {1: pretrained[1], 2: pretrained[2]}
-        assert runs[2]["gate_decision"]["scores"] == {"global": scores[best], "pretrained": max(pretrained[1:3])}
-        if max(pretrained[1:3]) >= scores[best]:  # the backbone's copy, which every client holds: nothing sent
-            assert warmup["gates"] == "pretrained" and warmup["gates_of_round"] is None
-            assert not (tmp_path / "resumed" / "final" / "structural.safetensors").exists()
-            assert [h.get("bytes_structural") for h in runs] == [None, None, None, 0]
-            return
     a, b = (load_file(tmp_path / run / "final" / "structural.safetensors") for run in ("straight", "resumed"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+    warmup = summary["gate_warmup"]
     assert warmup["gates"] == "global"
     if rule == "drift":
+        assert [h["gates"] for h in runs] == ["own", "own", "fixed", "fixed"] and warmup["frozen_at_round"] == 3
         return
-    assert warmup["gates_of_round"] == best
+    assert [h["gates"] for h in runs] == ["own", "own", "own", "fixed"] and warmup["frozen_at_round"] == 4
+    scores = [h.get("client_balanced_accuracy") for h in runs]
+    assert scores[0] is None and scores[3] is None and all(0 <= s <= 1 for s in scores[1:3])
+    assert [0 < h.get("client_eval_samples", 0) <= 2 * 16 for h in runs] == [False, True, True, False]
+    best = 1 if scores[1] >= scores[2] else 2
+    assert warmup["client_balanced_accuracy"] == {1: scores[1], 2: scores[2]} and warmup["gates_of_round"] == best
     assert [(h.get("gate_decision") or {}).get("model_round") for h in runs] == [None, None, best, None]
     assert warmup["decided"].endswith(f"the gates of round {best}'s global model, scored best by its clients "
                                       f"({scores[best]:.3f}) of rounds 1-2")
@@ -280,7 +242,7 @@ def test_resume_during_and_after_the_warm_up_is_exact(rule, stop, backbone_dir, 
     card = model_card(FedSQModel.from_pretrained(tmp_path / "resumed" / "final").config, summary=summary,
                       history=runs).content
     assert f"| gate warm-up | rounds 1-3 without fixed gates, then gates frozen from the global model of round {best} " \
-           f"at round 4 (auto: the {'best' if rule == 'global' else 'better'} client-scored" in card
+           "at round 4 (auto: the best client-scored warm-up model's gates" in card
 
 
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))

@@ -11,7 +11,7 @@ from ..client import ClientArguments
 from ..data import PARTITIONS, check_partition
 from ..fields import argument, expand_path, flag, require
 from ..protocol import make_codec
-from ..server import (GATE_ALIGNMENT_BELOW, GATE_SOURCES, SKEWED_GATES, LR_SCHEDULERS, AlignmentRule, DriftRule, FedAdam, FedAvgM, FedProx,
+from ..server import (GATE_ALIGNMENT_BELOW, GATE_SOURCES, LR_SCHEDULERS, AlignmentRule, DriftRule, FedAdam, FedAvgM, FedProx,
                       FedTrimmedAvg, FixedRound, GateRule, Strategy, make_strategy)
 from .privacy_arguments import PrivacyArguments
 
@@ -95,16 +95,14 @@ class FederatedArguments(PrivacyArguments, ClientArguments):
         GATE_ALIGNMENT_BELOW, resume="same",
         help="--freeze-gates auto: the update alignment (1: the clients' updates are the same, 0: orthogonal) under "
              "which the clients count as pulling apart")
-    skewed_gates: Literal[SKEWED_GATES] = argument(
+    skewed_gates: Literal[GATE_SOURCES] = argument(
         "global", resume="same",
         help="--freeze-gates auto, when a round's clients pull apart: global (train on without fixed gates through "
-             "--max-warmup-rounds + 1, then fix the gates of the warm-up's global model its clients scored best), "
-             "pretrained (the backbone's gates from the next round: FedSQ as published), or best (as global, but the "
-             "clients also score each warm-up model with the backbone's gates, and those are fixed where they score "
-             "at least as well)")
+             "--max-warmup-rounds + 1, then fix the gates of the warm-up's global model its clients scored best) or "
+             "pretrained (the backbone's gates from the next round: FedSQ as published)")
     client_eval_samples: int = argument(
         128, resume="same",
-        help="--freeze-gates auto --skewed-gates global or best: each warm-up round's clients score the global model they "
+        help="--freeze-gates auto --skewed-gates global: each warm-up round's clients score the global model they "
              "receive on this many of their own samples before training (federated evaluation; what is sent: per "
              "class, how many it got right of how many)")
     max_warmup_rounds: int = argument(
@@ -159,8 +157,8 @@ class FederatedArguments(PrivacyArguments, ClientArguments):
             (-1 < self.gate_alignment_below < 1,
              f"--gate-alignment-below must be in (-1, 1), got {self.gate_alignment_below}"),
             (self.gate_probe_samples >= 1, f"--gate-probe-samples must be >= 1, got {self.gate_probe_samples}"),
-            (not auto or self.skewed_gates == "pretrained" or self.max_warmup_rounds + 1 < self.rounds,
-             f"--freeze-gates auto (--skewed-gates {self.skewed_gates}) scores round {self.max_warmup_rounds}'s model in round "
+            (not auto or self.skewed_gates != "global" or self.max_warmup_rounds + 1 < self.rounds,
+             f"--freeze-gates auto (--skewed-gates global) scores round {self.max_warmup_rounds}'s model in round "
              f"{self.max_warmup_rounds + 1} and fixes the gates from round {self.max_warmup_rounds + 2}: --rounds "
              f"({self.rounds}) must be at least that; raise it or lower --max-warmup-rounds"),
             (not self.push_to_hub or self.hub_model_id, "--push-to-hub needs --hub-model-id"),

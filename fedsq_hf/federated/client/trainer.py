@@ -6,7 +6,6 @@ calibration warm-up and the benchmarks call `train` directly.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -83,7 +82,7 @@ class ClientTrainer:
         self._check(global_params, state, own)
         own.load({**self._initial_local, **self._initial_counters, **state.local_batchnorm, **global_params})
         indices = np.arange(len(self.samples)) if indices is None else indices
-        scored = self.score(indices, fit.eval_samples, fit.seed, fit.eval_pretrained_gates) if fit.eval_samples else {}
+        scored = self.score(indices, fit.eval_samples, fit.seed) if fit.eval_samples else {}
         result = self.train(indices, fit.seed, fit.lr, fit.proximal_mu)
         metrics = {"train_loss": result.train_loss, "steps": len(result.losses), **scored}
         tensors = {**own.shared, **own.local}
@@ -100,29 +99,21 @@ class ClientTrainer:
                             num_bytes=self.codec.num_bytes(payload))
 
     @torch.no_grad()
-    def score(self, indices: np.ndarray, count: int, seed: int, pretrained_gates: bool = False
-              ) -> dict[str, list[float]]:
+    def score(self, indices: np.ndarray, count: int, seed: int) -> dict[str, list[float]]:
         """The model, as it is, on up to `count` of the samples `indices` (drawn by `seed`), in eval mode and
         without augmentation: per class, the samples it got right (`eval_class_correct`) and those scored
-        (`eval_class_samples`); with `pretrained_gates`, a model training without fixed gates is also scored
-        with its structural copy's (`eval_class_correct_pretrained`). Draws from no global RNG: training
-        after it is what it would be without."""
+        (`eval_class_samples`). Draws from no global RNG: training after it is what it would be without."""
         chosen = np.sort(np.random.default_rng(seed).choice(indices, min(count, len(indices)), replace=False))
         num_labels, step = self.model.config.num_labels, 2 * self.args.batch_size
-        dual = self.model.dual_copy
-        gate_sets = ["own", "pretrained"] if pretrained_gates and dual.structural is not None and not dual.gates_enabled \
-            else ["own"]
-        correct, seen = torch.zeros(len(gate_sets), num_labels), torch.zeros(num_labels)
+        correct, seen = torch.zeros(num_labels), torch.zeros(num_labels)
         self.model.eval()
         for start in range(0, len(chosen), step):
             x, y = model_inputs(self.samples, chosen[start : start + step], self.accelerator.device)
+            with self.accelerator.autocast():
+                hit = self.model(x).logits.argmax(-1) == y
             seen += torch.bincount(y, minlength=num_labels).cpu()
-            for i, gates in enumerate(gate_sets):
-                with dual.gated() if gates == "pretrained" else contextlib.nullcontext(), self.accelerator.autocast():
-                    hit = self.model(x).logits.argmax(-1) == y
-                correct[i] += torch.bincount(y[hit], minlength=num_labels).cpu()
-        scores = {"eval_class_correct": correct[0].tolist(), "eval_class_samples": seen.tolist()}
-        return scores if len(gate_sets) == 1 else {**scores, "eval_class_correct_pretrained": correct[1].tolist()}
+            correct += torch.bincount(y[hit], minlength=num_labels).cpu()
+        return {"eval_class_correct": correct.tolist(), "eval_class_samples": seen.tolist()}
 
     @staticmethod
     def _check(global_params: Mapping[str, torch.Tensor], state: ClientState, tensors: ModelTensors) -> None:

@@ -178,7 +178,8 @@ class RoundLoop(TrainerCheckpoints):
 
     def fit_config(self, round_: int, client: int) -> dict[str, Any]:
         """The round config `client` gets in `round_`, its seed from (seed, round, client)."""
-        scored = {} if self.gate_warmup is None else self.gate_warmup.eval_config()  # federated evaluation
+        scored = {} if self.gate_warmup is None or not self.gate_warmup.eval_samples else \
+            {"eval_samples": self.gate_warmup.eval_samples}  # federated evaluation of the warm-up's models
         return {"lr": self.learning_rates[round_ - 1], **self.strategy.configure_fit(round_),
                 "seed": client_seed(self.args.seed, round_, client), **scored}
 
@@ -211,8 +212,6 @@ class RoundLoop(TrainerCheckpoints):
         if aggregate.client_balanced_accuracy is not None:
             record.update(client_balanced_accuracy=aggregate.client_balanced_accuracy,
                           client_eval_samples=int(aggregate.eval_samples.sum()))
-            if self.gate_warmup.eval_config().get("eval_pretrained_gates"):
-                record["client_balanced_accuracy_pretrained"] = aggregate.client_balanced_accuracy_pretrained
         return {**record, **self.privacy.record(round_, self.state.history, record)}
 
     def _evaluate_into(self, record: dict[str, Any]) -> None:

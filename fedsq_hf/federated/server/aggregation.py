@@ -28,8 +28,7 @@ class RoundAggregate:
         num_samples / loss_sum / num_bytes / sq_norm_sum: over the usable updates (the loss and the updates'
             squared L2 norms weighted by samples; the bytes their codec sent).
         eval_correct / eval_samples: per class, the samples the clients that scored the model they received
-            (`FitConfig.eval_samples`) got right, and those they scored (every client that replied with them);
-            eval_correct_pretrained: got right with the pretrained gates (`FitConfig.eval_pretrained_gates`).
+            (`FitConfig.eval_samples`) got right, and those they scored (every client that replied with them).
         failed: the clients whose training went wrong (diverged or non-finite) or that did not reply.
         update_agreement: set by `step`: |mean update|^2 / the mean squared update norm (sample-weighted),
             1 when every client sent the same update, near 0 when they cancel out (Jensen: never above 1).
@@ -51,7 +50,6 @@ class RoundAggregate:
     sq_norm_sum: float = 0.0
     eval_correct: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.float64))
     eval_samples: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.float64))
-    eval_correct_pretrained: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.float64))
     update_agreement: float | None = None
     update_alignment: float | None = None
 
@@ -61,7 +59,7 @@ class RoundAggregate:
         classes = torch.zeros(global_model.model.config.num_labels, dtype=torch.float64)
         return cls(active, local, torch.zeros(len(active), dtype=torch.float64),
                    None if strategy.needs_client_updates else torch.zeros_like(global_model.vector),
-                   eval_correct=classes, eval_samples=classes.clone(), eval_correct_pretrained=classes.clone())
+                   eval_correct=classes, eval_samples=classes.clone())
 
     @property
     def train_loss(self) -> float | None:
@@ -72,16 +70,8 @@ class RoundAggregate:
         """Federated evaluation of the model the clients received: the mean over the classes they scored of
         each class's accuracy, pooled over the clients. Under label skew a round's clients hold another mix
         of labels each round; per class, the mix does not weigh in (the same counts on 1 or N processes)."""
-        return self._balanced(self.eval_correct)
-
-    @property
-    def client_balanced_accuracy_pretrained(self) -> float | None:
-        """`client_balanced_accuracy` of the same model with the pretrained gates, where the round asked for it."""
-        return self._balanced(self.eval_correct_pretrained)
-
-    def _balanced(self, correct: torch.Tensor) -> float | None:
         seen = self.eval_samples > 0
-        return float((correct[seen] / self.eval_samples[seen]).mean()) if seen.any() else None
+        return float((self.eval_correct[seen] / self.eval_samples[seen]).mean()) if seen.any() else None
 
     def fail(self, client: int) -> None:
         """Record `client` as failed: its training went wrong, or it did not reply."""
@@ -93,9 +83,6 @@ class RoundAggregate:
         if "eval_class_samples" in update.metrics:
             self.eval_correct += torch.tensor(update.metrics["eval_class_correct"], dtype=torch.float64)
             self.eval_samples += torch.tensor(update.metrics["eval_class_samples"], dtype=torch.float64)
-        if "eval_class_correct_pretrained" in update.metrics:
-            self.eval_correct_pretrained += torch.tensor(update.metrics["eval_class_correct_pretrained"],
-                                                         dtype=torch.float64)
         if update.diverged:
             self.fail(client)
             return

@@ -11,10 +11,8 @@ and which gates it fixes. A rule reads only the history, so a resumed run decide
   warm-up's global model the clients scored best on their own samples (`client_balanced_accuracy`: each
   round's clients score the model they receive before training it, per class; round M's model is scored in
   round M + 1, a last warm-up round), fixed from round M + 2 (or, with `--skewed-gates pretrained`, the
-  backbone's from the next round on: FedSQ as published; with `--skewed-gates best`, the clients also score
-  each model with the backbone's gates, and those are fixed from round M + 2 where they score at least as
-  well). Aligned through them, the clients are close to IID, where fixed gates cost accuracy: the gates
-  follow the model to the end.
+  backbone's from the next round on: FedSQ as published). Aligned through them, the clients are close to
+  IID, where fixed gates cost accuracy: the gates follow the model to the end.
 """
 
 from __future__ import annotations
@@ -22,12 +20,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["AlignmentRule", "DriftRule", "FixedRound", "GateDecision", "GateRule", "GATE_ALIGNMENT_BELOW", "GATE_SOURCES",
-           "SKEWED_GATES"]
+__all__ = ["AlignmentRule", "DriftRule", "FixedRound", "GateDecision", "GateRule", "GATE_ALIGNMENT_BELOW", "GATE_SOURCES"]
 
 GATE_ALIGNMENT_BELOW = 0.3  # --gate-alignment-below's default (see README, "Gate schedule")
 GATE_SOURCES = ("global", "pretrained")  # the gates a decision fixes: re-frozen from the global model, or the backbone's
-SKEWED_GATES = ("global", "pretrained", "best")  # --skewed-gates: one of them, or the better-scored
 
 
 @dataclass(frozen=True)
@@ -41,15 +37,12 @@ class GateDecision:
         reason: what decided, in words, for the summary and the card.
         model_round: "global": the round whose global model gives the gates, where it is not the last
             (`round - 1`).
-        scores: where the clients scored both gate sets, the best `client_balanced_accuracy` of each
-            ({"global": ..., "pretrained": ...}).
     """
 
     round: int | None
     source: str = "global"
     reason: str = ""
     model_round: int | None = None
-    scores: dict[str, float] | None = None
 
     @property
     def gates(self) -> str:
@@ -58,19 +51,17 @@ class GateDecision:
 
     def to_dict(self) -> dict[str, Any]:
         chosen = {} if self.model_round is None else {"model_round": self.model_round}
-        scores = {} if self.scores is None else {"scores": self.scores}
-        return {"round": self.round, "gates": self.gates, "reason": self.reason, **chosen, **scores}
+        return {"round": self.round, "gates": self.gates, "reason": self.reason, **chosen}
 
 
 class GateRule:
     """A gate schedule's rule. `statistic`: the round record's field it reads (None: none); `needs_probe`:
     whether the server measures the global model on a probe set of its own after each warm-up round
     (`gate_step_drift`, `gate_probe_loss`); `needs_scores`: whether the round's clients score the global model
-    they receive (`client_balanced_accuracy`) while the rule is undecided, `scores_pretrained` whether also
-    with the pretrained gates (`client_balanced_accuracy_pretrained`)."""
+    they receive (`client_balanced_accuracy`) while the rule is undecided."""
 
     statistic: str | None = None
-    needs_probe = needs_scores = scores_pretrained = False
+    needs_probe = needs_scores = False
 
     def describe(self) -> str:
         raise NotImplementedError
@@ -131,20 +122,18 @@ class DriftRule(GateRule):
 class AlignmentRule(GateRule):
     """`--freeze-gates auto` (see the module doc). Clients pull apart in a round whose update alignment is below
     `below`; `skewed` says what follows: "global", the warm-up goes on to round `max_rounds` + 1 and the gates
-    of its best-scored global model are fixed after it; "pretrained", the backbone's gates from the next
-    round; "best", as "global", but the backbone's gates where the clients scored a warm-up model at least as
-    well with them as the best with its own. Aligned in every round 1..`max_rounds`: no gates are fixed. A round with fewer than two usable
+    of its best-scored global model are fixed after it, or "pretrained", the backbone's gates from the next
+    round. Aligned in every round 1..`max_rounds`: no gates are fixed. A round with fewer than two usable
     updates gives no alignment and does not count; with none in the window, the pretrained gates."""
 
     statistic = "update_alignment"
 
     def __init__(self, below: float, max_rounds: int, skewed: str = "global") -> None:
         self.below, self.max_rounds, self.skewed = below, max_rounds, skewed
-        self.needs_scores, self.scores_pretrained = skewed != "pretrained", skewed == "best"
+        self.needs_scores = skewed == "global"
 
     def describe(self) -> str:
-        gates = {"global": "the best client-scored warm-up model's", "pretrained": "the pretrained",
-                 "best": "the better client-scored of the best warm-up model's and the pretrained"}[self.skewed]
+        gates = "the best client-scored warm-up model's" if self.needs_scores else "the pretrained"
         return (f"auto: {gates} gates if the client update alignment falls below {self.below} in rounds "
                 f"1-{self.max_rounds}, else none fixed (no server data)")
 
@@ -168,8 +157,7 @@ class AlignmentRule(GateRule):
 
     def _best_scored(self, history: list[dict[str, Any]], why: str) -> GateDecision | None:
         """After round `max_rounds` + 1: the warm-up's global model (of rounds 1..`max_rounds`) its clients scored
-        best, the first of a tie (none scored: the last one's); "best": the pretrained gates instead where a
-        warm-up model scored at least as well with them."""
+        best, the first of a tie (none scored: the last one's)."""
         last = self.max_rounds + 1
         if len(history) < last:
             return None
@@ -177,21 +165,12 @@ class AlignmentRule(GateRule):
         if best is None:
             return GateDecision(last + 1, "global", f"{why}; no client scored a warm-up model: the global model's "
                                                     f"gates after round {last}")
-        own, scores = history[best]["client_balanced_accuracy"], None
-        if self.scores_pretrained:  # the same clients scored both: a round with one score has the other
-            pretrained = self.best_scored(history, "client_balanced_accuracy_pretrained")
-            scores = {"global": own, "pretrained": history[pretrained]["client_balanced_accuracy_pretrained"]}
-            if scores["pretrained"] >= own:
-                return GateDecision(last + 1, "pretrained", f"{why}; the pretrained gates: its clients scored round "
-                                                            f"{pretrained}'s model {scores['pretrained']:.3f} with them, "
-                                                            f"round {best}'s, the best with its own, {own:.3f}",
-                                    scores=scores)
         return GateDecision(last + 1, "global", f"{why}; the gates of round {best}'s global model, scored best by "
-                                                f"its clients ({own:.3f}) of rounds 1-{self.max_rounds}",
-                            model_round=best, scores=scores)
+                                                f"its clients ({history[best]['client_balanced_accuracy']:.3f}) of "
+                                                f"rounds 1-{self.max_rounds}", model_round=best)
 
-    def best_scored(self, history: list[dict[str, Any]], score: str = "client_balanced_accuracy") -> int | None:
-        """Of the models of rounds 1..`max_rounds` (round r's scored in round r + 1), the first of the best (by
-        `score`: with their own gates, or the pretrained ones)."""
-        scores = {r["round"] - 1: r[score] for r in history[1 : self.max_rounds + 1] if score in r}
+    def best_scored(self, history: list[dict[str, Any]]) -> int | None:
+        """Of the models of rounds 1..`max_rounds` (round r's scored in round r + 1), the first of the best."""
+        scores = {r["round"] - 1: r["client_balanced_accuracy"] for r in history[1 : self.max_rounds + 1]
+                  if "client_balanced_accuracy" in r}
         return max(scores, key=scores.__getitem__) if scores else None

@@ -56,13 +56,6 @@ class GateWarmup:
     def decision(self, history: list[dict[str, Any]]) -> GateDecision | None:
         return self.gate_rule.decide(history)
 
-    def eval_config(self) -> dict[str, Any]:
-        """What this round's fit config asks the clients to score (`FitConfig`); empty: nothing."""
-        if not self.eval_samples:
-            return {}
-        pretrained = {"eval_pretrained_gates": True} if self.gate_rule.scores_pretrained else {}
-        return {"eval_samples": self.eval_samples, **pretrained}
-
     def start(self, model: FedSQModel, history: list[dict[str, Any]], eval_set: torch.utils.data.Dataset,
               device: torch.device) -> bool:
         """Before the first round to train (also on a resume). Returns True if the gates were already
@@ -145,8 +138,8 @@ class GateWarmup:
                "by_round": {h["round"]: h.get(statistic) for h in history if statistic and h.get("gates") == "own"},
                "bytes_structural": sum(h.get("bytes_structural", 0) for h in history)}
         if self.gate_rule.needs_scores:  # a model's score is in the next round's record
-            scores = ["client_balanced_accuracy"] + ["client_balanced_accuracy_pretrained"] * self.gate_rule.scores_pretrained
-            out.update({score: {h["round"] - 1: h[score] for h in history if score in h} for score in scores})
+            out["client_balanced_accuracy"] = {h["round"] - 1: h["client_balanced_accuracy"] for h in history
+                                           if "client_balanced_accuracy" in h}
             chosen = decision is not None and decision.round is not None and decision.source == "global"
             out["gates_of_round"] = (decision.model_round or decision.round - 1) if chosen else None
         if self.gate_rule.needs_probe:

@@ -21,18 +21,16 @@ def reduce_aggregate(accelerator: Accelerator, mine: RoundAggregate) -> RoundAgg
     stats = torch.zeros(4 + len(active), dtype=torch.float64)
     stats[:4] = torch.tensor([mine.num_samples, mine.loss_sum, mine.num_bytes, mine.sq_norm_sum], dtype=torch.float64)
     stats[[4 + active.index(c) for c in mine.failed]] = 1
-    parts = [stats, mine.samples, mine.eval_correct, mine.eval_samples, mine.eval_correct_pretrained,
-             mine.local.flatten()] + \
+    parts = [stats, mine.samples, mine.eval_correct, mine.eval_samples, mine.local.flatten()] + \
         ([] if mine.summed is None else [mine.summed.double()])
     packed = reduce(torch.cat([p.to(device) for p in parts]), reduction="sum").cpu()
-    sizes = [p.numel() for p in parts[:5]]
-    stats, samples, correct, scored, pretrained, rest = packed.split([*sizes, packed.numel() - sum(sizes)])
+    sizes = [p.numel() for p in parts[:4]]
+    stats, samples, correct, scored, rest = packed.split([*sizes, packed.numel() - sum(sizes)])
     local = rest[: mine.local.numel()].view_as(mine.local)
     summed = None if mine.summed is None else rest[mine.local.numel():]
     failed = [active[int(i)] for i in torch.nonzero(stats[4:]).flatten()]
     return RoundAggregate(active, local, samples, summed, float(stats[0]), float(stats[1]), int(stats[2]), failed,
-                          mine.updates, sq_norm_sum=float(stats[3]), eval_correct=correct, eval_samples=scored,
-                          eval_correct_pretrained=pretrained)
+                          mine.updates, sq_norm_sum=float(stats[3]), eval_correct=correct, eval_samples=scored)
 
 
 GATHERED_METRICS = ("train_loss", "dp_unclipped")  # what a per-client strategy reads of a client's metrics
