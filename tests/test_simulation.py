@@ -87,7 +87,7 @@ def test_two_processes_give_the_same_global_weights_and_gate_schedule(backbone_d
     gates, its update alignment below the threshold; round 2's clients (on both processes) score round 1's
     model, whose gates are fixed from round 3 on both."""
     backbone = backbone_dir("resnet10t")
-    auto = dict(rounds=3, freeze_gates="auto", gate_alignment_below=0.999, max_warmup_rounds=1,
+    auto = dict(rounds=3, freeze_gates="auto", gate_alignment_below=0.999, max_warmup_rounds=1, warmup_score_below=0,
                 strategy="fedtrimmedavg", trim_beta=0.34, clients_per_round=3)
     one = run_example(cli_args(backbone, digits_dir, tmp_path / "one", **auto))
     assert one.returncode == 0, one.stderr[-3000:]
