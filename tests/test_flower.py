@@ -126,7 +126,7 @@ def in_process(backbone, dataset, tmp_path, nodes=None, name="flower", **extra):
          dp_noise_multiplier=0.01, dp_noise_source="seeded"),  # client-level DP with FedBN: BatchNorm stays home
     pytest.param(dict(calibration_samples=40, rounds=3), marks=pytest.mark.slow),
     pytest.param(dict(freeze_gates="auto", gate_alignment_below=0.999, max_warmup_rounds=1, client_eval_samples=16,
-                      warmup_score_below=0.0, rounds=3, strategy="fedavgm", dp_clip_norm=0.001, dp_noise_multiplier=0.01,
+                      rounds=3, strategy="fedavgm", dp_clip_norm=0.001, dp_noise_multiplier=0.01,
                       dp_clip_quantile=0.5, dp_clipping="client", dp_noise_source="seeded", dp_sgd_noise_multiplier=1.0,
                       local_steps=2),
                  marks=pytest.mark.slow),

@@ -119,16 +119,6 @@ def test_alignment_rule_keeps_the_pretrained_gates_when_clients_pull_apart_and_n
     assert scored((0.7, 0.1, 0.9, 0.0, 0.0), (None, 0.1, 0.2, 0.3, 0.9)).model_round == 3  # round 5 scores no candidate
     assert "no client scored" in scored((0.7, 0.1, 0.9, 0.0), (None,) * 4).reason
 
-    # a failed warm-up: no model scored `score_below` (its models answer one class or two): the pretrained gates
-    rule = AlignmentRule(0.4, max_rounds=3, score_below=0.47)
-    failed = scored((0.7, 0.1, 0.9, 0.0), (None, 0.46, 0.34, 0.40))
-    assert failed == GateDecision(5, "pretrained", "update alignment 0.100 < 0.4 in round 2: the clients pull apart; no "
-                                                   "warm-up model of rounds 1-3 scored 0.470 or more (best: round 1's, "
-                                                   "0.460): the warm-up failed; the pretrained gates")
-    assert failed.to_dict() == {"round": 5, "gates": "pretrained", "reason": failed.reason}
-    assert scored((0.7, 0.1, 0.9, 0.0), (None, 0.46, 0.47, 0.40)).model_round == 2  # at the threshold: not failed
-    assert scored((0.7, 0.1, 0.9, 0.0, 0.0), (None, 0.1, 0.2, 0.3, 0.9)).source == "pretrained"  # round 4's, too late
-
 
 AUTO = dict(freeze_gates="auto", max_warmup_rounds=2)
 # any round is below the threshold: the pretrained gates from round 2
@@ -212,9 +202,7 @@ def test_resume_during_and_after_the_warm_up_is_exact(rule, stop, backbone_dir, 
     settings = dict(rounds=4, strategy="fedprox", mu=0.1, gate_drift_samples=8, max_warmup_rounds=2,
                     # drift from the starting model: a resumed run measures from it too
                     **(dict(freeze_gates_when_drift_below=1e-9) if rule == "drift" else
-                       # (0: however low the tiny model's scores, not a failed warm-up)
-                       dict(freeze_gates="auto", gate_alignment_below=0.999, client_eval_samples=16,
-                            warmup_score_below=0.0)))
+                       dict(freeze_gates="auto", gate_alignment_below=0.999, client_eval_samples=16)))
     run_federated(*tiny_args(backbone, digits_dir, tmp_path / "straight", **settings), callbacks=[weights])
     run_federated(*tiny_args(backbone, digits_dir, tmp_path / "resumed", **settings), callbacks=[StopAfter(stop)])
     if rule == "auto":  # a checkpoint without the best-scored model's weights cannot resume exactly: refused
@@ -255,43 +243,6 @@ def test_resume_during_and_after_the_warm_up_is_exact(rule, stop, backbone_dir, 
                       history=runs).content
     assert f"| gate warm-up | rounds 1-3 without fixed gates, then gates frozen from the global model of round {best} " \
            "at round 4 (auto: the best client-scored warm-up model's gates" in card
-
-
-def test_a_failed_warm_up_fixes_the_pretrained_gates_after_it_and_resumes_exactly(backbone_dir, digits_dir, tmp_path):
-    """No warm-up model scores 11 times chance (more than 1): the warm-up failed, and the backbone's gates are
-    fixed after its last round (3, whose clients scored round 2's model), on the weights it trained; resumed
-    after round 2, in the warm-up."""
-    backbone, weights = backbone_dir("resnet10t"), GlobalWeights()
-    settings = dict(rounds=4, max_warmup_rounds=2, freeze_gates="auto", gate_alignment_below=0.999,
-                    client_eval_samples=16, warmup_score_below=11.0)
-    summary = run_federated(*tiny_args(backbone, digits_dir, tmp_path / "straight", **settings), callbacks=[weights])
-    run_federated(*tiny_args(backbone, digits_dir, tmp_path / "resumed", **settings), callbacks=[StopAfter(2)])
-    assert run_federated(*tiny_args(backbone, digits_dir, tmp_path / "resumed", resume=True, **settings)) \
-        ["gate_warmup"] == summary["gate_warmup"]
-    runs = assert_same_run(tmp_path / "straight", tmp_path / "resumed")
-    assert [h["gates"] for h in runs] == ["own", "own", "own", "fixed"]
-    scores = [runs[1]["client_balanced_accuracy"], runs[2]["client_balanced_accuracy"]]
-    best = 1 if scores[0] >= scores[1] else 2
-    decision = runs[2]["gate_decision"]
-    assert (decision["round"], decision["gates"], "model_round" in decision) == (4, "pretrained", False)
-    assert decision["reason"].endswith(f"no warm-up model of rounds 1-2 scored 1.100 or more (best: round {best}'s, "
-                                       f"{scores[best - 1]:.3f}): the warm-up failed; the pretrained gates")
-    assert [h.get("bytes_structural") for h in runs] == [None, None, None, 0]  # every client holds the backbone's
-    warmup = summary["gate_warmup"]
-    assert (warmup["gates"], warmup["frozen_at_round"], warmup["gates_of_round"]) == ("pretrained", 4, None)
-    assert warmup["decided"] == decision["reason"]
-    final = tmp_path / "resumed" / "final"
-    assert not (final / "structural.safetensors").exists()
-    loaded = FedSQModel.from_pretrained(final)
-    assert loaded.config.gates_frozen_at_round == 4 and not loaded.config.calibrated and loaded.dual_copy.gating
-    pretrained = FedSQModel(FedSQConfig(backbone=backbone, num_labels=loaded.config.num_labels)).structural
-    assert all(torch.equal(v, pretrained.state_dict()[k]) for k, v in loaded.structural.state_dict().items())
-    assert any(not torch.equal(v, pretrained.state_dict()[k]) for k, v in weights.by_round[3].items()
-               if k in pretrained.state_dict())  # round 4 trains on from the warm-up's weights
-    checkpoint = load_file(tmp_path / "resumed" / "checkpoints" / "round-00004" / "state.safetensors")
-    assert not any(k.startswith("gate_warmup.") for k in checkpoint)
-    card = model_card(loaded.config, summary=summary, history=runs).content
-    assert "| gate warm-up | rounds 1-3 without fixed gates, then the backbone's pretrained gates from round 4 (auto" in card
 
 
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))

@@ -11,8 +11,8 @@ from ..client import ClientArguments
 from ..data import PARTITIONS, check_partition
 from ..fields import argument, expand_path, flag, require
 from ..protocol import make_codec
-from ..server import (GATE_ALIGNMENT_BELOW, GATE_SOURCES, LR_SCHEDULERS, WARMUP_SCORE_BELOW, AlignmentRule, DriftRule,
-                      FedAdam, FedAvgM, FedProx, FedTrimmedAvg, FixedRound, GateRule, Strategy, make_strategy)
+from ..server import (GATE_ALIGNMENT_BELOW, GATE_SOURCES, LR_SCHEDULERS, AlignmentRule, DriftRule, FedAdam, FedAvgM, FedProx,
+                      FedTrimmedAvg, FixedRound, GateRule, Strategy, make_strategy)
 from .privacy_arguments import PrivacyArguments
 
 __all__ = ["FederatedArguments", "STRATEGY_FLAGS"]
@@ -100,11 +100,6 @@ class FederatedArguments(PrivacyArguments, ClientArguments):
         help="--freeze-gates auto, when a round's clients pull apart: global (train on without fixed gates through "
              "--max-warmup-rounds + 1, then fix the gates of the warm-up's global model its clients scored best) or "
              "pretrained (the backbone's gates from the next round: FedSQ as published)")
-    warmup_score_below: float = argument(
-        WARMUP_SCORE_BELOW, resume="same",
-        help="--freeze-gates auto --skewed-gates global: if no warm-up model scored at least this many times chance "
-             "(1 / num_labels) on the clients' samples, the warm-up failed (its models answer one class or two) and "
-             "the backbone's pretrained gates are fixed after it instead, on the weights it trained. 0: never")
     client_eval_samples: int = argument(
         128, resume="same",
         help="--freeze-gates auto --skewed-gates global: each warm-up round's clients score the global model they "
@@ -159,7 +154,6 @@ class FederatedArguments(PrivacyArguments, ClientArguments):
             (self.client_eval_samples >= 1, f"--client-eval-samples must be >= 1, got {self.client_eval_samples}"),
             (not auto or (self.clients_per_round or self.num_clients) >= 2,
              "--freeze-gates auto compares the clients' updates in a round: --clients-per-round must be >= 2"),
-            (self.warmup_score_below >= 0, f"--warmup-score-below must be >= 0, got {self.warmup_score_below}"),
             (-1 < self.gate_alignment_below < 1,
              f"--gate-alignment-below must be in (-1, 1), got {self.gate_alignment_below}"),
             (self.gate_probe_samples >= 1, f"--gate-probe-samples must be >= 1, got {self.gate_probe_samples}"),
@@ -176,12 +170,10 @@ class FederatedArguments(PrivacyArguments, ClientArguments):
         self.make_strategy()
         make_codec(self.update_codec)
 
-    def gate_rule(self, num_labels: int | None = None) -> GateRule | None:
-        """The gate warm-up's rule these arguments ask for; None: FedSQ as published (the backbone's gates from round
-        1). `num_labels`: the model's, which sets chance for --warmup-score-below (None: which rule only)."""
+    def gate_rule(self) -> GateRule | None:
+        """The gate warm-up's rule these arguments ask for; None: FedSQ as published (the backbone's gates from round 1)."""
         if self.freeze_gates == "auto":
-            score_below = self.warmup_score_below / num_labels if num_labels else 0.0
-            return AlignmentRule(self.gate_alignment_below, self.max_warmup_rounds, self.skewed_gates, score_below)
+            return AlignmentRule(self.gate_alignment_below, self.max_warmup_rounds, self.skewed_gates)
         if self.freeze_gates_when_drift_below is not None:
             return DriftRule(self.freeze_gates_when_drift_below, self.max_warmup_rounds)
         return None if self.freeze_gates_at_round == 1 else FixedRound(self.freeze_gates_at_round)

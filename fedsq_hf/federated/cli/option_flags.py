@@ -58,7 +58,7 @@ OPTION_FLAGS: tuple[OptionFlag, ...] = (
     *_rows(("max_warmup_rounds",), "--freeze-gates-when-drift-below or --freeze-gates auto",
            lambda m, d, f: f.freeze_gates_when_drift_below is not None or f.freeze_gates == "auto"),
     *_rows(("gate_alignment_below", "skewed_gates"), "--freeze-gates auto", lambda m, d, f: f.freeze_gates == "auto"),
-    *_rows(("client_eval_samples", "warmup_score_below"), "--freeze-gates auto --skewed-gates global",
+    *_rows(("client_eval_samples",), "--freeze-gates auto --skewed-gates global",
            lambda m, d, f: f.freeze_gates == "auto" and f.skewed_gates == "global"),
     *_rows(("dp_noise_multiplier", "dp_target_epsilon", "dp_delta", "dp_clip_quantile", "dp_clipping", "dp_noise_source"),
            "--dp-clip-norm", lambda m, d, f: f.dp_clip_norm is not None),

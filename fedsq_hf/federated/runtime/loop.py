@@ -86,7 +86,7 @@ class RoundLoop(TrainerCheckpoints):
         self.global_model = GlobalModel(self.model, num_clients)
         self.privacy = RunPrivacy(args, strategy, self.global_model, model.config.bn_mode)
         self.learning_rates = round_learning_rates(args.lr, args.rounds, args.lr_scheduler, args.warmup_rounds)
-        rule = args.gate_rule(model.config.num_labels)
+        rule = args.gate_rule()
         self.gate_warmup = None if rule is None else GateWarmup(rule, args.gate_probe_samples, args.client_eval_samples)
         self.state = FederatedState(
             max_rounds=args.rounds, metric_for_best_model=args.metric_for_best_model,

@@ -11,10 +11,8 @@ and which gates it fixes. A rule reads only the history, so a resumed run decide
   warm-up's global model the clients scored best on their own samples (`client_balanced_accuracy`: each
   round's clients score the model they receive before training it, per class; round M's model is scored in
   round M + 1, a last warm-up round), fixed from round M + 2 (or, with `--skewed-gates pretrained`, the
-  backbone's from the next round on: FedSQ as published). A warm-up none of whose models scored
-  `--warmup-score-below` times chance failed (its models answer one class or two): the backbone's gates from
-  round M + 2, on the weights the warm-up trained. Aligned through them, the clients are close to IID, where
-  fixed gates cost accuracy: the gates follow the model to the end.
+  backbone's from the next round on: FedSQ as published). Aligned through them, the clients are close to
+  IID, where fixed gates cost accuracy: the gates follow the model to the end.
 """
 
 from __future__ import annotations
@@ -22,11 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["AlignmentRule", "DriftRule", "FixedRound", "GateDecision", "GateRule", "GATE_ALIGNMENT_BELOW", "GATE_SOURCES",
-           "WARMUP_SCORE_BELOW"]
+__all__ = ["AlignmentRule", "DriftRule", "FixedRound", "GateDecision", "GateRule", "GATE_ALIGNMENT_BELOW", "GATE_SOURCES"]
 
 GATE_ALIGNMENT_BELOW = 0.3  # --gate-alignment-below's default (see README, "Gate schedule")
-WARMUP_SCORE_BELOW = 2.5  # --warmup-score-below's default, in multiples of chance (1 / num_labels)
 GATE_SOURCES = ("global", "pretrained")  # the gates a decision fixes: re-frozen from the global model, or the backbone's
 
 
@@ -127,14 +123,13 @@ class AlignmentRule(GateRule):
     """`--freeze-gates auto` (see the module doc). Clients pull apart in a round whose update alignment is below
     `below`; `skewed` says what follows: "global", the warm-up goes on to round `max_rounds` + 1 and the gates
     of its best-scored global model are fixed after it, or "pretrained", the backbone's gates from the next
-    round; "global" with no warm-up model scored at least `score_below`: the backbone's gates after the warm-up.
-    Aligned in every round 1..`max_rounds`: no gates are fixed. A round with fewer than two usable updates gives
-    no alignment and does not count; with none in the window, the pretrained gates."""
+    round. Aligned in every round 1..`max_rounds`: no gates are fixed. A round with fewer than two usable
+    updates gives no alignment and does not count; with none in the window, the pretrained gates."""
 
     statistic = "update_alignment"
 
-    def __init__(self, below: float, max_rounds: int, skewed: str = "global", score_below: float = 0.0) -> None:
-        self.below, self.max_rounds, self.skewed, self.score_below = below, max_rounds, skewed, score_below
+    def __init__(self, below: float, max_rounds: int, skewed: str = "global") -> None:
+        self.below, self.max_rounds, self.skewed = below, max_rounds, skewed
         self.needs_scores = skewed == "global"
 
     def describe(self) -> str:
@@ -170,14 +165,9 @@ class AlignmentRule(GateRule):
         if best is None:
             return GateDecision(last + 1, "global", f"{why}; no client scored a warm-up model: the global model's "
                                                     f"gates after round {last}")
-        score = history[best]["client_balanced_accuracy"]
-        if score < self.score_below:
-            return GateDecision(last + 1, "pretrained", f"{why}; no warm-up model of rounds 1-{self.max_rounds} "
-                                                        f"scored {self.score_below:.3f} or more (best: round {best}'s, "
-                                                        f"{score:.3f}): the warm-up failed; the pretrained gates")
         return GateDecision(last + 1, "global", f"{why}; the gates of round {best}'s global model, scored best by "
-                                                f"its clients ({score:.3f}) of rounds 1-{self.max_rounds}",
-                            model_round=best)
+                                                f"its clients ({history[best]['client_balanced_accuracy']:.3f}) of "
+                                                f"rounds 1-{self.max_rounds}", model_round=best)
 
     def best_scored(self, history: list[dict[str, Any]]) -> int | None:
         """Of the models of rounds 1..`max_rounds` (round r's scored in round r + 1), the first of the best."""
