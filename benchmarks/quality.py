@@ -256,18 +256,20 @@ def add_results(results: dict, path: str) -> dict:
 def plot(results: dict, path: str) -> None:
     plt = pyplot()
     splits = list(results)
+    methods = list(dict.fromkeys(m for split in splits for m in results[split]))  # one colour a method, every panel
     fig, axes = plt.subplots(1, len(splits), figsize=(4.5 * len(splits), 3.6), sharey=True, squeeze=False)
+    lines = {}
     for ax, split in zip(axes[0], splits):
-        for i, (method, r) in enumerate(results[split].items()):
-            curves = r["curves"]
+        for method, r in results[split].items():
+            curves, color = r["curves"], f"C{methods.index(method) % 10}"
             rounds = range(1, len(curves[0]) + 1)
-            ax.plot(rounds, [statistics.fmean(v) for v in zip(*curves)], marker="o", color=f"C{i}", label=method)
-            ax.fill_between(rounds, [min(v) for v in zip(*curves)], [max(v) for v in zip(*curves)], color=f"C{i}", alpha=0.15)
+            lines[method], = ax.plot(rounds, [statistics.fmean(v) for v in zip(*curves)], marker="o", color=color)
+            ax.fill_between(rounds, [min(v) for v in zip(*curves)], [max(v) for v in zip(*curves)], color=color, alpha=0.15)
         ax.set_title(split)
         ax.set_xlabel("round")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("validation accuracy")
-    axes[0][0].legend()
+    axes[0][0].legend([lines[m] for m in methods], methods)
     save_figure(fig, path)
 
 

@@ -65,6 +65,21 @@ def _resnet10t_state(backbone_dir):
     return {k: v for k, v in model.state_dict().items() if v.is_floating_point()}
 
 
+def test_quality_plot_gives_a_method_one_colour_in_every_panel(monkeypatch, tmp_path):
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import quality
+
+    figures = []
+    monkeypatch.setattr(quality, "save_figure", lambda fig, path: figures.append(fig))
+    run = {"curves": [[0.1, 0.2], [0.2, 0.3]]}
+    quality.plot({"iid": {"FedSQ": run, "FedAvg": run}, "dirichlet:0.1": {"FedAvg": run, "FedSQ+auto": run, "FedSQ": run}},
+                 str(tmp_path / "quality.png"))
+    first, second = figures[0].axes
+    assert [line.get_color() for line in first.lines] == ["C0", "C1"]
+    assert [line.get_color() for line in second.lines] == ["C1", "C2", "C0"]  # FedAvg, FedSQ+auto, FedSQ
+    assert [t.get_text() for t in first.get_legend().get_texts()] == ["FedSQ", "FedAvg", "FedSQ+auto"]
+
+
 def test_memory(backbone_dir, digits_dir, tmp_path):
     out = run_script("memory.py", "--backbone", backbone_dir("resnet10t"), "--dataset", digits_dir, "--train-samples",
                      "100", "200", "--processes", "1", "--preload", "never", "--eval-samples", "20", "--image-size", "32",
