@@ -27,7 +27,7 @@ from fedsq_hf.federated.data import MNIST_PACKAGE
 from fedsq_hf.federated.server.privacy import dp_noise_multiplier
 from fedsq_hf.plotting import pyplot, save_figure
 from quality import METHODS, add_grid_arguments, describe, run_one
-from report import write_json
+from report import method_colors, write_json
 
 
 def parse_epsilon(text: str) -> float:
@@ -70,12 +70,13 @@ def print_table(results: dict, epsilons: list[str]) -> None:
 
 def plot(results: dict, epsilons: list[str], path: str) -> None:
     plt = pyplot()
+    colors = method_colors(results)
     fig, axes = plt.subplots(1, len(results), figsize=(4.5 * len(results), 3.6), sharey=True, squeeze=False)
     for ax, (split, by_method) in zip(axes[0], results.items()):
-        for i, (method, by_epsilon) in enumerate(by_method.items()):
+        for method, by_epsilon in by_method.items():
             rows = [by_epsilon[e] for e in epsilons]
             ax.errorbar(range(len(epsilons)), [100 * r["bva_mean"] for r in rows], yerr=[100 * r["bva_std"] for r in rows],
-                        marker="o", capsize=3, color=f"C{i}", label=method)
+                        marker="o", capsize=3, color=colors[method], label=method)
         ax.set_xticks(range(len(epsilons)), epsilons)
         ax.set_title(split)
         ax.set_xlabel("client-level epsilon (none: no DP)")

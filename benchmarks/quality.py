@@ -26,7 +26,7 @@ from fedsq_hf.federated import DataArguments, FederatedArguments, ModelArguments
 from fedsq_hf.federated.cli import resume_marks, run_config, unread_flags
 from fedsq_hf.federated.server import GATE_ALIGNMENT_BELOW, greater_is_better
 from fedsq_hf.plotting import pyplot, save_figure
-from report import write_json
+from report import method_colors, write_json
 
 # name -> what the method sets; all train the same backbone from the same warm start. FedSQ is fixed gating
 # + plain averaging, as in the paper; "+drift" warms the gates up in the federation until they settle
@@ -256,12 +256,12 @@ def add_results(results: dict, path: str) -> dict:
 def plot(results: dict, path: str) -> None:
     plt = pyplot()
     splits = list(results)
-    methods = list(dict.fromkeys(m for split in splits for m in results[split]))  # one colour a method, every panel
+    colors = method_colors(results)
     fig, axes = plt.subplots(1, len(splits), figsize=(4.5 * len(splits), 3.6), sharey=True, squeeze=False)
     lines = {}
     for ax, split in zip(axes[0], splits):
         for method, r in results[split].items():
-            curves, color = r["curves"], f"C{methods.index(method) % 10}"
+            curves, color = r["curves"], colors[method]
             rounds = range(1, len(curves[0]) + 1)
             lines[method], = ax.plot(rounds, [statistics.fmean(v) for v in zip(*curves)], marker="o", color=color)
             ax.fill_between(rounds, [min(v) for v in zip(*curves)], [max(v) for v in zip(*curves)], color=color, alpha=0.15)
@@ -269,7 +269,7 @@ def plot(results: dict, path: str) -> None:
         ax.set_xlabel("round")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("validation accuracy")
-    axes[0][0].legend([lines[m] for m in methods], methods)
+    axes[0][0].legend([lines[m] for m in colors], list(colors))
     save_figure(fig, path)
 
 

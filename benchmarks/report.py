@@ -1,4 +1,4 @@
-"""Shared output of the benchmark scripts: results JSON with the machine facts."""
+"""Shared output of the benchmark scripts: results JSON with the machine facts, plot colours."""
 
 from __future__ import annotations
 
@@ -18,6 +18,12 @@ def machine() -> dict[str, Any]:
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "platform": platform.platform(),
     }
+
+
+def method_colors(results: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """{method: matplotlib colour} for `results` ({panel: {method: ...}}): one colour a method in every panel,
+    in the order the methods first appear."""
+    return {m: f"C{i % 10}" for i, m in enumerate(dict.fromkeys(m for panel in results.values() for m in panel))}
 
 
 def write_json(folder: str, payload: dict[str, Any], name: str = "results.json") -> str:

@@ -66,7 +66,7 @@ def _resnet10t_state(backbone_dir):
 
 
 def test_quality_plot_gives_a_method_one_colour_in_every_panel(monkeypatch, tmp_path):
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
     import quality
 
     figures = []
