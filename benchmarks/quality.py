@@ -38,7 +38,6 @@ METHODS = {
     "FedSQ+drift": dict(model="fedsq", drift=True),
     "FedSQ+auto": dict(model="fedsq", auto="global"),
     "FedSQ+auto-pretrained": dict(model="fedsq", auto="pretrained"),
-    "FedSQ+auto-average": dict(model="fedsq", auto="average"),
     "FedSQ+calib": dict(model="fedsq", calibrate=True),
     "FedAvg": dict(model="plain"),
     "FedProx": dict(model="plain", strategy="fedprox"),

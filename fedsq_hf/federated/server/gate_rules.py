@@ -23,7 +23,7 @@ from typing import Any
 __all__ = ["AlignmentRule", "DriftRule", "FixedRound", "GateDecision", "GateRule", "GATE_ALIGNMENT_BELOW", "GATE_SOURCES"]
 
 GATE_ALIGNMENT_BELOW = 0.3  # --gate-alignment-below's default (see README, "Gate schedule")
-GATE_SOURCES = ("global", "pretrained", "average")  # the gates a decision fixes: re-frozen from the global model, or the backbone's
+GATE_SOURCES = ("global", "pretrained")  # the gates a decision fixes: re-frozen from the global model, or the backbone's
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ class GateRule:
     they receive (`client_balanced_accuracy`) while the rule is undecided."""
 
     statistic: str | None = None
-    needs_probe = needs_scores = averages = False
+    needs_probe = needs_scores = False
 
     def describe(self) -> str:
         raise NotImplementedError
@@ -131,7 +131,6 @@ class AlignmentRule(GateRule):
     def __init__(self, below: float, max_rounds: int, skewed: str = "global") -> None:
         self.below, self.max_rounds, self.skewed = below, max_rounds, skewed
         self.needs_scores = skewed == "global"
-        self.averages = skewed == "average"
 
     def describe(self) -> str:
         gates = "the best client-scored warm-up model's" if self.needs_scores else "the pretrained"
@@ -147,11 +146,6 @@ class AlignmentRule(GateRule):
                    "the clients pull apart")
             if self.skewed == "pretrained":
                 return GateDecision(pulled["round"] + 1, "pretrained", f"{why}; the pretrained gates")
-            if self.skewed == "average":
-                if len(window) < self.max_rounds:
-                    return None
-                return GateDecision(self.max_rounds + 1, "average", f"{why}; the gates of the mean of rounds "
-                                                                    f"1-{self.max_rounds}' global models")
             return self._best_scored(history, why)
         if len(window) < self.max_rounds:
             return None

@@ -48,8 +48,6 @@ class GateWarmup:
         self.eval_samples = 0  # what this round's clients score the model they receive on (0: no scores)
         self.sent: dict[str, torch.Tensor] | None = None  # the weights of the model this round's clients score
         self.best: dict[str, torch.Tensor] | None = None  # the best-scored warm-up model's, until the decision
-        self.total: dict[str, torch.Tensor] | None = None  # the sum of the warm-up's global models (skewed: average)
-        self.summed = 0
 
     @property
     def rule(self) -> str:
@@ -67,7 +65,7 @@ class GateWarmup:
         decision = self.decision(history)
         if decision is not None and decision.round is not None and len(history) >= decision.round:
             model.config.gates_frozen_at_round = decision.round
-            return decision.source in ("global", "average")
+            return decision.source == "global"
         model.dual_copy.disable_gates()
         if self.gate_rule.needs_probe:
             self.probe = first_model_inputs(eval_set, self.probe_samples, device)
@@ -87,10 +85,6 @@ class GateWarmup:
         dual.enable_gates()
         if decision.source == "global":
             dual.sync_structural(None if decision.model_round is None else self.best)  # None: the current model
-            model.config.calibrated = True
-        if decision.source == "average":
-            ref = dual.structural.state_dict()
-            dual.sync_structural({k: (t / self.summed).to(ref[k].dtype) for k, t in self.total.items()})
             model.config.calibrated = True
         model.config.gates_frozen_at_round = round_
         self.reference = self.best = None
@@ -121,11 +115,6 @@ class GateWarmup:
             self.best = self.sent  # the model this round's clients scored is the best so far
         if measured is not None:
             record["gate_step_drift"], record["gate_probe_loss"] = measured.tolist()
-        if not dual.gates_enabled and self.gate_rule.averages and record["round"] <= self.gate_rule.max_rounds:
-            keys = dual.structural.state_dict().keys()
-            state = {k: t.detach().double() for k, t in dual.quantitative.state_dict().items() if k in keys}
-            self.total = state if self.total is None else {k: self.total[k] + t for k, t in state.items()}
-            self.summed += 1
         if not dual.gates_enabled:
             decision = self.decision([*history, record])
             if decision is not None and (not history or self.decision(history) is None):  # decided now
