@@ -220,6 +220,33 @@ def print_alignment(results: dict, window: int) -> None:
                       f"{', '.join(f'{min(run):.2f}' for run in runs)} |")
 
 
+def paired_gaps(results: dict, method: str = "FedSQ+auto", baselines: tuple[str, ...] = ("FedSQ", "FedAvg")) -> dict:
+    """Per split, `method`'s best validation accuracy minus each baseline's, seed by seed over the seeds both ran
+    (the same partition): {split: {baseline: {"mean", "se", "ahead", "seeds"}}}, the mean gap, its standard error
+    and in how many of those seeds `method` was ahead."""
+    gaps = {}
+    for split, by_method in results.items():
+        if method not in by_method:
+            continue
+        mine = dict(zip(by_method[method]["seeds"], map(max, by_method[method]["curves"])))
+        for baseline in (b for b in baselines if b in by_method):
+            theirs = dict(zip(by_method[baseline]["seeds"], map(max, by_method[baseline]["curves"])))
+            d = [mine[s] - theirs[s] for s in sorted(mine.keys() & theirs.keys())]
+            if d:
+                se = statistics.stdev(d) / len(d) ** 0.5 if len(d) > 1 else 0.0
+                gaps.setdefault(split, {})[baseline] = {"mean": statistics.fmean(d), "se": se,
+                                                        "ahead": sum(x > 0 for x in d), "seeds": len(d)}
+    return gaps
+
+
+def print_paired(gaps: dict, method: str = "FedSQ+auto") -> None:
+    """`paired_gaps` as a table, in points."""
+    print(f"\n| split | {method} minus | mean ± standard error (points) | seeds ahead |\n|---|---|---|---|")
+    for split, by_baseline in gaps.items():
+        for baseline, g in by_baseline.items():
+            print(f"| {split} | {baseline} | {100 * g['mean']:+.1f} ± {100 * g['se']:.1f} | {g['ahead']} of {g['seeds']} |")
+
+
 def _fixed_at(frozen: int | None, gates: str | None) -> str:
     """A run's "gates frozen at" cell: R, R + "p" for the pretrained gates, "none" when never fixed."""
     if frozen is None:
@@ -295,7 +322,9 @@ def main() -> None:
         results = add_results(results, args.add_results)
     print_table(results)
     print_alignment(results, args.max_warmup_rounds)
-    path = write_json(args.output_dir, {"args": vars(args), "results": results})
+    gaps = paired_gaps(results)
+    print_paired(gaps)
+    path = write_json(args.output_dir, {"args": vars(args), "results": results, "paired": gaps})
     plot(results, os.path.join(args.output_dir, "quality.png"))
     print(f"wrote {path} and quality.png")
 

@@ -80,6 +80,22 @@ def test_quality_plot_gives_a_method_one_colour_in_every_panel(monkeypatch, tmp_
     assert [t.get_text() for t in first.get_legend().get_texts()] == ["FedSQ", "FedAvg", "FedSQ+auto"]
 
 
+def test_quality_paired_gaps_compare_the_same_seeds(monkeypatch):
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
+    import quality
+
+    results = {"iid": {"FedSQ+auto": {"seeds": [0, 1, 2], "curves": [[0.5, 0.6], [0.4, 0.3], [0.7, 0.7]]},
+                       "FedSQ": {"seeds": [2, 0, 5], "curves": [[0.8], [0.5], [0.9]]},
+                       "FedAvg": {"seeds": [0, 1, 2], "curves": [[0.6], [0.4], [0.7]]}},
+               "dirichlet:0.1": {"FedSQ": {"seeds": [0], "curves": [[0.1]]}}}
+    gaps = quality.paired_gaps(results)
+    assert list(gaps) == ["iid"] and list(gaps["iid"]) == ["FedSQ", "FedAvg"]
+    fedsq, fedavg = gaps["iid"]["FedSQ"], gaps["iid"]["FedAvg"]
+    assert (fedsq["seeds"], fedsq["ahead"]) == (2, 1)  # seeds 0 (+0.1) and 2 (-0.1); seed 5 ran only in FedSQ
+    assert fedsq["mean"] == pytest.approx(0.0, abs=1e-12) and fedsq["se"] == pytest.approx(0.1)
+    assert (fedavg["mean"], fedavg["ahead"], fedavg["seeds"]) == (0.0, 0, 3)
+
+
 def test_memory(backbone_dir, digits_dir, tmp_path):
     out = run_script("memory.py", "--backbone", backbone_dir("resnet10t"), "--dataset", digits_dir, "--train-samples",
                      "100", "200", "--processes", "1", "--preload", "never", "--eval-samples", "20", "--image-size", "32",
@@ -108,6 +124,9 @@ def test_quality(backbone_dir, digits_dir, tmp_path):
     assert (results["FedSQ+auto"]["frozen_at_round"], results["FedSQ+auto"]["gates"]) == \
         (([3], ["global"]) if pulled else ([None], ["own"]))  # round 1's model scored in round 2, fixed from 3
     assert f"| dirichlet:0.5 | FedAvg | {round_1:.2f} | {round_1:.2f} |" in out  # the alignment table
+    gap = json.loads((tmp_path / "results.json").read_text())["paired"]["dirichlet:0.5"]["FedAvg"]
+    assert gap["seeds"] == 1 and gap["mean"] == pytest.approx(max(results["FedSQ+auto"]["curves"][0]) - max(results["FedAvg"]["curves"][0]))
+    assert f"| dirichlet:0.5 | FedAvg | {100 * gap['mean']:+.1f} ± 0.0 | {gap['ahead']} of 1 |" in out
     # a method run with other seeds joins the earlier grid's runs, one run with the same seeds replaces them
     # (the earlier FedSQ is taken for seed 1's), the methods not run again stay as they were
     earlier = json.loads((tmp_path / "results.json").read_text())
