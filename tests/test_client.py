@@ -52,6 +52,25 @@ def test_fit_returns_local_minus_global_and_what_it_cost(backbone_dir):
     assert scored.metrics["eval_class_samples"] == torch.bincount(y, minlength=3).float().tolist()
     assert scored.metrics["eval_class_correct"] == torch.bincount(y[hit], minlength=3).float().tolist()
 
+    # the label share: the effective number of classes of the labels it trained on over the classes, one number,
+    # only when asked, and training is exactly as without it
+    shared = client.fit(global_params, {"seed": 1, "lr": 0.05, "label_share": True})
+    assert all(torch.equal(update.tensors[k], shared.tensors[k]) for k in update.tensors)
+    assert "label_share" not in update.metrics
+    p = torch.bincount(client.samples.labels).double() / 16  # 2 steps of 8: every sample once
+    p = p[p > 0]
+    assert shared.metrics["label_share"] == pytest.approx(float(torch.exp(-(p * p.log()).sum())) / 3)
+
+
+def test_the_label_share_counts_the_classes_a_client_trained_on():
+    def share(*counts):
+        return TrainResult(1, [0.0], torch.tensor(counts)).label_share
+
+    assert share(5, 5, 5, 5) == pytest.approx(1.0) and share(7, 0, 0, 0) == pytest.approx(0.25)
+    assert share(3, 3, 0, 0) == pytest.approx(0.5)  # two classes equally: 2 of 4
+    assert 0.25 < share(9, 1, 0, 0) < 0.5  # mostly one class
+    assert np.isnan(share(0, 0, 0, 0)) and np.isnan(TrainResult(0, []).label_share)  # no step
+
 
 def test_a_silo_fitting_on_its_own_reproduces_the_simulators_round(backbone_dir, digits_dir, tmp_path):
     """The simulator runs exactly this API: clients fitted one by one outside it, averaged by hand, give

@@ -160,9 +160,10 @@ def test_in_process_gives_the_simulators_weights(backbone_dir, digits_dir, tmp_p
         warmup = "freeze_gates" in extra  # the sites scored round 1's model in round 2: its gates, from round 3
         assert [r["bytes_structural"] for r in records] == ([0, 0, 2 * size] if warmup else [2 * size, 0, 0])
         assert [r.get("gates") for r in records] == (["own", "own", "fixed"] if warmup else [None] * 3)
-        keys = ("client_balanced_accuracy", "client_eval_samples", "gate_decision")
+        keys = ("client_balanced_accuracy", "client_eval_samples", "client_label_share", "gate_decision")
         assert [[r.get(k) for k in keys] for r in records] == [[h.get(k) for k in keys] for h in history(tmp_path / "sim")]
         assert records[1]["gate_decision"]["model_round"] == 1 if warmup else "client_eval_samples" not in records[1]
+        assert 0 < records[0]["client_label_share"] < 1 if warmup else "client_label_share" not in records[0]
     if "dp_clip_norm" in extra:  # the same private mean: clipped at the sites, noised by (seed, round), on the Grid too
         keys = ("dp_epsilon", "dp_clip_norm", "dp_clipped_clients", "dp_sgd_epsilon")
         assert [[r.get(k) for k in keys] for r in records] == [[h.get(k) for k in keys] for h in history(tmp_path / "sim")]

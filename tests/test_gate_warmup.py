@@ -120,6 +120,36 @@ def test_alignment_rule_keeps_the_pretrained_gates_when_clients_pull_apart_and_n
     assert "no client scored" in scored((0.7, 0.1, 0.9, 0.0), (None,) * 4).reason
 
 
+def test_auto_skewed_gates_pick_the_pretrained_ones_where_the_clients_hold_few_classes_each():
+    rule = AlignmentRule(0.4, max_rounds=3, share_below=0.44)  # --skewed-gates auto, the default
+
+    def decide(*rounds):  # (alignment, label share, score of the previous round's model)
+        return rule.decide([{"round": r, "update_alignment": a, "client_label_share": share,
+                             **({} if s is None else {"client_balanced_accuracy": s})}
+                            for r, (a, share, s) in enumerate(rounds, 1)])
+
+    assert rule.needs_scores and rule.needs_labels and not AlignmentRule(0.4, 3, "global").needs_labels
+    few = decide((0.1, 0.3, None))  # pulled apart in round 1, few classes each: the pretrained gates at once
+    assert few == GateDecision(2, "pretrained", "update alignment 0.100 < 0.4 in round 1: the clients pull apart; "
+                                                "client label share 0.300 < 0.44; the pretrained gates")
+    many = [(0.1, 0.6, None), (0.9, 0.6, 0.5), (0.9, 0.6, 0.7), (0.9, None, 0.2)]  # many classes each: "global"
+    assert decide(*many[:3]) is None and decide(*many).model_round == 2
+    assert "client label share 0.600 >= 0.44; the gates of round 2's global model" in decide(*many).reason
+    # the mean share of the rounds up to the one that pulled apart decides, not the rounds after it
+    assert decide((0.7, 0.2, None), (0.1, 0.6, 0.5)) == GateDecision(
+        3, "pretrained", "update alignment 0.100 < 0.4 in round 2: the clients pull apart; client label share 0.400 "
+                         "< 0.44; the pretrained gates")
+    assert decide((0.7, 0.3, None), (0.1, 0.7, 0.5)) is None  # 0.5: "global", scored up to round 4
+    assert decide((0.1, 0.6, None), (0.9, 0.1, 0.5), (0.9, 0.1, 0.5)) is None
+    assert decide((0.1, None, None), (0.9, None, 0.5), (0.9, None, 0.5), (0.9, None, 0.5)).source == "global"  # no share
+
+    # the clients send their share in the window's rounds until one pulls apart, and only for "auto"
+    history = [{"round": 1, "update_alignment": 0.7}]
+    assert rule.asks_labels([]) and rule.asks_labels(history)
+    assert not rule.asks_labels(history + [{"round": 2, "update_alignment": 0.1}])
+    assert not rule.asks_labels(history * 3) and not AlignmentRule(0.4, 3, "global").asks_labels([])
+
+
 AUTO = dict(freeze_gates="auto", max_warmup_rounds=2)
 # any round is below the threshold: the pretrained gates from round 2
 PULL_APART = dict(AUTO, gate_alignment_below=0.999, skewed_gates="pretrained")
@@ -179,6 +209,41 @@ def test_auto_lets_the_gates_follow_the_model_when_the_clients_agree(backbone_di
     assert not saved.config.fixed_gating and not (tmp_path / "auto" / "final" / "structural.safetensors").exists()
     card = model_card(saved.config, summary=summary, history=auto).content
     assert "the clients agree; the gates follow the model, never fixed" in card
+
+
+@pytest.mark.parametrize("below,picked", [(1.0, "pretrained"), (0.01, "global")])
+def test_auto_skewed_gates_train_exactly_as_the_gates_they_pick(below, picked, backbone_dir, digits_dir, tmp_path):
+    """--skewed-gates auto reads the label share round 1's clients sent (from their partitions' labels) and then
+    trains bit for bit as --skewed-gates <its pick>: the share changes nothing of the training."""
+    backbone = backbone_dir("resnet10t")
+    settings = dict(rounds=3, freeze_gates="auto", gate_alignment_below=0.999, max_warmup_rounds=1)
+    scored = {} if picked == "pretrained" else {"client_eval_samples": 16}
+    summary = run_federated(*tiny_args(backbone, digits_dir, tmp_path / "auto", label_share_below=below,
+                                       client_eval_samples=16, **settings))
+    run_federated(*tiny_args(backbone, digits_dir, tmp_path / picked, skewed_gates=picked, **scored, **settings))
+    auto, chosen = history(tmp_path / "auto"), history(tmp_path / picked)
+    for key in ("train_loss", "eval_loss", "update_alignment", "gates", "gates_frozen", "client_balanced_accuracy"):
+        assert [h.get(key) for h in auto] == [h.get(key) for h in chosen], key
+    for name in ("model.safetensors", "structural.safetensors"):
+        if (tmp_path / picked / "final" / name).exists() or (tmp_path / "auto" / "final" / name).exists():
+            a, b = (load_file(tmp_path / run / "final" / name) for run in ("auto", picked))
+            assert all(torch.equal(a[k], b[k]) for k in a), name
+
+    histograms = json.loads((tmp_path / "auto" / "partition.json").read_text())["label_histogram"]
+    shares = []
+    for client in auto[0]["clients"]:
+        p = torch.tensor(histograms[client], dtype=torch.float64)
+        p = p[p > 0] / p.sum()
+        shares.append(float(torch.exp(-(p * p.log()).sum())) / len(histograms[client]))
+    share = auto[0]["client_label_share"]
+    assert share == pytest.approx(sum(shares) / len(shares), abs=1e-9) and 0.1 < share < 1
+    assert [("client_label_share" in h) for h in auto] == [True, False, False]  # decided by round 1's share
+    assert not any("client_label_share" in h for h in chosen)  # the other picks ask for none
+    warmup = summary["gate_warmup"]
+    assert warmup["client_label_share"] == {1: share} and warmup["gates"] == picked
+    sign = "<" if picked == "pretrained" else ">="
+    assert f"in round 1: the clients pull apart; client label share {share:.3f} {sign} {below}" in warmup["decided"]
+    assert warmup["rule"].startswith(f"auto: the pretrained (client label share < {below}) or the best client-scored")
 
 
 class GlobalWeights(FederatedCallback):
@@ -242,7 +307,11 @@ def test_resume_during_and_after_the_warm_up_is_exact(rule, stop, backbone_dir, 
     card = model_card(FedSQModel.from_pretrained(tmp_path / "resumed" / "final").config, summary=summary,
                       history=runs).content
     assert f"| gate warm-up | rounds 1-3 without fixed gates, then gates frozen from the global model of round {best} " \
-           "at round 4 (auto: the best client-scored warm-up model's gates" in card
+           "at round 4 (auto: the pretrained (client label share < 0.44) or the best client-scored warm-up model's " \
+           "gates" in card
+    shares = [h.get("client_label_share") for h in runs]  # asked until the clients pulled apart: round 1 here
+    assert warmup["client_label_share"] == {1: shares[0]} and shares[1:] == [None, None, None]
+    assert f"client label share {shares[0]:.3f} >= 0.44" in warmup["decided"]
 
 
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))

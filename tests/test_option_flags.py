@@ -31,7 +31,9 @@ REFUSED = [
     (["--gate-probe-samples", "256"], "--gate-probe-samples has no effect without --freeze-gates-when-drift-below"),
     (["--allow-ungated", "true", "--model", "plain"], "--allow-ungated has no effect without --model fedsq"),
     (["--freeze-gates", "auto", "--skewed-gates", "pretrained", "--rounds", "6", "--client-eval-samples", "128"],
-     "--client-eval-samples has no effect without --freeze-gates auto --skewed-gates global"),
+     "--client-eval-samples has no effect without --freeze-gates auto --skewed-gates global or auto"),
+    (["--freeze-gates", "auto", "--skewed-gates", "global", "--rounds", "7", "--label-share-below", "0.3"],
+     "--label-share-below has no effect without --freeze-gates auto --skewed-gates auto"),
     (["--local-steps", "1", "--local-epochs", "0", "--momentum", "0.5"], "--momentum has no effect without .* more "
      "than one local step"),
     (["--rounds", "1", "--lr-scheduler", "cosine"], r"--lr-scheduler has no effect without --rounds > 1"),
@@ -64,7 +66,7 @@ def test_a_flag_the_options_never_read_is_refused(argv, match, tmp_path):
     ["--freeze-gates-when-drift-below", "0.05", "--max-warmup-rounds", "3", "--gate-probe-samples", "64"],
     ["--strategy", "fedtrimmedavg", "--trim-beta", "0.1", "--num-clients", "20"],  # 10 a round: one cut at each end
     ["--rounds", "3", "--lr-scheduler", "cosine"],
-    ["--freeze-gates", "auto", "--rounds", "7", "--client-eval-samples", "64"],
+    ["--freeze-gates", "auto", "--rounds", "7", "--client-eval-samples", "64", "--label-share-below", "0.3"],
 ])
 def test_a_flag_its_option_reads_is_accepted(argv, tmp_path):
     _check(argv, tmp_path)

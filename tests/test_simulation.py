@@ -85,7 +85,8 @@ def test_diverging_clients_are_excluded_then_run_stops(backbone_dir, digits_dir,
 def test_two_processes_give_the_same_global_weights_and_gate_schedule(backbone_dir, digits_dir, tmp_path):
     """... with --freeze-gates auto and FedTrimmedAvg (per-client updates, gathered): round 1 without fixed
     gates, its update alignment below the threshold; round 2's clients (on both processes) score round 1's
-    model, whose gates are fixed from round 3 on both."""
+    model, whose gates are fixed from round 3 on both (--skewed-gates auto: round 1's clients hold many classes
+    each)."""
     backbone = backbone_dir("resnet10t")
     auto = dict(rounds=3, freeze_gates="auto", gate_alignment_below=0.999, max_warmup_rounds=1,
                 strategy="fedtrimmedavg", trim_beta=0.34, clients_per_round=3)
@@ -105,6 +106,8 @@ def test_two_processes_give_the_same_global_weights_and_gate_schedule(backbone_d
     assert [h["gates"] for h in h2] == ["own", "own", "fixed"] and h2[1]["gate_decision"]["model_round"] == 1
     assert h1[0]["update_alignment"] == pytest.approx(h2[0]["update_alignment"], abs=1e-6)
     assert 0 <= h1[1]["client_balanced_accuracy"] == h2[1]["client_balanced_accuracy"]  # counts: exact sums
+    assert 0 < h1[0]["client_label_share"] == h2[0]["client_label_share"] < 1  # fixed point: exact sums
+    assert "client label share" in h1[1]["gate_decision"]["reason"]  # --skewed-gates auto, many classes: "global"
     assert h1[-1]["eval_accuracy"] == pytest.approx(h2[-1]["eval_accuracy"], abs=1 / 60 + 1e-9)
 
 
@@ -188,11 +191,12 @@ def test_fedbn_traffic_scales_with_the_rounds_clients(backbone_dir, digits_dir, 
     reduce = collectives.reduce
     monkeypatch.setattr(collectives, "reduce", lambda t, **kw: sizes.append(t.numel()) or reduce(t, **kw))
     trainer.run_round(1)
-    # one all-reduce: round totals (4, a failure flag and a sample count per client of the round, the clients'
-    # scores: right and scored per class), each of its clients' BatchNorm, the summed update
+    # one all-reduce: round totals (6: samples, loss, bytes, squared norms, the label shares' sum and count), a
+    # failure flag and a sample count per client of the round, the clients' scores (right and scored per
+    # class), each of its clients' BatchNorm, the summed update
     server = trainer.global_model
     classes = trainer.model.config.num_labels
-    assert sizes == [4 + 2 + 2 + 2 * classes + 2 * server.local_layout.numel + server.vector.numel()]
+    assert sizes == [6 + 2 + 2 + 2 * classes + 2 * server.local_layout.numel + server.vector.numel()]
 
 
 @pytest.mark.slow

@@ -11,8 +11,8 @@ from ..client import ClientArguments
 from ..data import PARTITIONS, check_partition
 from ..fields import argument, expand_path, flag, require
 from ..protocol import make_codec
-from ..server import (GATE_ALIGNMENT_BELOW, GATE_SOURCES, LR_SCHEDULERS, AlignmentRule, DriftRule, FedAdam, FedAvgM, FedProx,
-                      FedTrimmedAvg, FixedRound, GateRule, Strategy, make_strategy)
+from ..server import (GATE_ALIGNMENT_BELOW, LABEL_SHARE_BELOW, LR_SCHEDULERS, SKEWED_GATES, AlignmentRule, DriftRule,
+                      FedAdam, FedAvgM, FedProx, FedTrimmedAvg, FixedRound, GateRule, Strategy, make_strategy)
 from .privacy_arguments import PrivacyArguments
 
 __all__ = ["FederatedArguments", "STRATEGY_FLAGS"]
@@ -95,16 +95,24 @@ class FederatedArguments(PrivacyArguments, ClientArguments):
         GATE_ALIGNMENT_BELOW, resume="same",
         help="--freeze-gates auto: the update alignment (1: the clients' updates are the same, 0: orthogonal) under "
              "which the clients count as pulling apart")
-    skewed_gates: Literal[GATE_SOURCES] = argument(
-        "global", resume="same",
+    skewed_gates: Literal[SKEWED_GATES] = argument(
+        "auto", resume="same",
         help="--freeze-gates auto, when a round's clients pull apart: global (train on without fixed gates through "
-             "--max-warmup-rounds + 1, then fix the gates of the warm-up's global model its clients scored best) or "
-             "pretrained (the backbone's gates from the next round: FedSQ as published)")
+             "--max-warmup-rounds + 1, then fix the gates of the warm-up's global model its clients scored best), "
+             "pretrained (the backbone's gates from the next round: FedSQ as published), or auto: pretrained where "
+             "the clients' labels span few classes each (their mean label share below --label-share-below), else "
+             "global")
+    label_share_below: float = argument(
+        LABEL_SHARE_BELOW, resume="same",
+        help="--skewed-gates auto: the mean label share under which the clients hold few classes each (a client's "
+             "label share: the effective number of classes of the labels it trained on, exp of their entropy, over "
+             "the number of classes; 1: all equally, 0.1 of 10: one; what is sent: that one number per client, in "
+             "the warm-up rounds until the clients pull apart)")
     client_eval_samples: int = argument(
         128, resume="same",
-        help="--freeze-gates auto --skewed-gates global: each warm-up round's clients score the global model they "
-             "receive on this many of their own samples before training (federated evaluation; what is sent: per "
-             "class, how many it got right of how many)")
+        help="--freeze-gates auto --skewed-gates global or auto: each warm-up round's clients score the global model "
+             "they receive on this many of their own samples before training (federated evaluation; what is sent: "
+             "per class, how many it got right of how many)")
     max_warmup_rounds: int = argument(
         5, resume="same", help="with --freeze-gates-when-drift-below: freeze after at most this many warm-up rounds; "
                                "with --freeze-gates auto: the rounds whose alignment decides")
@@ -157,8 +165,9 @@ class FederatedArguments(PrivacyArguments, ClientArguments):
             (-1 < self.gate_alignment_below < 1,
              f"--gate-alignment-below must be in (-1, 1), got {self.gate_alignment_below}"),
             (self.gate_probe_samples >= 1, f"--gate-probe-samples must be >= 1, got {self.gate_probe_samples}"),
-            (not auto or self.skewed_gates != "global" or self.max_warmup_rounds + 1 < self.rounds,
-             f"--freeze-gates auto (--skewed-gates global) scores round {self.max_warmup_rounds}'s model in round "
+            (0 < self.label_share_below <= 1, f"--label-share-below must be in (0, 1], got {self.label_share_below}"),
+            (not auto or self.skewed_gates == "pretrained" or self.max_warmup_rounds + 1 < self.rounds,
+             f"--freeze-gates auto (--skewed-gates {self.skewed_gates}) scores round {self.max_warmup_rounds}'s model in round "
              f"{self.max_warmup_rounds + 1} and fixes the gates from round {self.max_warmup_rounds + 2}: --rounds "
              f"({self.rounds}) must be at least that; raise it or lower --max-warmup-rounds"),
             (not self.push_to_hub or self.hub_model_id, "--push-to-hub needs --hub-model-id"),
@@ -173,7 +182,8 @@ class FederatedArguments(PrivacyArguments, ClientArguments):
     def gate_rule(self) -> GateRule | None:
         """The gate warm-up's rule these arguments ask for; None: FedSQ as published (the backbone's gates from round 1)."""
         if self.freeze_gates == "auto":
-            return AlignmentRule(self.gate_alignment_below, self.max_warmup_rounds, self.skewed_gates)
+            return AlignmentRule(self.gate_alignment_below, self.max_warmup_rounds, self.skewed_gates,
+                                 self.label_share_below)
         if self.freeze_gates_when_drift_below is not None:
             return DriftRule(self.freeze_gates_when_drift_below, self.max_warmup_rounds)
         return None if self.freeze_gates_at_round == 1 else FixedRound(self.freeze_gates_at_round)

@@ -34,10 +34,21 @@ class TrainResult:
 
     num_samples: int
     losses: list[float]
+    label_counts: torch.Tensor | None = None  # per class, the samples of its steps
 
     @property
     def train_loss(self) -> float:
         return float(np.mean(self.losses)) if self.losses else float("nan")
+
+    @property
+    def label_share(self) -> float:
+        """The effective number of classes of its steps' labels (exp of their entropy) over the number of
+        classes: 1 when they hold every class equally, 1 / num_labels when one class; NaN with no step."""
+        counts = self.label_counts
+        if counts is None or counts.sum() == 0:
+            return float("nan")
+        p = counts[counts > 0].double() / counts.sum()
+        return float(torch.exp(-(p * p.log()).sum()) / len(counts))
 
 
 class ClientTrainer:
@@ -85,6 +96,8 @@ class ClientTrainer:
         scored = self.score(indices, fit.eval_samples, fit.seed) if fit.eval_samples else {}
         result = self.train(indices, fit.seed, fit.lr, fit.proximal_mu)
         metrics = {"train_loss": result.train_loss, "steps": len(result.losses), **scored}
+        if fit.label_share:
+            metrics["label_share"] = result.label_share
         tensors = {**own.shared, **own.local}
         if diverged(result.losses, self.args.divergence_factor, self.model.config.num_labels) \
                 or not all(bool(torch.isfinite(t).all()) for t in tensors.values()):
@@ -147,8 +160,9 @@ class ClientTrainer:
         opt = AcceleratedOptimizer(optimizer, device_placement=False, scaler=scaler)
         use_keys = getattr(model.dual_copy, "gate_cache", None) is not None and not dp_sgd
         model.train()
-        losses = []
+        losses, counts = [], torch.zeros(model.config.num_labels, dtype=torch.long)
         for step, (x, y, keys) in enumerate(self.loader):
+            counts += torch.bincount(y.cpu(), minlength=len(counts))
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if self.pipeline is not None:
                 x = self.pipeline.finish(x, seed=client_seed(seed, step))
@@ -158,7 +172,7 @@ class ClientTrainer:
                 losses.append(self._step(opt, x, y, keys if use_keys else None, params, anchor, proximal_mu))
             if not np.isfinite(losses[-1]):
                 break
-        return TrainResult(num_samples=len(indices), losses=losses)
+        return TrainResult(num_samples=len(indices), losses=losses, label_counts=counts)
 
     def _step(self, opt: AcceleratedOptimizer, x: torch.Tensor, y: torch.Tensor, keys: torch.Tensor | None,
               params: list[torch.nn.Parameter], anchor: list[torch.Tensor] | None, proximal_mu: float) -> float:

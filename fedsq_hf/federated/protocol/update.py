@@ -24,13 +24,15 @@ class FitConfig:
     `proximal_mu` the weight of FedProx's proximal term (0: none), `dp_clip_norm` the bound the client
     clips its update to before sending it (0: none; client-side clipping of client-level DP), and
     `eval_samples` how many of its samples the client scores the global model it received on before
-    training (0: none; federated evaluation, for `--freeze-gates auto`)."""
+    training (0: none; federated evaluation, for `--freeze-gates auto`), and `label_share` whether it sends
+    how many classes its round's labels span (`TrainResult.label_share`: one number, for `--skewed-gates auto`)."""
 
     seed: int
     lr: float | None = None
     proximal_mu: float = 0.0
     dp_clip_norm: float = 0.0
     eval_samples: int = 0
+    label_share: bool = False
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Scalar]) -> FitConfig:

@@ -178,10 +178,13 @@ class RoundLoop(TrainerCheckpoints):
 
     def fit_config(self, round_: int, client: int) -> dict[str, Any]:
         """The round config `client` gets in `round_`, its seed from (seed, round, client)."""
-        scored = {} if self.gate_warmup is None or not self.gate_warmup.eval_samples else \
-            {"eval_samples": self.gate_warmup.eval_samples}  # federated evaluation of the warm-up's models
+        warmup, asked = self.gate_warmup, {}
+        if warmup is not None and warmup.eval_samples:
+            asked["eval_samples"] = warmup.eval_samples  # federated evaluation of the warm-up's models
+        if warmup is not None and warmup.label_share:
+            asked["label_share"] = True
         return {"lr": self.learning_rates[round_ - 1], **self.strategy.configure_fit(round_),
-                "seed": client_seed(self.args.seed, round_, client), **scored}
+                "seed": client_seed(self.args.seed, round_, client), **asked}
 
     def finish_round(self, round_: int, aggregate: RoundAggregate, updates: list[FlatUpdate] | None = None) -> None:
         """The server's step from the round's aggregate (`updates`: every client's, where a runtime gathered
@@ -212,6 +215,8 @@ class RoundLoop(TrainerCheckpoints):
         if aggregate.client_balanced_accuracy is not None:
             record.update(client_balanced_accuracy=aggregate.client_balanced_accuracy,
                           client_eval_samples=int(aggregate.eval_samples.sum()))
+        if aggregate.client_label_share is not None:
+            record["client_label_share"] = aggregate.client_label_share
         return {**record, **self.privacy.record(round_, self.state.history, record)}
 
     def _evaluate_into(self, record: dict[str, Any]) -> None:

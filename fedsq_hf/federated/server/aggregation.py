@@ -4,6 +4,7 @@ takes of its processes (`simulation.collectives`) before `step`."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -29,6 +30,9 @@ class RoundAggregate:
             squared L2 norms weighted by samples; the bytes their codec sent).
         eval_correct / eval_samples: per class, the samples the clients that scored the model they received
             (`FitConfig.eval_samples`) got right, and those they scored (every client that replied with them).
+        label_share_sum / label_clients: the sum of the clients' `label_share` (`FitConfig.label_share`), in
+            units of 2^-32 (whole numbers: the sum does not depend on the order, on 1 or N processes), and how
+            many sent one.
         failed: the clients whose training went wrong (diverged or non-finite) or that did not reply.
         update_agreement: set by `step`: |mean update|^2 / the mean squared update norm (sample-weighted),
             1 when every client sent the same update, near 0 when they cancel out (Jensen: never above 1).
@@ -50,6 +54,8 @@ class RoundAggregate:
     sq_norm_sum: float = 0.0
     eval_correct: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.float64))
     eval_samples: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.float64))
+    label_share_sum: float = 0.0
+    label_clients: int = 0
     update_agreement: float | None = None
     update_alignment: float | None = None
 
@@ -73,16 +79,26 @@ class RoundAggregate:
         seen = self.eval_samples > 0
         return float((self.eval_correct[seen] / self.eval_samples[seen]).mean()) if seen.any() else None
 
+    @property
+    def client_label_share(self) -> float | None:
+        """The mean `label_share` of the clients that sent one (how many classes each one's labels span, over
+        the number of classes; the input of `--skewed-gates auto`)."""
+        return self.label_share_sum / self.label_clients / 2**32 if self.label_clients else None
+
     def fail(self, client: int) -> None:
         """Record `client` as failed: its training went wrong, or it did not reply."""
         self.failed.append(client)
 
     def add(self, client: int, update: ClientUpdate, codec: UpdateCodec, global_model: GlobalModel) -> None:
         """Take in `client`'s update: a diverged one is only recorded as failed (its score, from before it
-        trained, is kept)."""
-        if "eval_class_samples" in update.metrics:
-            self.eval_correct += torch.tensor(update.metrics["eval_class_correct"], dtype=torch.float64)
-            self.eval_samples += torch.tensor(update.metrics["eval_class_samples"], dtype=torch.float64)
+        trained, and its label share are kept)."""
+        metrics = update.metrics
+        if "eval_class_samples" in metrics:
+            self.eval_correct += torch.tensor(metrics["eval_class_correct"], dtype=torch.float64)
+            self.eval_samples += torch.tensor(metrics["eval_class_samples"], dtype=torch.float64)
+        if math.isfinite(metrics.get("label_share", math.nan)):
+            self.label_share_sum += round(metrics["label_share"] * 2**32)
+            self.label_clients += 1
         if update.diverged:
             self.fail(client)
             return

@@ -10,9 +10,11 @@ and which gates it fixes. A rule reads only the history, so a resumed run decide
   the clients pull apart (label skew). Their warm-up models oscillate then, so the gates are those of the
   warm-up's global model the clients scored best on their own samples (`client_balanced_accuracy`: each
   round's clients score the model they receive before training it, per class; round M's model is scored in
-  round M + 1, a last warm-up round), fixed from round M + 2 (or, with `--skewed-gates pretrained`, the
-  backbone's from the next round on: FedSQ as published). Aligned through them, the clients are close to
-  IID, where fixed gates cost accuracy: the gates follow the model to the end.
+  round M + 1, a last warm-up round), fixed from round M + 2 ("global"), or the backbone's from the next
+  round on (FedSQ as published: "pretrained"). `--skewed-gates auto` picks by how strongly: the pretrained
+  gates where the clients' labels span few classes each (`client_label_share` below
+  `--label-share-below`, over the rounds up to that one), else the best-scored model's. Aligned through
+  them, the clients are close to IID, where fixed gates cost accuracy: the gates follow the model to the end.
 """
 
 from __future__ import annotations
@@ -20,10 +22,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["AlignmentRule", "DriftRule", "FixedRound", "GateDecision", "GateRule", "GATE_ALIGNMENT_BELOW", "GATE_SOURCES"]
+__all__ = ["AlignmentRule", "DriftRule", "FixedRound", "GateDecision", "GateRule", "GATE_ALIGNMENT_BELOW",
+           "GATE_SOURCES", "LABEL_SHARE_BELOW", "SKEWED_GATES"]
 
 GATE_ALIGNMENT_BELOW = 0.3  # --gate-alignment-below's default (see README, "Gate schedule")
+LABEL_SHARE_BELOW = 0.44  # --label-share-below's default: between Dirichlet 0.1 and 0.5 (README, "Gate schedule")
 GATE_SOURCES = ("global", "pretrained")  # the gates a decision fixes: re-frozen from the global model, or the backbone's
+SKEWED_GATES = ("auto", *GATE_SOURCES)  # --skewed-gates: one of them, or chosen by the clients' label share
 
 
 @dataclass(frozen=True)
@@ -58,10 +63,11 @@ class GateRule:
     """A gate schedule's rule. `statistic`: the round record's field it reads (None: none); `needs_probe`:
     whether the server measures the global model on a probe set of its own after each warm-up round
     (`gate_step_drift`, `gate_probe_loss`); `needs_scores`: whether the round's clients score the global model
-    they receive (`client_balanced_accuracy`) while the rule is undecided."""
+    they receive (`client_balanced_accuracy`) while the rule is undecided; `needs_labels`: whether they send
+    their `label_share` in some rounds (`asks_labels`)."""
 
     statistic: str | None = None
-    needs_probe = needs_scores = False
+    needs_probe = needs_scores = needs_labels = False
 
     def describe(self) -> str:
         raise NotImplementedError
@@ -69,6 +75,10 @@ class GateRule:
     def decide(self, history: list[dict[str, Any]]) -> GateDecision | None:
         """The decision the rounds of `history` lead to; None while undecided."""
         raise NotImplementedError
+
+    def asks_labels(self, history: list[dict[str, Any]]) -> bool:
+        """Whether the next round's clients send their `label_share` (after the rounds of `history`)."""
+        return False
 
     def best_scored(self, history: list[dict[str, Any]]) -> int | None:
         """A rule that reads scores: the round whose global model the clients of `history` scored best so far
@@ -122,29 +132,35 @@ class DriftRule(GateRule):
 class AlignmentRule(GateRule):
     """`--freeze-gates auto` (see the module doc). Clients pull apart in a round whose update alignment is below
     `below`; `skewed` says what follows: "global", the warm-up goes on to round `max_rounds` + 1 and the gates
-    of its best-scored global model are fixed after it, or "pretrained", the backbone's gates from the next
-    round. Aligned in every round 1..`max_rounds`: no gates are fixed. A round with fewer than two usable
-    updates gives no alignment and does not count; with none in the window, the pretrained gates."""
+    of its best-scored global model are fixed after it, "pretrained", the backbone's gates from the next
+    round, or "auto", "pretrained" where the mean `client_label_share` of the rounds up to it is below
+    `share_below`, else "global" (no client sent one: "global"). Aligned in every round 1..`max_rounds`: no
+    gates are fixed. A round with fewer than two usable updates gives no alignment and does not count; with
+    none in the window, the pretrained gates."""
 
     statistic = "update_alignment"
 
-    def __init__(self, below: float, max_rounds: int, skewed: str = "global") -> None:
-        self.below, self.max_rounds, self.skewed = below, max_rounds, skewed
-        self.needs_scores = skewed == "global"
+    def __init__(self, below: float, max_rounds: int, skewed: str = "auto", share_below: float = LABEL_SHARE_BELOW) -> None:
+        self.below, self.max_rounds, self.skewed, self.share_below = below, max_rounds, skewed, share_below
+        self.needs_scores, self.needs_labels = skewed != "pretrained", skewed == "auto"
 
     def describe(self) -> str:
-        gates = "the best client-scored warm-up model's" if self.needs_scores else "the pretrained"
+        gates = {"global": "the best client-scored warm-up model's", "pretrained": "the pretrained",
+                 "auto": f"the pretrained (client label share < {self.share_below}) or the best client-scored warm-up "
+                         "model's"}[self.skewed]
         return (f"auto: {gates} gates if the client update alignment falls below {self.below} in rounds "
                 f"1-{self.max_rounds}, else none fixed (no server data)")
 
     def decide(self, history: list[dict[str, Any]]) -> GateDecision | None:
-        window = history[: self.max_rounds]
-        pulled = next((r for r in window if r.get("update_alignment") is not None
-                       and r["update_alignment"] < self.below), None)
+        window, pulled = history[: self.max_rounds], self._pulled(history)
         if pulled is not None:
             why = (f"update alignment {pulled['update_alignment']:.3f} < {self.below} in round {pulled['round']}: "
                    "the clients pull apart")
-            if self.skewed == "pretrained":
+            skewed, share = self.skewed, self.label_share(history[: pulled["round"]])
+            if skewed == "auto" and share is not None:
+                skewed = "pretrained" if share < self.share_below else "global"
+                why += f"; client label share {share:.3f} {'<' if skewed == 'pretrained' else '>='} {self.share_below}"
+            if skewed == "pretrained":
                 return GateDecision(pulled["round"] + 1, "pretrained", f"{why}; the pretrained gates")
             return self._best_scored(history, why)
         if len(window) < self.max_rounds:
@@ -154,6 +170,21 @@ class AlignmentRule(GateRule):
                                                                    f"1-{self.max_rounds}; the pretrained gates")
         return GateDecision(None, "global", f"update alignment >= {self.below} in rounds 1-{self.max_rounds}: the "
                                             "clients agree; the gates follow the model")
+
+    def asks_labels(self, history: list[dict[str, Any]]) -> bool:
+        """"auto": in each window round until one pulls apart (the rounds whose label share the rule reads)."""
+        return self.needs_labels and len(history) < self.max_rounds and self._pulled(history) is None
+
+    def _pulled(self, history: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """The first window round whose clients pulled apart; None: none yet."""
+        return next((r for r in history[: self.max_rounds] if r.get("update_alignment") is not None
+                     and r["update_alignment"] < self.below), None)
+
+    @staticmethod
+    def label_share(history: list[dict[str, Any]]) -> float | None:
+        """The mean `client_label_share` of the rounds of `history` that have one; None: none has."""
+        shares = [r["client_label_share"] for r in history if r.get("client_label_share") is not None]
+        return sum(shares) / len(shares) if shares else None
 
     def _best_scored(self, history: list[dict[str, Any]], why: str) -> GateDecision | None:
         """After round `max_rounds` + 1: the warm-up's global model (of rounds 1..`max_rounds`) its clients scored

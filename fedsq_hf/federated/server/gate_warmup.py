@@ -39,13 +39,15 @@ class GateWarmup:
     `gate_step_drift` and `gate_probe_loss` (warm-up rounds of a rule with a probe set), `gate_decision` (the
     round the rule decided in: `GateDecision.to_dict()`), `gates_frozen` and
     `bytes_structural` (a re-frozen structural copy sent to clients that had not received it yet). While a rule
-    that reads scores is undecided, `eval_samples` is what the round config asks the clients to score on."""
+    that reads scores is undecided, `eval_samples` is what the round config asks the clients to score on;
+    `label_share`, whether it asks them for their label share."""
 
     def __init__(self, rule: GateRule, probe_samples: int = 256, client_eval_samples: int = 128) -> None:
         self.gate_rule, self.probe_samples, self.client_eval_samples = rule, probe_samples, client_eval_samples
         self.probe: tuple[torch.Tensor, torch.Tensor] | None = None  # (pixels, labels)
         self.reference: list | None = None  # the previous round's global gates on the probe set
         self.eval_samples = 0  # what this round's clients score the model they receive on (0: no scores)
+        self.label_share = False  # whether this round's clients send their label share
         self.sent: dict[str, torch.Tensor] | None = None  # the weights of the model this round's clients score
         self.best: dict[str, torch.Tensor] | None = None  # the best-scored warm-up model's, until the decision
 
@@ -76,6 +78,7 @@ class GateWarmup:
         """Fix the gates at the start of `round_` if the rule says so; the decision if it fixed them now."""
         dual, decision = model.dual_copy, self.decision(history)
         self.eval_samples, self.sent = 0, None
+        self.label_share = not dual.gates_enabled and decision is None and self.gate_rule.asks_labels(history)
         if not dual.gates_enabled and decision is None and self.gate_rule.needs_scores and round_ > 1:
             self.eval_samples = self.client_eval_samples  # round 1's model is the warm start's, with a blank head
             keys = dual.structural.state_dict().keys()
@@ -137,6 +140,8 @@ class GateWarmup:
                "statistic": statistic,
                "by_round": {h["round"]: h.get(statistic) for h in history if statistic and h.get("gates") == "own"},
                "bytes_structural": sum(h.get("bytes_structural", 0) for h in history)}
+        if self.gate_rule.needs_labels:
+            out["client_label_share"] = {h["round"]: h["client_label_share"] for h in history if "client_label_share" in h}
         if self.gate_rule.needs_scores:  # a model's score is in the next round's record
             out["client_balanced_accuracy"] = {h["round"] - 1: h["client_balanced_accuracy"] for h in history
                                            if "client_balanced_accuracy" in h}

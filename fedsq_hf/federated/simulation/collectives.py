@@ -18,9 +18,10 @@ def reduce_aggregate(accelerator: Accelerator, mine: RoundAggregate) -> RoundAgg
     """Every process's take of the round summed, in one all-reduce (float64, so that the sum does not depend
     on which process took what); the per-client updates stay this process's own (see `gather_updates`)."""
     active, device = mine.active, accelerator.device
-    stats = torch.zeros(4 + len(active), dtype=torch.float64)
-    stats[:4] = torch.tensor([mine.num_samples, mine.loss_sum, mine.num_bytes, mine.sq_norm_sum], dtype=torch.float64)
-    stats[[4 + active.index(c) for c in mine.failed]] = 1
+    totals = [mine.num_samples, mine.loss_sum, mine.num_bytes, mine.sq_norm_sum, mine.label_share_sum, mine.label_clients]
+    stats = torch.zeros(len(totals) + len(active), dtype=torch.float64)
+    stats[: len(totals)] = torch.tensor(totals, dtype=torch.float64)
+    stats[[len(totals) + active.index(c) for c in mine.failed]] = 1
     parts = [stats, mine.samples, mine.eval_correct, mine.eval_samples, mine.local.flatten()] + \
         ([] if mine.summed is None else [mine.summed.double()])
     packed = reduce(torch.cat([p.to(device) for p in parts]), reduction="sum").cpu()
@@ -28,9 +29,10 @@ def reduce_aggregate(accelerator: Accelerator, mine: RoundAggregate) -> RoundAgg
     stats, samples, correct, scored, rest = packed.split([*sizes, packed.numel() - sum(sizes)])
     local = rest[: mine.local.numel()].view_as(mine.local)
     summed = None if mine.summed is None else rest[mine.local.numel():]
-    failed = [active[int(i)] for i in torch.nonzero(stats[4:]).flatten()]
+    failed = [active[int(i)] for i in torch.nonzero(stats[len(totals):]).flatten()]
     return RoundAggregate(active, local, samples, summed, float(stats[0]), float(stats[1]), int(stats[2]), failed,
-                          mine.updates, sq_norm_sum=float(stats[3]), eval_correct=correct, eval_samples=scored)
+                          mine.updates, sq_norm_sum=float(stats[3]), eval_correct=correct, eval_samples=scored,
+                          label_share_sum=float(stats[4]), label_clients=int(stats[5]))
 
 
 GATHERED_METRICS = ("train_loss", "dp_unclipped")  # what a per-client strategy reads of a client's metrics
