@@ -30,13 +30,14 @@ from report import method_colors, write_json
 
 # name -> what the method sets; all train the same backbone from the same warm start. FedSQ is fixed gating
 # + plain averaging, as in the paper; "+drift" warms the gates up in the federation until they settle
-# (--freeze-gates-when-drift-below); "+auto" lets the clients' update alignment choose (--freeze-gates auto;
-# "-pretrained": --skewed-gates pretrained);
+# (--freeze-gates-when-drift-below); "+auto" lets the clients' update alignment and label share choose
+# (--freeze-gates auto; "-global" / "-pretrained": --skewed-gates global / pretrained);
 # "+calib" re-freezes them after a central calibration warm-up.
 METHODS = {
     "FedSQ": dict(model="fedsq"),
     "FedSQ+drift": dict(model="fedsq", drift=True),
-    "FedSQ+auto": dict(model="fedsq", auto="global"),
+    "FedSQ+auto": dict(model="fedsq", auto="auto"),
+    "FedSQ+auto-global": dict(model="fedsq", auto="global"),
     "FedSQ+auto-pretrained": dict(model="fedsq", auto="pretrained"),
     "FedSQ+calib": dict(model="fedsq", calibrate=True),
     "FedAvg": dict(model="plain"),
@@ -62,6 +63,7 @@ class Run(NamedTuple):
     gates: str | None
     stopped: bool
     alignment: list[float | None]  # update_alignment per round
+    label_share: list[float | None]  # client_label_share per round (None: not asked)
 
 
 def run_one(args: argparse.Namespace, method: str, split: str, seed: int, *, variant: str = "",
@@ -74,7 +76,7 @@ def run_one(args: argparse.Namespace, method: str, split: str, seed: int, *, var
     drift = dict(freeze_gates_when_drift_below=args.drift_below, gate_probe_samples=args.gate_probe_samples,
                  max_warmup_rounds=min(args.max_warmup_rounds, args.rounds - 1)) if spec.get("drift") else {}
     if spec.get("auto"):
-        scored = spec["auto"] == "global"  # round M's model is scored in round M + 1, its gates fixed from M + 2
+        scored = spec["auto"] != "pretrained"  # round M's model is scored in round M + 1, its gates fixed from M + 2
         drift = dict(freeze_gates="auto", gate_alignment_below=args.alignment_below, skewed_gates=spec["auto"],
                      max_warmup_rounds=min(args.max_warmup_rounds, args.rounds - (2 if scored else 1)))
     calibrate = spec.get("calibrate", False)
@@ -108,7 +110,8 @@ def run_one(args: argparse.Namespace, method: str, split: str, seed: int, *, var
     curve += curve[-1:] * (args.rounds - len(curve))  # a stopped run keeps its last global model
     frozen = next((h["round"] for h in history if h.get("gates_frozen")), None)
     gates = next((h["gate_decision"]["gates"] for h in history if "gate_decision" in h), None)
-    return Run(seed, curve, frozen, gates, bool(summary.get("stopped")), [h.get("update_alignment") for h in history])
+    return Run(seed, curve, frozen, gates, bool(summary.get("stopped")), [h.get("update_alignment") for h in history],
+               [h.get("client_label_share") for h in history])
 
 
 def finished_run(folder: str, config: dict, run_args: tuple = ()) -> dict | None:
@@ -141,6 +144,7 @@ def describe(runs: list[Run], at_rounds: list[int]) -> dict:
         "seeds": [run.seed for run in runs], "curves": curves, "frozen_at_round": [run.frozen for run in runs],
         "gates": [run.gates for run in runs],
         "stopped": [run.stopped for run in runs], "update_alignment": [run.alignment for run in runs],
+        "client_label_share": [run.label_share for run in runs],
     }
 
 
@@ -210,14 +214,18 @@ def print_table(results: dict) -> None:
 
 def print_alignment(results: dict, window: int) -> None:
     """The update alignment each method's clients sent: round 1 per seed, and the lowest in rounds 1..`window`
-    (what `--freeze-gates auto` reads; a round without fixed gates only where the method had none then)."""
-    print(f"\n| split | method | update alignment, round 1 (per seed) | lowest in rounds 1-{window} (per seed) |\n|---|---|---|---|")
+    (what `--freeze-gates auto` reads; a round without fixed gates only where the method had none then), and
+    their label share in round 1 where they sent one."""
+    print(f"\n| split | method | update alignment, round 1 (per seed) | lowest in rounds 1-{window} (per seed) | "
+          "client label share, round 1 |\n|---|---|---|---|---|")
     for split, by_method in results.items():
         for method, r in by_method.items():
             runs = [[a for a in run[:window] if a is not None] for run in r.get("update_alignment", [])]
+            shares = [run[0] if run and run[0] is not None else None for run in r.get("client_label_share", [])]
             if runs and all(runs):
                 print(f"| {split} | {method} | {', '.join(f'{run[0]:.2f}' for run in runs)} | "
-                      f"{', '.join(f'{min(run):.2f}' for run in runs)} |")
+                      f"{', '.join(f'{min(run):.2f}' for run in runs)} | "
+                      f"{', '.join(f'{x:.2f}' for x in shares) if shares and all(x is not None for x in shares) else '-'} |")
 
 
 def paired_gaps(results: dict, method: str = "FedSQ+auto", baselines: tuple[str, ...] = ("FedSQ", "FedAvg")) -> dict:
@@ -258,7 +266,8 @@ def runs_of(r: dict) -> list[Run]:
     """The runs `describe` summed up in `r`."""
     n = len(r["curves"])
     return [Run(*fields) for fields in zip(r["seeds"], r["curves"], r["frozen_at_round"],
-                                           r.get("gates", [None] * n), r["stopped"], r.get("update_alignment", [[]] * n))]
+                                           r.get("gates", [None] * n), r["stopped"], r.get("update_alignment", [[]] * n),
+                                           r.get("client_label_share", [[]] * n))]
 
 
 def add_results(results: dict, path: str) -> dict:

@@ -112,7 +112,8 @@ def test_quality(backbone_dir, digits_dir, tmp_path):
             "0", "--splits", "dirichlet:0.5", "--max-warmup-rounds", "1", "--output-dir", tmp_path)
     out = run_script("quality.py", *grid, "--calibration-samples", "20")
     results = json.loads((tmp_path / "results.json").read_text())["results"]["dirichlet:0.5"]
-    assert set(results) == {"FedSQ", "FedSQ+drift", "FedSQ+auto", "FedSQ+auto-pretrained", "FedSQ+calib", "FedAvg", "FedProx"}
+    assert set(results) == {"FedSQ", "FedSQ+drift", "FedSQ+auto", "FedSQ+auto-global", "FedSQ+auto-pretrained",
+                            "FedSQ+calib", "FedAvg", "FedProx"}
     assert len(results["FedSQ"]["curves"]) == 1 and "| dirichlet:0.5 | FedSQ |" in out
     assert results["FedSQ+drift"]["frozen_at_round"] == [2] and results["FedSQ"]["frozen_at_round"] == [None]
     # auto decides from round 1's alignment (a window of one round): pulled apart, or agreeing and never fixed
@@ -121,9 +122,15 @@ def test_quality(backbone_dir, digits_dir, tmp_path):
     pulled = round_1 < 0.3
     assert (results["FedSQ+auto-pretrained"]["frozen_at_round"], results["FedSQ+auto-pretrained"]["gates"]) == \
         (([2], ["pretrained"]) if pulled else ([None], ["own"]))
-    assert (results["FedSQ+auto"]["frozen_at_round"], results["FedSQ+auto"]["gates"]) == \
+    assert (results["FedSQ+auto-global"]["frozen_at_round"], results["FedSQ+auto-global"]["gates"]) == \
         (([3], ["global"]) if pulled else ([None], ["own"]))  # round 1's model scored in round 2, fixed from 3
-    assert f"| dirichlet:0.5 | FedAvg | {round_1:.2f} | {round_1:.2f} |" in out  # the alignment table
+    share = results["FedSQ+auto"]["client_label_share"][0][0]  # asked in round 1, the window
+    assert 0 < share <= 1 and results["FedSQ+auto-global"]["client_label_share"] == [[None] * 3]
+    picked = results["FedSQ+auto-pretrained" if share < 0.44 else "FedSQ+auto-global"] if pulled else results["FedSQ+auto"]
+    assert (results["FedSQ+auto"]["frozen_at_round"], results["FedSQ+auto"]["gates"]) == \
+        (picked["frozen_at_round"], picked["gates"]) and results["FedSQ+auto"]["curves"] == picked["curves"]
+    assert f"| dirichlet:0.5 | FedAvg | {round_1:.2f} | {round_1:.2f} | - |" in out  # the alignment table
+    assert f"| dirichlet:0.5 | FedSQ+auto | {round_1:.2f} | {round_1:.2f} | {share:.2f} |" in out
     gap = json.loads((tmp_path / "results.json").read_text())["paired"]["dirichlet:0.5"]["FedAvg"]
     assert gap["seeds"] == 1 and gap["mean"] == pytest.approx(max(results["FedSQ+auto"]["curves"][0]) - max(results["FedAvg"]["curves"][0]))
     assert f"| dirichlet:0.5 | FedAvg | {100 * gap['mean']:+.1f} ± 0.0 | {gap['ahead']} of 1 |" in out
