@@ -221,7 +221,7 @@ def print_alignment(results: dict, window: int) -> None:
     for split, by_method in results.items():
         for method, r in by_method.items():
             runs = [[a for a in run[:window] if a is not None] for run in r.get("update_alignment", [])]
-            shares = [run[0] if run and run[0] is not None else None for run in r.get("client_label_share", [])]
+            shares = [run[0] if run else None for run in r.get("client_label_share", [])]
             if runs and all(runs):
                 print(f"| {split} | {method} | {', '.join(f'{run[0]:.2f}' for run in runs)} | "
                       f"{', '.join(f'{min(run):.2f}' for run in runs)} | "

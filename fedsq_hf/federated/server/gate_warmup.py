@@ -78,8 +78,9 @@ class GateWarmup:
         """Fix the gates at the start of `round_` if the rule says so; the decision if it fixed them now."""
         dual, decision = model.dual_copy, self.decision(history)
         self.eval_samples, self.sent = 0, None
-        self.label_share = not dual.gates_enabled and decision is None and self.gate_rule.asks_labels(history)
-        if not dual.gates_enabled and decision is None and self.gate_rule.needs_scores and round_ > 1:
+        undecided = not dual.gates_enabled and decision is None
+        self.label_share = undecided and self.gate_rule.asks_labels(history)
+        if undecided and self.gate_rule.needs_scores and round_ > 1:
             self.eval_samples = self.client_eval_samples  # round 1's model is the warm start's, with a blank head
             keys = dual.structural.state_dict().keys()
             self.sent = {k: t.detach().clone() for k, t in dual.quantitative.state_dict().items() if k in keys}
